@@ -1,0 +1,63 @@
+"""The ``curate`` command line: thin; parses, loads the config, calls the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="the run config (YAML); see docs/config.md")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="the run directory (overrides output.path)")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="an existing Ray cluster")] = None,
+) -> None:
+    """Run the pipeline; re-running the same command on the same RUN resumes it."""
+    from curate.pipeline.config import ConfigError, load_config
+    from curate.pipeline.inputs import InputError
+
+    overrides = list(set_ or [])
+    if address:
+        overrides.append(f"ray.address={address}")
+    try:
+        cfg = load_config(config, overrides, out)
+        from curate.pipeline.runner import run_pipeline
+
+        run_pipeline(cfg, console)
+    except (ConfigError, InputError) as error:
+        _fail(str(error))
+
+
+@app.command()
+def query(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a run directory, local or s3://")],
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `manifest`")],
+    format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+) -> None:
+    """Run a DuckDB query over a run's manifest and print the result."""
+    from curate.pipeline.query import QueryError, print_result, run_query
+
+    if format not in ("table", "csv", "json"):
+        _fail(f"--format must be table, csv or json, not {format!r}")
+    try:
+        result = run_query(run_dir, sql)
+    except QueryError as error:
+        _fail(str(error))
+    print_result(result, format, console)
+
+
+if __name__ == "__main__":
+    app()

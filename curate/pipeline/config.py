@@ -1,0 +1,173 @@
+"""The run configuration: pydantic models, validated once at start.
+
+Every key here is public and documented in docs/config.md. Unknown keys are errors
+(``extra="forbid"``) so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config mistake, phrased for the user: it names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+InputFormat = Literal["parquet", "csv", "tsv", "jsonl"]
+_EXTENSION_FORMATS: dict[str, InputFormat] = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+
+
+class InputConfig(_Section):
+    path: str = Field(description="file, glob or folder; local, s3:// or gs://")
+    format: InputFormat | None = Field(None, description="inferred from the extension when omitted")
+    url_col: str = "url"
+    caption_col: str = "caption"
+    kind: Literal["pairs"] = "pairs"
+
+
+class OutputConfig(_Section):
+    path: str = Field(description="the run directory (RUN); training shards go to RUN/output/")
+    formats: list[Literal["webdataset", "parquet"]] = ["webdataset", "parquet"]
+    samples_per_shard: int = Field(10_000, ge=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _nonempty_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one of webdataset, parquet")
+        return list(dict.fromkeys(value))
+
+
+class DownloadConfig(_Section):
+    image_size: int = Field(256, ge=8, le=8192)
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "border"
+    resize_only_if_bigger: bool = False
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(0, ge=0)
+    processes: int = Field(1, ge=1)
+    threads: int = Field(16, ge=1)
+    shard_size: int = Field(10_000, ge=1, description="rows per download shard: the unit of resume")
+    user_agent_token: str | None = "curate"
+    disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
+    max_image_pixels: int = Field(
+        178_956_970, ge=1, description="images declaring more pixels are refused (decompression bombs)"
+    )
+    allow_private_hosts: bool = False
+
+
+class FilterConfig(_Section):
+    min_side: int = Field(64, ge=0, description="shorter side of the original image, in pixels")
+    max_aspect_ratio: float = Field(3.0, ge=1.0)
+    min_caption_words: int = Field(2, ge=0)
+    max_caption_words: int = Field(256, ge=1)
+    junk_captions: bool = True
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
+
+
+class CurateConfig(_Section):
+    input: InputConfig
+    output: OutputConfig
+    download: DownloadConfig = DownloadConfig()
+    filters: FilterConfig = FilterConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _infer_format(self) -> "CurateConfig":
+        if self.input.format is None:
+            self.input.format = infer_format(self.input.path)
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def infer_format(path: str) -> InputFormat:
+    lowered = path.rstrip("/").lower()
+    for extension, fmt in _EXTENSION_FORMATS.items():
+        if lowered.endswith(extension) or lowered.endswith(f"*{extension}"):
+            return fmt
+    raise ConfigError(
+        f"input.format: cannot infer the format of {path!r} from its extension; "
+        f"set input.format to one of parquet, csv, tsv, jsonl"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value); the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set clip.min_score=0.3")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return parts, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = ["invalid config:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (see docs/config.md for the allowed keys)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def validate(data: dict) -> CurateConfig:
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> CurateConfig:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, list(overrides))
+    if out is not None:
+        data.setdefault("output", {})["path"] = out
+    return validate(data)

@@ -1,0 +1,42 @@
+"""DuckDB connections over a run's Parquet files, local or in a bucket.
+
+Bucket paths are read through the same fsspec filesystem the pipeline writes with
+(``register_filesystem``), so DuckDB needs no extension download (none is possible
+offline) and uses the credentials the user already configured.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from curate.pipeline import storage
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_list(values: list[str]) -> str:
+    return "[" + ", ".join(sql_string(v) for v in values) + "]"
+
+
+def connect(root: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    if storage.is_remote(root):
+        fs, _ = storage.fs_and_path(root)
+        con.register_filesystem(fs)
+    return con
+
+
+def create_parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema) -> None:
+    """A view over committed Parquet files; an empty table of ``empty`` when there are none."""
+    if files:
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({sql_list(files)}, union_by_name=true)")
+    else:
+        con.register(f"{name}_empty", empty.empty_table())
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_empty")
+
+
+def fetch_table(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    return con.execute(sql).arrow().read_all()

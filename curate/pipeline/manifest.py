@@ -1,0 +1,131 @@
+"""Step 4: assemble the manifest, one row per input row, from stored results only.
+
+The decision (status, reason) is a SQL expression over stored columns and the config's
+thresholds, evaluated by DuckDB. It never runs a model, so ``curate refilter`` re-decides
+a finished run at new thresholds by running this step again.
+
+Order of precedence, first match wins: blocked -> download_failed -> filtered (image,
+then caption, then model scores) -> duplicate -> kept.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from curate.pipeline import duck, storage
+from curate.pipeline.config import CurateConfig
+from curate.pipeline.inputs import ROWS_SCHEMA
+from curate.pipeline.rundir import RunDir
+from curate.stages.registry import model_stages
+
+MANIFEST_PART_ROWS = 1_000_000
+
+# The columns the scored view must have even when no shard was scored (all rows blocked).
+SCORED_BASE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("key", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("pixel_sha256", pa.string()),
+        ("download_reason", pa.string()),
+        ("image_reject", pa.string()),
+        ("caption_reject", pa.string()),
+    ]
+)
+ROWS_WITH_PRECHECK = ROWS_SCHEMA.append(pa.field("blocked_reason", pa.string()))
+
+
+def open_run_views(run: RunDir, cfg: CurateConfig):
+    """A DuckDB connection with views ``rows`` and ``scored`` (one row per sample_id)."""
+    con = duck.connect(run.root)
+    duck.create_parquet_view(con, "rows", storage.list_files(run.rows, ".parquet"), ROWS_WITH_PRECHECK)
+    schema = SCORED_BASE_SCHEMA
+    for stage in model_stages(cfg):
+        schema = pa.unify_schemas([schema, stage.scored_schema])
+    duck.create_parquet_view(con, "scored_all", storage.list_files(run.scored, ".parquet"), schema)
+    # A batch retried after its write may be committed twice; its rows are identical.
+    con.execute(
+        "CREATE OR REPLACE VIEW scored AS SELECT * FROM scored_all "
+        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY key) = 1"
+    )
+    return con
+
+
+def filter_reason_sql(cfg: CurateConfig) -> str:
+    """SQL for the first filter that rejects a downloaded sample, NULL if none."""
+    terms = ["s.image_reject", "s.caption_reject"]
+    for stage in model_stages(cfg):
+        terms.extend(stage.filter_sql())
+    return "coalesce(" + ", ".join(terms) + ")"
+
+
+def decided_sql(cfg: CurateConfig) -> str:
+    """Every input row with its status and reason, before dedupe."""
+    score_columns = "".join(f", s.{c}" for stage in model_stages(cfg) for c in stage.manifest_columns)
+    rejected = filter_reason_sql(cfg)
+    return f"""
+        SELECT r.sample_id, r.input_file, r.input_row, r.url, r.caption,
+               CASE WHEN r.blocked_reason IS NOT NULL THEN 'blocked'
+                    WHEN s.sample_id IS NULL OR s.download_reason IS NOT NULL THEN 'download_failed'
+                    WHEN {rejected} IS NOT NULL THEN 'filtered'
+                    ELSE 'kept' END AS status,
+               CASE WHEN r.blocked_reason IS NOT NULL THEN r.blocked_reason
+                    WHEN s.sample_id IS NULL THEN 'missing_from_downloader'
+                    WHEN s.download_reason IS NOT NULL THEN s.download_reason
+                    ELSE {rejected} END AS reason,
+               CASE WHEN s.download_reason IS NULL AND s.sample_id IS NOT NULL THEN trim(r.caption) END
+                   AS caption_chosen,
+               s.width, s.height, s.original_width, s.original_height, s.sha256, s.pixel_sha256
+               {score_columns},
+               substr(s.key, 1, 5) AS download_shard, s.key AS download_key
+        FROM rows r LEFT JOIN scored s USING (sample_id)
+    """
+
+
+def final_sql(cfg: CurateConfig) -> str:
+    """Apply duplicates (view ``duplicates``: sample_id, duplicate_of) and assign output shards."""
+    n = cfg.output.samples_per_shard
+    return f"""
+        WITH d AS (
+            SELECT decided.* REPLACE (
+                CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate' ELSE decided.status END AS status,
+                CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate_of:' || dup.duplicate_of
+                     ELSE decided.reason END AS reason)
+            FROM decided LEFT JOIN duplicates dup USING (sample_id)
+        )
+        SELECT *,
+               CASE WHEN status = 'kept' THEN
+                   printf('%05d', (row_number() OVER (PARTITION BY status = 'kept' ORDER BY sample_id) - 1) // {n})
+               END AS output_shard
+        FROM d ORDER BY sample_id
+    """
+
+
+def build_manifest(cfg: CurateConfig, run: RunDir, find_duplicates) -> int:
+    """Write RUN/manifest/; ``find_duplicates(con)`` returns an Arrow table (sample_id, duplicate_of)."""
+    con = open_run_views(run, cfg)
+    con.execute(f"CREATE OR REPLACE TABLE decided AS {decided_sql(cfg)}")
+    con.register("duplicates", find_duplicates(con))
+    storage.remove_tree(run.manifest)
+    reader = con.execute(final_sql(cfg)).arrow()
+    total, part, pending, pending_rows = 0, 0, [], 0
+    for batch in reader:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows >= MANIFEST_PART_ROWS:
+            _write_part(run, part, pending, reader.schema)
+            part, total, pending, pending_rows = part + 1, total + pending_rows, [], 0
+    if pending or part == 0:
+        _write_part(run, part, pending, reader.schema)
+        total += pending_rows
+    con.close()
+    return total
+
+
+def _write_part(run: RunDir, part: int, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
+    table = pa.Table.from_batches(batches, schema=schema)
+    storage.write_parquet(storage.join(run.manifest, f"part-{part:05d}.parquet"), table)

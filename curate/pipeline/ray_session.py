@@ -1,0 +1,21 @@
+"""Start or join Ray: locally by default, a cluster with ``ray.address`` / ``RAY_ADDRESS``."""
+
+from __future__ import annotations
+
+import os
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="warning")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # Resume and exact output depend on sample_ids, not on block order; don't pay for order.
+    ctx.execution_options.preserve_order = False

@@ -1,0 +1,110 @@
+"""Orchestration of ``curate run``: each step is resumable, the manifest is rebuilt at the end.
+
+prepare -> download -> process (inspect + model stages) -> dedupe + manifest -> output.
+A step that finished leaves a marker (``RUN/_done/<step>``); the process step resumes
+from the sample_ids it has committed. Re-running the same command on the same RUN picks
+up where a killed run stopped and produces the same manifest and output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from rich.console import Console
+
+from curate.pipeline import storage
+from curate.pipeline.config import ConfigError, CurateConfig
+from curate.pipeline.inputs import fingerprint, resolve_input_files
+from curate.pipeline.manifest import build_manifest
+from curate.pipeline.output import write_output
+from curate.pipeline.prepare import prepare
+from curate.pipeline.process import run_process
+from curate.pipeline.ray_session import start_ray
+from curate.pipeline.rundir import RunDir
+from curate.pipeline.summary import compute_summary, print_summary, save_summary
+from curate.stages.download import committed_shards, run_download
+
+
+@dataclass
+class RunResult:
+    run: RunDir
+    summary: dict
+    index: dict
+    timings: dict = field(default_factory=dict)
+
+
+def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
+    """A RUN may only be resumed with the same config and input it was started with."""
+    if storage.exists(run.config) and storage.read_text(run.config) != cfg.to_yaml():
+        raise ConfigError(
+            f"{run.root} was started with another config (see {run.config}); "
+            "use a new --out, or `curate refilter` to change thresholds of a finished run"
+        )
+    if storage.exists(run.state) and json.loads(storage.read_text(run.state)) != state:
+        raise ConfigError(f"{run.root} was started from other input files; use a new --out")
+
+
+def no_duplicates(con) -> pa.Table:
+    return pa.table({"sample_id": pa.array([], pa.string()), "duplicate_of": pa.array([], pa.string())})
+
+
+def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
+    if storage.exists(run.marker(name)):
+        console.print(f"[dim]{name}: already done, skipped[/dim]")
+        return
+    started = time.perf_counter()
+    result = fn()
+    storage.write_text(run.marker(name), json.dumps(result or {}))
+    timings[name] = round(time.perf_counter() - started, 2)
+
+
+def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
+    console = console or Console()
+    started = time.perf_counter()
+    run = RunDir(cfg.output.path)
+    files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
+    state = fingerprint(files, cfg)
+    _check_resumable(cfg, run, state)
+    storage.makedirs(run.root)
+    storage.write_text(run.config, cfg.to_yaml())
+    storage.write_text(run.state, json.dumps(state))
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+
+    timings: dict = {}
+    console.rule("[bold]prepare")
+    _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
+    console.rule("[bold]download (img2dataset)")
+    _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download), timings, console)
+    console.rule("[bold]process")
+    t = time.perf_counter()
+    run_process(cfg, run, committed_shards(run.downloaded))
+    timings["process"] = round(time.perf_counter() - t, 2)
+    return finish(cfg, run, console, started, timings)
+
+
+def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict) -> RunResult:
+    """Manifest, output shards and summary from stored results (also used by refilter)."""
+    console.rule("[bold]manifest")
+    t = time.perf_counter()
+    build_manifest(cfg, run, no_duplicates)
+    timings["manifest"] = round(time.perf_counter() - t, 2)
+    console.rule("[bold]output")
+    t = time.perf_counter()
+    kept = read_kept(run)
+    index = write_output(cfg, run, kept)
+    timings["output"] = round(time.perf_counter() - t, 2)
+    summary = compute_summary(run, time.perf_counter() - started)
+    summary["step_seconds"] = timings
+    save_summary(run, summary)
+    print_summary(summary, run.root, console)
+    return RunResult(run, summary, index, timings)
+
+
+def read_kept(run: RunDir) -> pa.Table:
+    import pyarrow.compute as pc
+
+    table = storage.read_parquet(storage.list_files(run.manifest, ".parquet"))
+    return table.filter(pc.equal(table.column("status"), "kept"))

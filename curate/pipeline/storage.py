@@ -1,0 +1,114 @@
+"""Paths that may be local or in a bucket (s3://, gs://), through fsspec.
+
+Every write that marks work as done goes through ``atomic_write``: bytes land under a
+temporary name and are renamed into place, so a reader never sees a half-written file
+under a final name. (On object stores a single PUT is already atomic; the rename keeps
+one code path for both.)
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from typing import Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_MARK = ".tmp-"
+
+
+def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return posixpath.join(base.rstrip("/") or "/", *parts)
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """fsspec strips the protocol from paths; put it back for remote filesystems."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    return f"{protocol}://{path}"
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = fs_and_path(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def list_files(uri: str, suffix: str) -> list[str]:
+    """Committed files under ``uri`` ending in ``suffix``, sorted; temporaries are ignored."""
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        return []
+    names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and TMP_MARK not in p]
+    return sorted(to_uri(fs, p) for p in names)
+
+
+def read_text(uri: str) -> str:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def atomic_write(uri: str, data: bytes) -> None:
+    fs, path = fs_and_path(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as handle:
+        handle.write(data)
+    fs.mv(tmp, path)
+
+
+def write_text(uri: str, text: str) -> None:
+    atomic_write(uri, text.encode("utf-8"))
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    atomic_write(uri, buffer.getvalue())
+
+
+def read_parquet(uris: Iterable[str], columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for uri in uris:
+        fs, path = fs_and_path(uri)
+        tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+    if not tables:
+        raise FileNotFoundError("no parquet files to read")
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def remove_temporaries(uri: str) -> int:
+    """Delete leftovers of interrupted writes under ``uri`` (recursively); returns the count."""
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        return 0
+    leftovers = [p for p in fs.find(path) if TMP_MARK in posixpath.basename(p)]
+    for leftover in leftovers:
+        fs.rm(leftover)
+    return len(leftovers)
+
+
+def remove_tree(uri: str) -> None:
+    fs, path = fs_and_path(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

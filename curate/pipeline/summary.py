@@ -1,0 +1,57 @@
+"""The end-of-run summary: rows in, kept, counts per status and reason, wall time."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from curate.pipeline import duck, storage
+from curate.pipeline.rundir import RunDir
+
+
+def compute_summary(run: RunDir, wall_seconds: float) -> dict:
+    con = duck.connect(run.root)
+    files = duck.sql_list(storage.list_files(run.manifest, ".parquet"))
+    con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({files})")
+    statuses = con.execute("SELECT status, count(*) FROM manifest GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    reasons = con.execute(
+        "SELECT status, split_part(reason, ':', 1) AS code, count(*) FROM manifest "
+        "WHERE reason IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 2"
+    ).fetchall()
+    con.close()
+    rows_in = sum(n for _, n in statuses)
+    kept = dict(statuses).get("kept", 0)
+    return {
+        "rows_in": rows_in,
+        "kept": kept,
+        "statuses": dict(statuses),
+        "reasons": [{"status": s, "reason": r, "count": n} for s, r, n in reasons],
+        "wall_seconds": round(wall_seconds, 2),
+        "rows_per_second": round(rows_in / wall_seconds, 2) if wall_seconds > 0 else None,
+    }
+
+
+def save_summary(run: RunDir, summary: dict) -> None:
+    storage.write_text(run.summary, json.dumps(summary, indent=2))
+
+
+def print_summary(summary: dict, run_root: str, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"curate run: {run_root}", show_lines=False)
+    table.add_column("status")
+    table.add_column("reason")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    total = max(summary["rows_in"], 1)
+    for status, count in summary["statuses"].items():
+        table.add_row(f"[bold]{status}[/bold]", "", str(count), f"{100 * count / total:.1f}%")
+        for item in summary["reasons"]:
+            if item["status"] == status:
+                table.add_row("", item["reason"], str(item["count"]), f"{100 * item['count'] / total:.1f}%")
+    console.print(table)
+    console.print(
+        f"rows in: [bold]{summary['rows_in']}[/bold]  kept: [bold green]{summary['kept']}[/bold green]  "
+        f"wall time: {summary['wall_seconds']:.1f} s ({summary['rows_per_second']} rows/s)"
+    )

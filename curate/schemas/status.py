@@ -1,0 +1,65 @@
+"""Statuses and reason codes: the vocabulary of the manifest.
+
+Every input row ends with exactly one ``status`` and a machine-readable ``reason``.
+Reasons are ``code`` or ``code:detail`` (e.g. ``http_404``, ``clip_score_below:0.28``,
+``duplicate_of:00000-000000042``) so they can be grouped with ``split_part(reason, ':', 1)``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+
+class Status(str, Enum):
+    KEPT = "kept"
+    DOWNLOAD_FAILED = "download_failed"
+    FILTERED = "filtered"
+    DUPLICATE = "duplicate"
+    BLOCKED = "blocked"
+
+
+# Reason codes, grouped by the status they go with. Documented in docs/manifest.md.
+BLOCKED_REASONS = {
+    "url_missing": "the url cell is NULL or empty",
+    "url_invalid": "the url cannot be parsed or has no host",
+    "scheme_not_allowed": "only http and https are fetched (detail: the scheme)",
+    "private_host": "the host is loopback/private/link-local/reserved (detail: the address)",
+}
+DOWNLOAD_REASONS = {
+    "http_<code>": "the server answered with this HTTP status",
+    "timeout": "no complete answer within download.timeout seconds",
+    "connection_error": "the host could not be resolved or the connection failed",
+    "too_many_redirects": "a redirect loop or too long a redirect chain",
+    "not_an_image": "the body could not be decoded as an image (HTML, SVG, random bytes)",
+    "image_too_large": "declared pixel count above download.max_image_pixels (decompression bomb)",
+    "opted_out": "the server sent an X-Robots-Tag forbidding AI training use",
+    "download_error": "any other download error (detail: the downloader's message)",
+    "missing_from_downloader": "the downloader returned no row for this sample",
+}
+FILTER_REASONS = {
+    "image_too_small": "shorter original side below filters.min_side (detail: the threshold)",
+    "aspect_ratio_above": "long/short side above filters.max_aspect_ratio",
+    "caption_empty": "the caption is NULL or only whitespace",
+    "caption_too_short": "fewer words than filters.min_caption_words",
+    "caption_too_long": "more words than filters.max_caption_words",
+    "caption_junk": "the caption looks like a file name, boilerplate or a URL (detail: which)",
+    "caption_bad_encoding": "the caption was not valid UTF-8",
+    "clip_score_below": "clip_score below clip.min_score",
+}
+DUPLICATE_REASONS = {
+    "duplicate_of": "another sample with the same or a near-identical image was kept",
+}
+
+
+def reason(code: str, detail: object | None = None) -> str:
+    """Build a reason string; details never contain ':' or newlines."""
+    if detail is None or detail == "":
+        return code
+    text = re.sub(r"[\s:]+", "_", str(detail)).strip("_")[:120]
+    return f"{code}:{text}"
+
+
+def fmt_threshold(value: float) -> str:
+    """Thresholds render compactly and stably (0.28, not 0.28000000000000003)."""
+    return f"{value:g}"

@@ -1,0 +1,85 @@
+"""A real HTTP server on 127.0.0.1 serving a corpus of bodies, for the demo and the tests.
+
+Routes are registered as ``path -> Route``; a Route carries the body and how to answer
+(status, content type, delay, redirect). The server runs in a daemon thread and stops
+itself on ``close()`` (or leaving the ``with`` block). It binds only to loopback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Route:
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "image/jpeg"
+    delay: float = 0.0  # seconds before the first byte (a slow endpoint)
+    redirect_to: str | None = None  # Location header; use with status 301/302
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict[str, Route] = {}
+    latency: float = 0.0
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        route = self.routes.get(self.path.split("?", 1)[0])
+        if self.latency:
+            time.sleep(self.latency)
+        if route is None:
+            route = Route(body=b"not found", status=404, content_type="text/plain")
+        if route.delay:
+            time.sleep(route.delay)
+        try:
+            self.send_response(route.status)
+            if route.redirect_to:
+                self.send_header("Location", route.redirect_to)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(len(route.body)))
+            for name, value in route.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(route.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeouts): nothing to do
+
+    def log_message(self, *args) -> None:  # keep test and demo output clean
+        return
+
+
+class CorpusServer:
+    """Serve ``routes`` on 127.0.0.1 at a free port; ``latency`` is added to every request."""
+
+    def __init__(self, routes: dict[str, Route], latency: float = 0.0):
+        handler = type("Handler", (_Handler,), {"routes": dict(routes), "latency": latency})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def start(self) -> "CorpusServer":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "CorpusServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
