@@ -25,7 +25,7 @@ def download_reason(status: str | None, error_message: str | None) -> str | None
         return None
     message = error_message or ""
     lowered = message.lower()
-    if "infinite loop" in lowered or "redirect" in lowered and "error" in lowered:
+    if "infinite loop" in lowered or ("redirect" in lowered and "error" in lowered):
         return reason("too_many_redirects")
     match = _HTTP_ERROR.search(message)
     if match:

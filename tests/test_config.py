@@ -1,0 +1,69 @@
+import pytest
+
+from curate.pipeline.config import ConfigError, apply_overrides, load_config, validate
+
+
+def base(**extra):
+    data = {"input": {"path": "in.parquet"}, "output": {"path": "/tmp/run"}}
+    for key, value in extra.items():
+        data.setdefault(key, {}).update(value)
+    return data
+
+
+def test_format_inferred_from_extension():
+    assert validate(base()).input.format == "parquet"
+    assert validate({"input": {"path": "x/*.tsv"}, "output": {"path": "r"}}).input.format == "tsv"
+
+
+def test_uninferable_format_names_the_key():
+    with pytest.raises(ConfigError, match="input.format"):
+        validate({"input": {"path": "data.bin"}, "output": {"path": "r"}})
+
+
+def test_bad_enum_names_key_and_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        validate(base(download={"resize_mode": "stretch"}))
+    text = str(info.value)
+    assert "download.resize_mode" in text and "'border'" in text and "'center_crop'" in text
+
+
+def test_unknown_key_is_an_error_not_a_silent_default():
+    with pytest.raises(ConfigError, match="filters.min_sid.*unknown key"):
+        validate(base(filters={"min_sid": 10}))
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match="output: required key is missing"):
+        validate({"input": {"path": "a.csv"}})
+
+
+def test_out_of_range_number():
+    with pytest.raises(ConfigError, match="output.samples_per_shard"):
+        validate(base(output={"samples_per_shard": 0}))
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides(base(), ["filters.min_side=32", "output.formats=[parquet]", "ray.address=null"])
+    cfg = validate(data)
+    assert cfg.filters.min_side == 32 and cfg.output.formats == ["parquet"] and cfg.ray.address is None
+
+
+def test_override_without_equals_is_explained():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(base(), ["filters.min_side"])
+
+
+def test_load_config_file_and_out(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input:\n  path: a.jsonl\noutput:\n  path: x\n")
+    cfg = load_config(path, ["download.image_size=128"], out=str(tmp_path / "run"))
+    assert cfg.output.path == str(tmp_path / "run") and cfg.download.image_size == 128 and cfg.input.format == "jsonl"
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
