@@ -1,0 +1,95 @@
+"""Kill `curate run` with SIGKILL mid-run, run the same command again: the final manifest and
+output equal those of an uninterrupted run."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from corpus import mixed_corpus
+from curate.synth.http_server import CorpusServer
+from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
+
+
+def _config(tmp_path, input_path) -> str:
+    cfg = {"input": {"path": str(input_path)}, "output": {"path": "unused", "samples_per_shard": 4},
+           "ray": {"num_cpus": 2}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _run(config, out, env, kill_when=None):
+    args = ["curate", "run", config, "--out", out] + [a for s in FAST_SETTINGS + ["download.shard_size=5", "download.threads=2"] for a in ("--set", s)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    if kill_when is None:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output.decode()[-3000:]
+        return True
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if kill_when(out):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.communicate()
+    return False  # finished before the kill condition held
+
+
+def _tar_members(path):
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return sorted((m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile())
+
+
+KILL_POINTS = {
+    "during_download": lambda out: len(glob.glob(f"{out}/downloaded/*_stats.json")) >= 3,
+    "during_process": lambda out: len(glob.glob(f"{out}/scored/*.parquet")) >= 1,
+}
+
+
+@pytest.fixture(scope="module")
+def served_baseline(tmp_path_factory):
+    """The corpus served for the whole module, and one uninterrupted run to compare against."""
+    tmp = tmp_path_factory.mktemp("resume")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}, latency=0.05) as server:
+        rows = corpus_rows(server) * 3  # 3x the corpus: enough shards to kill in the middle
+        write_input(rows, tmp / "in.parquet")
+        config = _config(tmp, tmp / "in.parquet")
+        baseline = str(tmp / "baseline")
+        _run(config, baseline, env)
+        yield rows, config, baseline, env
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, served_baseline, kill_point):
+    rows, config, baseline, env = served_baseline
+    resumed = str(tmp_path / "resumed")
+    killed = _run(config, resumed, env, kill_when=KILL_POINTS[kill_point])
+    assert killed, "the run finished before the kill point; the test proved nothing"
+    assert not glob.glob(f"{resumed}/manifest/*.parquet"), "killed run must not have a manifest yet"
+    _run(config, resumed, env)
+
+    want, got = read_manifest(baseline), read_manifest(resumed)
+    assert got.num_rows == len(rows) and got.column("sample_id").to_pylist() == want.column("sample_id").to_pylist()
+    assert got.equals(want)
+    index_want = json.loads(open(f"{baseline}/output/index.json").read())
+    index_got = json.loads(open(f"{resumed}/output/index.json").read())
+    assert index_got["shards"] == index_want["shards"] and index_got["total"] > 0
+    for shard in index_want["shards"]:
+        assert _tar_members(f"{resumed}/output/{shard['name']}.tar") == _tar_members(f"{baseline}/output/{shard['name']}.tar")
+        assert pq.read_table(f"{resumed}/output/{shard['name']}.parquet").equals(
+            pq.read_table(f"{baseline}/output/{shard['name']}.parquet")
+        )
