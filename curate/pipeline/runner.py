@@ -17,7 +17,7 @@ from rich.console import Console
 
 from curate.pipeline import storage
 from curate.pipeline.config import ConfigError, CurateConfig
-from curate.pipeline.inputs import fingerprint, resolve_input_files
+from curate.pipeline.inputs import InputError, fingerprint, resolve_input_files
 from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
@@ -68,6 +68,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
     state = fingerprint(files, cfg)
     _check_resumable(cfg, run, state)
+    fresh = not storage.exists(run.config)
     storage.makedirs(run.root)
     storage.write_text(run.config, cfg.to_yaml())
     storage.write_text(run.state, json.dumps(state))
@@ -75,7 +76,12 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
 
     timings: dict = {}
     console.rule("[bold]prepare")
-    _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
+    try:
+        _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
+    except InputError:
+        if fresh:  # a malformed input leaves nothing behind
+            storage.remove_tree(run.root)
+        raise
     console.rule("[bold]download (img2dataset)")
     _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download), timings, console)
     console.rule("[bold]process")
