@@ -59,5 +59,22 @@ def query(
     print_result(result, format, console)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where the corpus and the run go")] = Path("curate-demo"),
+    n: Annotated[int, typer.Option("--n", min=20, help="input rows to generate")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the demo config")] = None,
+) -> None:
+    """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
+    from curate.demo import run_demo
+    from curate.pipeline.config import ConfigError
+
+    try:
+        run_demo(out, n, seed, list(set_ or []), console)
+    except ConfigError as error:
+        _fail(str(error))
+
+
 if __name__ == "__main__":
     app()
