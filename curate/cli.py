@@ -26,6 +26,7 @@ def run(
     address: Annotated[Optional[str], typer.Option("--address", help="an existing Ray cluster")] = None,
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
+    from curate.models.references import ModelReferenceError
     from curate.pipeline.config import ConfigError, load_config
     from curate.pipeline.inputs import InputError
 
@@ -37,7 +38,23 @@ def run(
         from curate.pipeline.runner import run_pipeline
 
         run_pipeline(cfg, console)
-    except (ConfigError, InputError) as error:
+    except (ConfigError, InputError, ModelReferenceError) as error:
+        _fail(str(error))
+
+
+@app.command()
+def refilter(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a finished run directory")],
+    set_: Annotated[list[str], typer.Option("--set", help="a new threshold: --set clip.min_score=0.3")],
+) -> None:
+    """Re-decide a finished run at new thresholds from stored scores (no model runs);
+    rewrites the manifest, the output shards and the summary."""
+    from curate.pipeline.config import ConfigError
+    from curate.pipeline.runner import refilter as do_refilter
+
+    try:
+        do_refilter(run_dir, list(set_), console)
+    except ConfigError as error:
         _fail(str(error))
 
 

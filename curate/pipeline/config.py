@@ -79,6 +79,23 @@ class FilterConfig(_Section):
     junk_captions: bool = True
 
 
+class ModelComputeConfig(_Section):
+    """How a model stage runs: a Ray actor pool, one model load per actor."""
+
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(1, ge=1, description="actor pool size (on a GPU cluster: one per GPU)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; None: 1 if the cluster has GPUs")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor; None: num_cpus, at least 1")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+
+
+class ClipConfig(ModelComputeConfig):
+    model: str | None = Field(None, description="ViT-B-32 | hf-hub:org/name | local-dir:/path | curate:tiny-clip; None: stage off")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
+    min_score: float | None = Field(None, ge=-1, le=1, description="filter: clip_score below this is filtered")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
@@ -89,6 +106,7 @@ class CurateConfig(_Section):
     output: OutputConfig
     download: DownloadConfig = DownloadConfig()
     filters: FilterConfig = FilterConfig()
+    clip: ClipConfig = ClipConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

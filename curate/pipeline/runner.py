@@ -26,6 +26,7 @@ from curate.pipeline.ray_session import start_ray
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
+from curate.stages.registry import model_stages
 
 
 @dataclass
@@ -68,6 +69,8 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
     state = fingerprint(files, cfg)
     _check_resumable(cfg, run, state)
+    for stage in model_stages(cfg):
+        stage.check()  # a bad model reference stops here, before anything is written
     fresh = not storage.exists(run.config)
     storage.makedirs(run.root)
     storage.write_text(run.config, cfg.to_yaml())
@@ -114,3 +117,30 @@ def read_kept(run: RunDir) -> pa.Table:
 
     table = storage.read_parquet(storage.list_files(run.manifest, ".parquet"))
     return table.filter(pc.equal(table.column("status"), "kept"))
+
+
+# Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
+REFILTER_KEYS = ("clip.min_score", "output.formats", "output.samples_per_shard")
+
+
+def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:
+    """Re-decide a finished run at new thresholds from its stored scores; no model runs."""
+    import yaml
+
+    from curate.pipeline.config import apply_overrides, parse_override, validate
+
+    console = console or Console()
+    run = RunDir(run_root.rstrip("/"))
+    if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet"):
+        raise ConfigError(f"{run_root} is not a finished curate run (no config.yaml or manifest/)")
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if not key.startswith(REFILTER_KEYS):
+            raise ConfigError(
+                f"--set {key}: refilter can change only {', '.join(REFILTER_KEYS)}; other keys need `curate run`"
+            )
+    cfg = validate(apply_overrides(yaml.safe_load(storage.read_text(run.config)), overrides))
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    result = finish(cfg, run, console, time.perf_counter(), {})
+    storage.write_text(run.config, cfg.to_yaml())
+    return result

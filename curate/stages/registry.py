@@ -6,5 +6,11 @@ from curate.pipeline.config import CurateConfig
 
 
 def model_stages(cfg: CurateConfig) -> list:
-    """Stages with an ``apply(ds, image_col) -> ds`` method; empty until a model is configured."""
-    return []
+    """Stages with ``check()``, ``apply(ds, image_col)``, ``filter_sql()``, ``scored_schema``
+    and ``manifest_columns``; a stage is on when its model is configured."""
+    from curate.stages.clip_score import ClipStage
+
+    stages = []
+    if cfg.clip.model:
+        stages.append(ClipStage(cfg.clip))
+    return stages

@@ -46,6 +46,9 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 
 # Object extent as a fraction of the image side (the "radius" of the shape).
 _RADIUS = {"small": (0.13, 0.18), "large": (0.28, 0.36)}
+# Tiny ViTs have no translation equivariance: with shapes anywhere in the frame they
+# need many times more steps to learn the shapes, so objects stay near the centre.
+_MAX_OFFSET = 0.12
 _MAX_ROTATION = 15.0  # degrees; more would turn a square into a diamond
 _COLOUR_JITTER = 12  # per channel, either way
 _NOISE_SIGMA = 4.0  # Gaussian pixel noise, in 0..255 units
@@ -128,8 +131,9 @@ def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Im
     else:
         radius = side * rng.uniform(*_RADIUS[scene.size])
         angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
-        margin = radius * 1.15 + side * 0.02  # keep the whole shape inside the frame
-        centre = (rng.uniform(margin, side - margin), rng.uniform(margin, side - margin))
+        # Off-centre by up to _MAX_OFFSET of the side, and never out of the frame.
+        room = min(side * _MAX_OFFSET, max(0.0, side / 2 - radius * 1.15 - side * 0.02))
+        centre = (side / 2 + rng.uniform(-room, room), side / 2 + rng.uniform(-room, room))
         fg = _jitter(COLOURS[scene.colour], rng)
         bg = _jitter(BACKGROUNDS[scene.background], rng)
 

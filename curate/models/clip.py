@@ -1,0 +1,68 @@
+"""CLIP models through open_clip, with the model's own preprocess transform and tokenizer.
+
+References (``clip.model`` + optional ``clip.pretrained``), exactly as open_clip takes them:
+``ViT-B-32`` + ``laion2b_s34b_b79k``; ``hf-hub:org/name``; ``local-dir:/path`` (a directory
+with ``open_clip_config.json`` and weights); and ``curate:tiny-clip`` for the shipped model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from curate.models.references import SHIPPED_PREFIX, ModelReferenceError, shipped_model_path
+
+_LOCAL_HINT = (
+    "If this machine is offline, download the model elsewhere and pass a directory in open_clip's "
+    "local-dir format instead: clip.model: local-dir:/abs/path (open_clip_config.json + "
+    "open_clip_model.safetensors)."
+)
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    model: str
+    pretrained: str | None
+
+    def describe(self) -> str:
+        return self.model + (f" (pretrained {self.pretrained})" if self.pretrained else "")
+
+
+def resolve(model: str, pretrained: str | None) -> ClipRef:
+    """Expand ``curate:`` references and check what can be checked without loading."""
+    if model.startswith(SHIPPED_PREFIX):
+        return ClipRef(f"local-dir:{shipped_model_path(model[len(SHIPPED_PREFIX):])}", None)
+    if model.startswith("local-dir:"):
+        path = Path(model[len("local-dir:"):])
+        if not (path / "open_clip_config.json").is_file():
+            raise ModelReferenceError(
+                f"clip.model {model!r}: {path} is not an open_clip local-dir (no open_clip_config.json there)"
+            )
+        return ClipRef(f"local-dir:{path.resolve()}", None)
+    if model.startswith("hf-hub:"):
+        return ClipRef(model, pretrained)
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ModelReferenceError(
+            f"clip.model {model!r}: not an open_clip model name (see open_clip.list_models()), "
+            f"nor hf-hub:org/name, local-dir:/path or curate:NAME"
+        )
+    if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(model):
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise ModelReferenceError(f"clip.pretrained {pretrained!r}: not a tag of {model}; its tags: {tags}")
+    return ClipRef(model, pretrained)
+
+
+def load(ref: ClipRef, device: str = "cpu", precision: str = "fp32"):
+    """(model in eval mode, preprocess transform, tokenizer) for a resolved reference."""
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            ref.model, pretrained=ref.pretrained, device=device, precision=precision
+        )
+        tokenizer = open_clip.get_tokenizer(ref.model)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise ModelReferenceError(f"cannot load CLIP model {ref.describe()}: {error}. {_LOCAL_HINT}") from None
+    return model.eval(), preprocess, tokenizer

@@ -1,0 +1,50 @@
+"""What every model stage shares: device and precision choice, and Ray actor-pool wiring."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from curate.pipeline.config import ModelComputeConfig
+
+
+def choose_device(precision: str) -> tuple[str, str]:
+    """(device, precision) inside an actor: fp16 on a GPU when 'auto', fp32 on the CPU."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "fp16" if device == "cuda" else "fp32"
+    return device, precision
+
+
+def set_threads(cfg: ModelComputeConfig) -> None:
+    import torch
+
+    torch.set_num_threads(cfg.threads or max(1, int(cfg.num_cpus)))
+
+
+def decode_rgb(data: bytes) -> Image.Image | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except Exception:  # noqa: BLE001 - an undecodable image is scored as missing, never fatal
+        return None
+
+
+def actor_pool_args(cfg: ModelComputeConfig) -> dict:
+    """map_batches arguments for a model stage: a fixed pool, GPUs when the cluster has them."""
+    import ray
+    import ray.data
+
+    num_gpus = cfg.num_gpus
+    if num_gpus is None:
+        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=cfg.actors),
+        "batch_size": cfg.batch_size,
+        "batch_format": "pyarrow",
+        "num_cpus": cfg.num_cpus,
+        "num_gpus": num_gpus,
+    }
