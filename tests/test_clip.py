@@ -50,8 +50,8 @@ def test_bad_local_dir_names_the_reference(tmp_path):
 def test_unreachable_hub_weights_error_says_how_to_pass_a_local_dir(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelReferenceError) as info:
-        clip.load(clip.resolve("RN50", "openai"))
-    assert "RN50 (pretrained openai)" in str(info.value) and "local-dir:/abs/path" in str(info.value)
+        clip.load(clip.resolve("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", None))
+    assert "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in str(info.value) and "local-dir:/abs/path" in str(info.value)
 
 
 def _batch(images: list[bytes | None], captions: list[str], rejects: list[str | None]) -> pa.Table:
