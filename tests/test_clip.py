@@ -98,7 +98,7 @@ def test_pipeline_with_clip_then_refilter_without_the_model(tmp_path, ray_sessio
         rows = corpus_rows(server)
         write_input(rows, tmp_path / "in.parquet")
         cfg = load_config(None, FAST_SETTINGS + [f"input.path={tmp_path / 'in.parquet'}", f"clip.model=local-dir:{model_dir}",
-                                                 "clip.batch_size=4"], out=str(tmp_path / "run"))
+                                                 "clip.batch_size=4", "dedupe.enabled=false"], out=str(tmp_path / "run"))
         run_pipeline(cfg)
     manifest = read_manifest(str(tmp_path / "run")).to_pylist()
     kept = [m for m in manifest if m["status"] == "kept"]

@@ -96,6 +96,16 @@ class ClipConfig(ModelComputeConfig):
     min_score: float | None = Field(None, ge=-1, le=1, description="filter: clip_score below this is filtered")
 
 
+class DedupeConfig(_Section):
+    enabled: bool = True
+    exact: bool = Field(True, description="identical bytes (sha256) or identical decoded pixels")
+    near: bool = Field(True, description="CLIP image-embedding cosine >= threshold (needs the CLIP stage)")
+    threshold: float | None = Field(None, gt=0, le=1, description="None: the documented default (docs/dedupe.md)")
+    keep: Literal["clip_score", "itm", "resolution", "first"] = "clip_score"
+    method: Literal["auto", "flat", "ivf", "clustered"] = "auto"
+    against: list[str] = Field([], description="earlier runs or saved embedding indexes to dedupe against")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
@@ -107,6 +117,7 @@ class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     filters: FilterConfig = FilterConfig()
     clip: ClipConfig = ClipConfig()
+    dedupe: DedupeConfig = DedupeConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

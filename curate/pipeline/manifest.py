@@ -105,13 +105,16 @@ def final_sql(cfg: CurateConfig) -> str:
     """
 
 
-def build_manifest(cfg: CurateConfig, run: RunDir, find_duplicates) -> int:
-    """Write RUN/manifest/; ``find_duplicates(con)`` returns an Arrow table (sample_id, duplicate_of)."""
+def build_manifest(cfg: CurateConfig, run: RunDir) -> int:
+    """Decide every row, dedupe the survivors, write RUN/manifest/ and RUN/dedupe_index/."""
+    from curate.stages.dedupe_stage import find_duplicates, save_kept_index
+
     con = open_run_views(run, cfg)
     con.execute(f"CREATE OR REPLACE TABLE decided AS {decided_sql(cfg)}")
-    con.register("duplicates", find_duplicates(con))
+    con.register("duplicates", find_duplicates(con, cfg, run))
+    con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {final_sql(cfg)}")
     storage.remove_tree(run.manifest)
-    reader = con.execute(final_sql(cfg)).arrow()
+    reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").arrow()
     total, part, pending, pending_rows = 0, 0, [], 0
     for batch in reader:
         pending.append(batch)
@@ -122,6 +125,8 @@ def build_manifest(cfg: CurateConfig, run: RunDir, find_duplicates) -> int:
     if pending or part == 0:
         _write_part(run, part, pending, reader.schema)
         total += pending_rows
+    if cfg.clip.model:
+        save_kept_index(con, run)
     con.close()
     return total
 

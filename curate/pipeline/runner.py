@@ -26,6 +26,7 @@ from curate.pipeline.ray_session import start_ray
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
+from curate.stages.dedupe_stage import check_dedupe_references
 from curate.stages.registry import model_stages
 
 
@@ -48,10 +49,6 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
         raise ConfigError(f"{run.root} was started from other input files; use a new --out")
 
 
-def no_duplicates(con) -> pa.Table:
-    return pa.table({"sample_id": pa.array([], pa.string()), "duplicate_of": pa.array([], pa.string())})
-
-
 def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
     if storage.exists(run.marker(name)):
         console.print(f"[dim]{name}: already done, skipped[/dim]")
@@ -71,6 +68,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     _check_resumable(cfg, run, state)
     for stage in model_stages(cfg):
         stage.check()  # a bad model reference stops here, before anything is written
+    check_dedupe_references(cfg)
     fresh = not storage.exists(run.config)
     storage.makedirs(run.root)
     storage.write_text(run.config, cfg.to_yaml())
@@ -98,7 +96,7 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     """Manifest, output shards and summary from stored results (also used by refilter)."""
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    build_manifest(cfg, run, no_duplicates)
+    build_manifest(cfg, run)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
@@ -120,7 +118,7 @@ def read_kept(run: RunDir) -> pa.Table:
 
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
-REFILTER_KEYS = ("clip.min_score", "output.formats", "output.samples_per_shard")
+REFILTER_KEYS = ("clip.min_score", "dedupe.", "output.formats", "output.samples_per_shard")
 
 
 def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:
