@@ -45,21 +45,30 @@ def evaluate(manifest: pa.Table, truth: pa.Table) -> dict:
     by_row = {t["input_row"]: t for t in truth.to_pylist()}
     rows = [(m, by_row[m["input_row"]]) for m in manifest.to_pylist()]
     usable = [(m, t) for m, t in rows if t["image_ok"]]
-    true_pair = lambda t: t["image_ok"] and t["caption_correct"] and t["kind"] not in ("exact_dup", "near_dup")
+    # Precision and recall count image groups (an original and its planted copies): keeping
+    # any one member with a correct caption is a hit, keeping two members is one redundant.
+    group = lambda t: t["dup_of_row"] if t["dup_of_row"] is not None else t["input_row"]
     kept = [(m, t) for m, t in rows if m["status"] == "kept"]
-    kept_true = sum(1 for m, t in kept if true_pair(t) and _correct(t, m["caption_chosen"]))
-    all_true = sum(1 for _, t in rows if true_pair(t))
+    hit_groups = {group(t) for m, t in kept if _correct(t, m["caption_chosen"])}
+    true_groups = {group(t) for _, t in usable if t["caption_correct"]}
+    status_of_row = {m["input_row"]: m["status"] for m, _ in rows}
     planted = [(m, t) for m, t in rows if t["kind"] in ("exact_dup", "near_dup") and m["status"] != "download_failed"]
+    # A planted pair is found when the copy and its original are not both kept (either may survive).
+    found = sum(1 for m, t in planted if not (m["status"] == "kept" and status_of_row[t["dup_of_row"]] == "kept"))
+    originals = {t["dup_of_row"] for _, t in planted}
+    unique = [(m, t) for m, t in rows if t["image_ok"] and t["kind"] not in ("exact_dup", "near_dup") and t["input_row"] not in originals]
     return {
         "rows": len(rows),
         "kept": len(kept),
         "correct_caption_fraction_before": round(sum(t["caption_correct"] for _, t in usable) / max(len(usable), 1), 4),
         "correct_caption_fraction_after": round(sum(_correct(t, m["caption_chosen"]) for m, t in kept) / max(len(kept), 1), 4),
         "kept_correct": sum(_correct(t, m["caption_chosen"]) for m, t in kept),
-        "precision_true_pairs": round(kept_true / max(len(kept), 1), 4),
-        "recall_true_pairs": round(kept_true / max(all_true, 1), 4),
+        "precision_true_pairs": round(len(hit_groups) / max(len(kept), 1), 4),
+        "recall_true_pairs": round(len(hit_groups & true_groups) / max(len(true_groups), 1), 4),
         "planted_duplicates": len(planted),
-        "planted_duplicates_found": sum(1 for m, t in planted if m["status"] == "duplicate"),
+        "planted_duplicates_found": found,
+        "unique_images_marked_duplicate": sum(1 for m, _ in unique if m["status"] == "duplicate"),
+        "unique_images": len(unique),
     }
 
 
@@ -75,12 +84,19 @@ def print_evaluation(result: dict, console: Console) -> None:
         "precision_true_pairs": "precision of kept (true, unique pairs)",
         "recall_true_pairs": "recall of kept (true, unique pairs)",
         "planted_duplicates": "planted duplicates (downloaded)",
-        "planted_duplicates_found": "planted duplicates marked duplicate",
+        "planted_duplicates_found": "planted duplicate pairs found",
+        "unique_images_marked_duplicate": "unique images wrongly marked duplicate",
     }
     for key, label in labels.items():
         value = result[key]
         table.add_row(label, f"{value:.1%}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def evaluate_run(run_dir: Path) -> dict:
+    """Score an existing demo run (e.g. after `curate refilter`) against its corpus truth."""
+    manifest = storage.read_parquet(storage.list_files(str(run_dir / "manifest"), ".parquet"))
+    return evaluate(manifest, pq.read_table(run_dir.parent / "corpus" / "truth.parquet"))
 
 
 def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:
