@@ -1,0 +1,77 @@
+"""Input and run directory in an S3 bucket: a real S3-compatible server (moto's standalone
+server) on 127.0.0.1, credentials and endpoint from the standard AWS environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import mixed_corpus
+from curate.synth.http_server import CorpusServer
+from e2e import FAST_SETTINGS, corpus_rows
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield env
+    server.kill()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_run_and_query_with_input_and_output_in_a_bucket(s3_server, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("curate-test")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}) as server:
+        rows = corpus_rows(server)
+        with fs.open("curate-test/in/pairs.parquet", "wb") as handle:
+            pq.write_table(pa.Table.from_pylist([{"url": r["url"], "caption": r["caption"]} for r in rows]), handle)
+        args = ["curate", "run", "--out", "s3://curate-test/runs/r1", "--set", "input.path=s3://curate-test/in/",
+                "--set", "input.format=parquet", "--set", "output.path=unused"]
+        args += [a for s in FAST_SETTINGS for a in ("--set", s)]
+        config = tmp_path / "c.yaml"
+        config.write_text("input: {path: x.parquet}\noutput: {path: x}\n")
+        out = subprocess.run(args[:2] + [str(config)] + args[2:], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "testing-secret" not in out.stdout + out.stderr  # credentials are never logged
+
+    index = json.loads(fs.cat_file("curate-test/runs/r1/output/index.json"))
+    assert index["total"] == 5 and fs.exists(f"curate-test/runs/r1/output/{index['shards'][0]['name']}.tar")
+    manifest = pq.ParquetDataset("curate-test/runs/r1/manifest", filesystem=fs).read()
+    assert manifest.num_rows == len(rows) and len(set(manifest.column("sample_id").to_pylist())) == len(rows)
+
+    query = subprocess.run(["curate", "query", "s3://curate-test/runs/r1", "SELECT count(*) AS n FROM manifest", "--format", "json"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout) == [{"n": len(rows)}]
