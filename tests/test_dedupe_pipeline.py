@@ -71,3 +71,47 @@ def test_result_independent_of_sharding(tmp_path, ray_session, dup_corpus):
     columns = ["sample_id", "status", "reason", "caption_chosen", "sha256", "pixel_sha256", "output_shard"]
     assert one.select(columns).equals(many.select(columns))
     assert one.column("download_shard").to_pylist() != many.column("download_shard").to_pylist()
+
+
+def _rendered(seed: int) -> bytes:
+    import random
+
+    from curate.synth import domain
+
+    rng = random.Random(seed)
+    buffer = io.BytesIO()
+    domain.render(domain.sample_scene(rng), 96, rng).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_cross_run_dedupe_against_an_earlier_run(tmp_path, ray_session):
+    """Run 1 curates images A; run 2 sees A again (other URLs) plus new images B: with
+    dedupe.against=[run 1], A's copies are duplicates of run 1's samples, B is kept."""
+    a = [_rendered(seed) for seed in range(4)]
+    b = [_rendered(seed) for seed in range(100, 104)]
+    routes = {f"/a/{i}.jpg": Route(x) for i, x in enumerate(a)}
+    routes.update({f"/again/{i}.jpg": Route(x) for i, x in enumerate(a)})
+    routes.update({f"/b/{i}.jpg": Route(x) for i, x in enumerate(b)})
+    clip_settings = ["clip.model=curate:tiny-clip", "dedupe.threshold=0.99", "filters.min_side=32"]
+    with CorpusServer(routes) as server:
+        first = [{"url": server.url(f"/a/{i}.jpg"), "caption": f"first crawl picture {i}"} for i in range(4)]
+        run1 = _run(tmp_path / "run1", first, *clip_settings).to_pylist()
+        second = [{"url": server.url(f"/again/{i}.jpg"), "caption": f"second crawl picture {i}"} for i in range(4)]
+        second += [{"url": server.url(f"/b/{i}.jpg"), "caption": f"new picture {i}"} for i in range(4)]
+        run2 = _run(tmp_path / "run2", second, *clip_settings, f"dedupe.against=[{tmp_path / 'run1' / 'run'}]").to_pylist()
+    assert [m["status"] for m in run1] == ["kept"] * 4
+    assert (tmp_path / "run1" / "run" / "dedupe_index" / "meta.json").is_file()
+    for earlier, again in zip(run1, run2[:4]):
+        assert (again["status"], again["reason"]) == ("duplicate", f"duplicate_of:run/{earlier['sample_id']}")
+    assert [m["status"] for m in run2[4:]] == ["kept"] * 4
+
+
+def test_against_a_missing_reference_stops_at_start(tmp_path):
+    from curate.pipeline.config import ConfigError
+
+    write_input([{"url": "http://x.org/a.jpg", "caption": "a b c"}], tmp_path / "in.parquet")
+    cfg = load_config(None, [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip",
+                             f"dedupe.against=[{tmp_path / 'nope'}]"], out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="neither a curate run"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run").exists()
