@@ -24,7 +24,9 @@ cell is not among x's selected cells *and* x's cell is not among y's. That needs
 passed the bisector test but was cut by ``max_assign`` (counted in ``ClusterStats.n_capped``)
 or that is not among the ``n_candidates`` nearest centroids. With ``max_assign >=
 n_candidates >= n_clusters`` the result equals flat search exactly. In high dimension most
-rows pass the test for several cells (bench/dedupe.py: recall >= 0.99 at ``max_assign=4``).
+rows pass the test for more than ``max_assign`` cells, so ``n_capped`` is usually most rows;
+recall is then measured, not guaranteed (bench/dedupe.py: 0.998 at the default
+``max_assign=6``, docs/benchmarks.md).
 
 The result does not depend on the number of partitions or Ray tasks: cells are fixed before
 partitioning, every cell's search is exact, and candidates are merged as a set and re-scored
@@ -44,9 +46,10 @@ import faiss
 
 from curate.dedupe import _faiss as fx
 
-# Halo cells per row, primary included. 4 gives recall >= 0.99 at cosine 0.95 on
-# bench/dedupe.py's data; the cost of the cell searches grows about linearly with it.
-DEFAULT_MAX_ASSIGN = 4
+# Cells per row, primary included. On bench/dedupe.py's data at cosine 0.95 and N = 100k:
+# recall 0.992 (4), 0.996 (5), 0.998 (6), 0.9996 (8); the cell-search cost grows about
+# linearly with it (0.015, 0.018, 0.022, 0.028 of flat's N^2/2 scores).
+DEFAULT_MAX_ASSIGN = 6
 # Nearest centroids examined per row for the halo test.
 DEFAULT_N_CANDIDATES = 16
 # k-means training sample per centroid and iterations: cells only need to be compact, not
@@ -111,8 +114,8 @@ def clustered_pairs(
     """Like :func:`curate.dedupe.near_duplicate_pairs` (method="clustered"), plus statistics.
 
     ``use_ray`` None: Ray tasks when Ray is initialised (the caller owns ``ray.init``), else all
-    cells in this process. ``n_partitions``: groups of cells, one Ray task each (default: 4 per
-    Ray CPU, or 1 in-process); it changes speed, never the result.
+    cells on a thread pool in this process. ``n_partitions``: groups of cells, one Ray task (or
+    pool job) each, default 4 per Ray CPU or 2 per thread; it changes speed, never the result.
     """
     emb = fx.check_embeddings(emb)
     threshold = fx.check_threshold(threshold)
@@ -129,13 +132,12 @@ def clustered_pairs(
     t1 = time.perf_counter()
     plan = plan_cells(emb, kmeans, radius, max_assign, n_candidates)
     t2 = time.perf_counter()
-    n_partitions = int(n_partitions or (_default_partitions() if use_ray else 1))
+    n_partitions = int(n_partitions or _default_partitions(use_ray))
     parts = balance_partitions(plan, n_partitions)
     if use_ray:
         a, b, peak = _search_with_ray(emb, plan, parts, radius)
     else:
-        a, b, _ = search_cells(emb, *_pack(plan, range(len(plan.db_rows))), radius)
-        peak = None
+        a, b, peak = _search_in_process(emb, plan, parts, radius)
     i, j, sim = fx.finalize_pairs(emb, a, b, threshold)
     t3 = time.perf_counter()
 
@@ -170,7 +172,9 @@ def _train_kmeans(emb: np.ndarray, k: int, seed: int, gpu: bool) -> faiss.Kmeans
         gpu=gpu,
         verbose=False,
     )
-    kmeans.train(emb)
+    n_train = min(len(emb), k * KMEANS_POINTS_PER_CENTROID)
+    with fx.faiss_threads(fx.threads_for(n_train * k * KMEANS_NITER)):
+        kmeans.train(emb)
     return kmeans
 
 
@@ -186,7 +190,9 @@ def plan_cells(
     member_rows, member_cells, primary = [], [], np.empty(len(emb), np.int64)
     n_capped, n_members = 0, 0
     for start in range(0, len(emb), fx.QUERY_BATCH):
-        sq_dist, cells = kmeans.index.search(emb[start : start + fx.QUERY_BATCH], n_candidates)
+        batch = emb[start : start + fx.QUERY_BATCH]
+        with fx.faiss_threads(fx.threads_for(len(batch) * k)):
+            sq_dist, cells = kmeans.index.search(batch, n_candidates)
         bisector = _bisector_distance(sq_dist, cells, centroid_dist)
         passing = bisector <= r
         n_capped += int(np.count_nonzero(passing.sum(axis=1) > max_assign))
@@ -256,7 +262,11 @@ def _pack(plan: CellPlan, cells) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def search_cells(emb, db_rows, db_off, q_rows, q_off, radius: float):
-    """Exact range search of each cell's query rows against its primary rows -> candidate pairs."""
+    """Exact range search of each cell's query rows against its primary rows -> candidate pairs.
+
+    Cells are small (~sqrt(N)/2 primary rows), so FAISS runs single-threaded here and the
+    parallelism comes from running partitions side by side (Ray tasks or a thread pool).
+    """
     a_parts, b_parts = [], []
     for c in range(len(db_off) - 1):
         db = db_rows[db_off[c] : db_off[c + 1]]
@@ -265,7 +275,8 @@ def search_cells(emb, db_rows, db_off, q_rows, q_off, radius: float):
             continue
         index = faiss.IndexFlatIP(emb.shape[1])
         index.add(emb[db])
-        q, ids, _ = fx.range_search(index, emb[qs], radius)
+        lims, _, ids = index.range_search(emb[qs], radius)
+        q = np.repeat(np.arange(len(qs)), np.diff(lims).astype(np.int64))
         a_parts.append(qs[q])
         b_parts.append(db[ids])
     if not a_parts:
@@ -274,14 +285,20 @@ def search_cells(emb, db_rows, db_off, q_rows, q_off, radius: float):
 
 
 def _search_cells_task(emb, db_rows, db_off, q_rows, q_off, radius):
-    # One OpenMP thread per task: Ray runs several tasks per core-pair already. Restore the
-    # setting afterwards because Ray reuses worker processes for other work.
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    # One OpenMP thread per task or pool thread (restored afterwards: Ray reuses workers).
+    with fx.faiss_threads(1):
         return search_cells(emb, db_rows, db_off, q_rows, q_off, radius)
-    finally:
-        faiss.omp_set_num_threads(previous)
+
+
+def _search_in_process(emb, plan, parts, radius):
+    """Partitions on a thread pool (FAISS releases the GIL), one FAISS thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    packed = [_pack(plan, cells) for cells in parts]
+    workers = max(1, min(len(packed), faiss.omp_get_max_threads()))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda p: _search_cells_task(emb, *p, radius), packed))
+    return _merge(results, peak=None)
 
 
 def _search_with_ray(emb, plan, parts, radius):
@@ -292,12 +309,14 @@ def _search_with_ray(emb, plan, parts, radius):
     futures = [task.remote(emb_ref, *_pack(plan, cells), radius) for cells in parts]
     results = ray.get(futures)
     del emb_ref
-    if not results:
-        return np.empty(0, np.int64), np.empty(0, np.int64), None
-    a = np.concatenate([r[0] for r in results])
-    b = np.concatenate([r[1] for r in results])
     peaks = [r[2] for r in results if r[2] is not None]
-    return a, b, max(peaks) if peaks else None
+    return _merge(results, peak=max(peaks) if peaks else None)
+
+
+def _merge(results, peak):
+    if not results:
+        return np.empty(0, np.int64), np.empty(0, np.int64), peak
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]), peak
 
 
 def _resolve_ray(use_ray: bool | None) -> bool:
@@ -314,7 +333,10 @@ def _resolve_ray(use_ray: bool | None) -> bool:
     return ray.is_initialized()
 
 
-def _default_partitions() -> int:
+def _default_partitions(use_ray: bool) -> int:
+    """Enough partitions to even out cell sizes: 2 per concurrent task/thread."""
+    if not use_ray:
+        return 2 * faiss.omp_get_max_threads()
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1.0)

@@ -19,17 +19,21 @@ from curate.dedupe import _faiss as fx
 
 Method = Literal["auto", "flat", "ivf", "clustered"]
 
-# auto: exact flat search up to this many rows. Its cost grows as N^2 (100k rows: ~1e10 pair
-# scores, minutes on 2 cores), while the approximate methods grow as ~N^1.5.
-FLAT_MAX_N = 50_000
-# auto: IVF between FLAT_MAX_N and this; clustered above (k-means cells processed as
-# independent Ray tasks, so it also spreads over a cluster's nodes).
-IVF_MAX_N = 200_000
+# auto: exact flat search up to this many rows (~7 s on 2 cores at 20k). Its cost grows as
+# N^2 (100k rows: 5e9 scores, 90 s), the approximate methods' as ~N^1.5.
+FLAT_MAX_N = 20_000
+# auto: IVF for FLAT_MAX_N < N <= IVF_MAX_N, clustered above. Measured on CPU
+# (docs/benchmarks.md), clustered beats IVF at every N >= 50k in both time and recall: IVF's
+# range_search scans lists one query at a time, clustered scores whole cells with BLAS. So
+# the IVF band is empty by default; IVF remains for method="ivf" and for saved indexes.
+IVF_MAX_N = FLAT_MAX_N
 # Rows per block of the flat search: only block pairs (k, l) with l >= k are searched,
 # which halves the N^2 work of a plain all-vs-all range_search.
 FLAT_BLOCK = 16_384
-# Training rows per IVF list / k-means cell (FAISS warns below 39).
-TRAIN_POINTS_PER_CELL = 64
+# Training rows per IVF list (FAISS warns below 39) and k-means iterations (FAISS default 25):
+# training cost grows as nlist^2, and lists only need to be compact, not optimal.
+TRAIN_POINTS_PER_CELL = 40
+IVF_KMEANS_NITER = 10
 
 
 def near_duplicate_pairs(
@@ -58,7 +62,7 @@ def near_duplicate_pairs(
         the index, so a pair is found from either end. Approximate recall.
       * ``clustered``: k-means cells with boundary halos, one Ray task per partition of cells
         (:func:`curate.dedupe.clustered.clustered_pairs`). Approximate recall.
-      * ``auto``: :func:`choose_method`.
+      * ``auto``: :func:`choose_method` (flat up to 20k rows, clustered above).
 
     ``use_gpu``: None uses a GPU when ``faiss.get_num_gpus() > 0``. ``use_ray`` (clustered
     only): None uses Ray tasks when Ray is initialised, else runs the cells in this process.
@@ -97,7 +101,8 @@ def near_duplicate_pairs(
 
 
 def choose_method(n: int) -> str:
-    """``flat`` (exact) while affordable, then ``ivf``, then ``clustered``; see module constants."""
+    """``flat`` (exact) while affordable, then ``ivf`` (empty band by default), then
+    ``clustered``; see FLAT_MAX_N and IVF_MAX_N."""
     if n <= FLAT_MAX_N:
         return "flat"
     if n <= IVF_MAX_N:
@@ -146,26 +151,59 @@ def ivf_nlist(n: int) -> int:
 
 
 def ivf_nprobe(nlist: int) -> int:
-    """Lists probed per query: 8 (recall >= 0.998 at cosine 0.95 in bench/dedupe.py)."""
+    """Lists probed per query: 8 (recall 0.997..0.998 at cosine 0.95, N = 50k..100k, in
+    bench/dedupe.py; every row is also a query, so a pair is found from either end)."""
     return int(min(nlist, 8))
 
 
-def build_ivf(emb: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
-    """Train and fill an inner-product ``IndexIVFFlat`` on a seeded sample of ``emb``."""
+def build_ivf(
+    emb: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0, *, fill: bool = True
+):
+    """Train (and fill) an inner-product ``IndexIVFFlat`` on a seeded sample of ``emb``."""
     n, d = emb.shape
     nlist = nlist or ivf_nlist(n)
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = IVF_KMEANS_NITER
+    index.cp.seed = seed
     n_train = min(n, TRAIN_POINTS_PER_CELL * nlist)
     rows = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
-    index.train(emb[rows])
-    index.add(emb)
+    with fx.faiss_threads(fx.threads_for(n_train * nlist * IVF_KMEANS_NITER)):
+        index.train(emb[rows])
+    if fill:
+        with fx.faiss_threads(fx.threads_for(n * nlist)):
+            index.add(emb)
     index.nprobe = nprobe or ivf_nprobe(nlist)
     return index
 
 
 def _ivf_candidates(emb, radius, nlist, nprobe, seed, gpu) -> tuple[np.ndarray, np.ndarray]:
-    index = build_ivf(emb, nlist, nprobe, seed)
-    gpu_index = fx.to_gpu(index) if gpu else None
-    q, ids, _ = fx.range_search(index, emb, radius, gpu_index=gpu_index)
-    return q, ids
+    if gpu:
+        index = build_ivf(emb, nlist, nprobe, seed)
+        q, ids, _ = fx.range_search(index, emb, radius, gpu_index=fx.to_gpu(index))
+        return q, ids
+    # CPU: the queries are the indexed rows themselves, so one quantizer pass (nprobe nearest
+    # lists per row) serves both the add (nearest list) and the search (all nprobe lists).
+    index = build_ivf(emb, nlist, nprobe, seed, fill=False)
+    sims, lists = _coarse_assign(index, emb)
+    nearest = np.ascontiguousarray(lists[:, 0])
+    with fx.faiss_threads(fx.threads_for(len(emb) * index.nlist)):
+        index.add_core(len(emb), faiss.swig_ptr(emb), None, faiss.swig_ptr(nearest))
+    a_parts, b_parts = [], []
+    for start in range(0, len(emb), fx.QUERY_BATCH):
+        sl = slice(start, start + fx.QUERY_BATCH)
+        with fx.faiss_threads(fx.threads_for(len(emb[sl]) * len(emb) * index.nprobe / index.nlist)):
+            lims, _, ids = index.range_search_preassigned(emb[sl], radius, lists[sl], sims[sl])
+        a_parts.append(start + np.repeat(np.arange(len(emb[sl])), np.diff(lims).astype(np.int64)))
+        b_parts.append(ids.astype(np.int64))
+    return np.concatenate(a_parts), np.concatenate(b_parts)
+
+
+def _coarse_assign(index, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sims = np.empty((len(emb), index.nprobe), np.float32)
+    lists = np.empty((len(emb), index.nprobe), np.int64)
+    for start in range(0, len(emb), fx.QUERY_BATCH):
+        sl = slice(start, start + fx.QUERY_BATCH)
+        with fx.faiss_threads(fx.threads_for(len(emb[sl]) * index.nlist)):
+            sims[sl], lists[sl] = index.quantizer.search(emb[sl], index.nprobe)
+    return sims, lists

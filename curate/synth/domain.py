@@ -48,7 +48,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 _RADIUS = {"small": (0.13, 0.18), "large": (0.28, 0.36)}
 # Tiny ViTs have no translation equivariance: with shapes anywhere in the frame they
 # need many times more steps to learn the shapes, so objects stay near the centre.
-_MAX_OFFSET = 0.12
+_MAX_OFFSET = 0.08
 _MAX_ROTATION = 15.0  # degrees; more would turn a square into a diamond
 _COLOUR_JITTER = 12  # per channel, either way
 _NOISE_SIGMA = 4.0  # Gaussian pixel noise, in 0..255 units
@@ -120,6 +120,16 @@ def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Im
     With ``rng`` the position, extent, rotation, colours and noise vary; without it the
     render is canonical (centred, upright, exact colours, no noise) and deterministic.
     """
+    return render_with_mask(scene, size, rng)[0]
+
+
+def render_with_mask(scene: Scene, size: int = 64, rng: random.Random | None = None) -> tuple[Image.Image, Image.Image]:
+    """:func:`render`, plus the object's coverage as an "L" image (255 = object).
+
+    The mask is ground truth for training (the script uses it to teach the tiny ViTs
+    where the object is); it consumes no extra randomness, so the RGB image is the one
+    :func:`render` returns for the same ``rng`` state.
+    """
     # Draw at >= 256 px and downsample: anti-aliased edges, so small shapes stay recognisable.
     supersample = max(2, math.ceil(256 / size))
     side = size * supersample
@@ -139,10 +149,12 @@ def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Im
 
     canvas = Image.new("RGB", (side, side), bg)
     _draw_shape(ImageDraw.Draw(canvas), scene.shape, centre, radius, angle, fg)
+    mask = Image.new("L", (side, side), 0)
+    _draw_shape(ImageDraw.Draw(mask), scene.shape, centre, radius, angle, 255)
     image = canvas.resize((size, size), Image.Resampling.LANCZOS)
     if rng is not None:
         image = _add_noise(image, rng)
-    return image
+    return image, mask.resize((size, size), Image.Resampling.BOX)
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, int]:
@@ -222,17 +234,17 @@ def true_caption(scene: Scene, rng: random.Random) -> str:
     return _fill(rng.choice(_TEMPLATES), scene)
 
 
-def wrong_caption(scene: Scene, rng: random.Random, *, hard: bool | None = None) -> str:
+def wrong_caption(scene: Scene, rng: random.Random, *, hard: bool | None = None, attribute: str | None = None) -> str:
     """A fluent caption of another scene that is wrong for ``scene``.
 
     ``hard=True``: the other scene differs in exactly one attribute that the caption
-    mentions (the hard negative a filter must catch); ``hard=False``: any other scene;
-    ``None``: either, at random.
+    mentions (the hard negative a filter must catch), ``attribute`` if given;
+    ``hard=False``: any other scene; ``None``: either, at random.
     """
     if hard is None:
-        hard = rng.random() < 0.5
+        hard = attribute is not None or rng.random() < 0.5
     while True:  # a template may not mention the changed attribute: then draw again
-        other = change_one_attribute(scene, rng) if hard else sample_scene(rng)
+        other = change_one_attribute(scene, rng, attribute) if hard else sample_scene(rng)
         caption = _fill(rng.choice(_TEMPLATES), other)
         if not caption_is_correct(caption, scene):
             return caption
