@@ -1,4 +1,12 @@
-"""``curate query``: DuckDB over a run's tables, printed for people or for scripts."""
+"""``curate query``: DuckDB over a run's tables, printed for people or for scripts.
+
+Views (see docs/queries.md):
+- ``manifest``: RUN/manifest/, one row per input row (the source of truth);
+- ``scored``: RUN/scored/, one row per downloaded sample with its scores and CLIP image
+  embeddings (a batch committed twice is counted once, as when the manifest is built);
+- ``output``: RUN/output/index.json, one row per output shard (name, count, files).
+Local and bucket (s3://, gs://) runs alike: DuckDB reads through the pipeline's fsspec.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +28,39 @@ class QueryError(ValueError):
     pass
 
 
+OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files", pa.list_(pa.string()))])
+
+
 def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
-    """A connection with the view ``manifest`` over RUN/manifest/."""
+    """A connection with the views ``manifest``, ``scored`` and ``output`` of a run."""
     run = RunDir(run_root.rstrip("/"))
     files = storage.list_files(run.manifest, ".parquet")
     if not files:
         raise QueryError(f"{run_root} has no manifest (RUN/manifest/*.parquet); is it a finished curate run?")
     con = duck.connect(run.root)
     con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({duck.sql_list(files)})")
+    _scored_view(con, run)
+    _output_view(con, run)
     return con
+
+
+def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
+    from curate.pipeline.manifest import SCORED_BASE_SCHEMA
+
+    duck.create_parquet_view(con, "scored_parts", storage.list_files(run.scored, ".parquet"), SCORED_BASE_SCHEMA)
+    # A batch retried after its write may be committed twice, with identical rows.
+    con.execute(
+        "CREATE VIEW scored AS SELECT * FROM scored_parts "
+        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY key) = 1"
+    )
+
+
+def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
+    index_uri = storage.join(run.output, "index.json")
+    shards = json.loads(storage.read_text(index_uri))["shards"] if storage.exists(index_uri) else []
+    rows = [{"name": s["name"], "count": s["count"], "files": s["files"]} for s in shards]
+    con.register("output_index", pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
+    con.execute("CREATE VIEW output AS SELECT * FROM output_index")
 
 
 def run_query(run_root: str, sql: str) -> pa.Table:
@@ -46,6 +78,8 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 8:  # an embedding: its size says enough in a table
+        return f"[{len(value)} values]"
     return str(value)
 
 

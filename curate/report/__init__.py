@@ -1,0 +1,1 @@
+"""The run report (``curate report``) and the ready quality queries (``curate stats``)."""

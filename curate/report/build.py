@@ -1,0 +1,241 @@
+"""``curate report RUN``: collect the figures and samples of a finished run, write RUN/report/index.html.
+
+Reads the manifest through the query views (local or bucket), the run's config.yaml for
+thresholds and the image column, and only the sampled images from RUN/downloaded/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import yaml
+
+from curate.pipeline import storage
+from curate.pipeline.query import open_views
+from curate.pipeline.rundir import RunDir
+from curate.report import html, plots, samples, stats
+from curate.report.thumbnails import load_thumbnails
+
+DEFAULT_SAMPLES = 24
+# Scores the report always talks about: a missing one gets a note instead of a plot.
+EXPECTED_SCORES = {"clip_score": "CLIP score", "itm_prob": "ITM probability"}
+# Where each score's threshold lives in the config (section, key).
+THRESHOLD_KEYS = {"clip_score": ("clip", "min_score"), "itm_prob": ("itm", "min_prob")}
+
+
+def _read_yaml(uri: str) -> dict:
+    return (yaml.safe_load(storage.read_text(uri)) or {}) if storage.exists(uri) else {}
+
+
+def _read_json(uri: str) -> dict:
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+
+
+def write_report(run_root: str, samples_per_group: int | None = None) -> str:
+    """Build the report of a finished run; returns the URI of index.html."""
+    run = RunDir(run_root.rstrip("/"))
+    config = _read_yaml(run.config)
+    if samples_per_group is None:
+        samples_per_group = (config.get("report") or {}).get("samples", DEFAULT_SAMPLES)
+    con = open_views(run.root)
+    try:
+        text = render(con, run, config, samples_per_group)
+    finally:
+        con.close()
+    uri = storage.join(run.report, "index.html")
+    storage.write_text(uri, text)
+    return uri
+
+
+def threshold(con, config: dict, column: str) -> float | None:
+    section, key = THRESHOLD_KEYS.get(column, (None, None))
+    value = (config.get(section) or {}).get(key) if section else None
+    return value if value is not None else stats.threshold_from_reasons(con, column)
+
+
+def present_scores(con) -> list[str]:
+    """Score columns with at least one value (an all-NULL column has nothing to plot)."""
+    return [c for c in stats.score_columns(con) if con.execute(f'SELECT count("{c}") FROM manifest').fetchone()[0]]
+
+
+def render(con, run: RunDir, config: dict, n: int) -> str:
+    scores = present_scores(con)
+    image_col = (config.get("download") or {}).get("encode_format", "jpg")
+    parts = [
+        ("funnel", "Funnel", funnel_section(con)),
+        ("scores", "Scores", scores_section(con, config, scores)),
+        ("captions", "Captions", captions_section(con)),
+        ("reasons", "Decisions", reasons_section(con)),
+    ]
+    kept = samples.kept_sample(con, n)
+    filtered = samples.filtered_samples(con, max(1, n // 2))
+    dups = samples.duplicate_groups(con, max(1, n // 4))
+    capfilt = samples.capfilt_sample(con, max(1, n // 3)) if "captions" in stats.manifest_columns(con) else None
+    thumbs = load_thumbnails(run.downloaded, _all_rows(kept, filtered, dups, capfilt or []), image_col)
+    parts += [
+        ("kept", "Kept samples", kept_section(kept, thumbs, scores)),
+        ("filtered", "Filtered samples", filtered_section(filtered, thumbs, scores)),
+        ("duplicates", "Duplicate groups", duplicates_section(dups, thumbs, scores)),
+        ("failures", "Download failures and blocked URLs", failures_section(con)),
+        ("capfilt", "Original vs. synthetic captions", capfilt_section(capfilt, thumbs, scores)),
+        ("sources", "Sources", sources_section(con)),
+    ]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return html.page(
+        title="curate report", subtitle=run.root, headline=headline(con, run, config, scores),
+        nav=[("summary", "Summary")] + [(a, t) for a, t, _ in parts],
+        sections=[html.section(a, t, lead, body) for a, t, (lead, body) in parts],
+        footer=f"Generated {html.esc(now)} by <code>curate report</code>. Ask your own questions with "
+               f"<code>curate query {html.esc(run.root)} \"SQL\"</code> (docs/queries.md).",
+    )
+
+
+def _all_rows(kept, filtered, dups, capfilt) -> list[dict]:
+    rows = list(kept) + [r for group in filtered.values() for r in group] + list(capfilt)
+    for group in dups:
+        rows += ([group["survivor"]] if group["survivor"] else []) + group["duplicates"]
+    return rows
+
+
+def headline(con, run: RunDir, config: dict, scores: list[str]) -> str:
+    counts = dict(con.execute("SELECT status, count(*) FROM manifest GROUP BY 1").fetchall())
+    total = sum(counts.values())
+    items = [("rows in", total, None, "#3569c9")]
+    for status in stats.STATUS_ORDER:
+        share = f"{counts.get(status, 0) / max(total, 1):.1%} of rows in"
+        items.append((status.replace("_", " "), counts.get(status, 0), share, plots.status_colour(status)))
+    facts = _facts(run, config, scores, con)
+    body = html.tiles(items) + f'<p class="facts">{" &nbsp;·&nbsp; ".join(facts)}</p>'
+    return f'<section id="summary"><h2>Summary</h2>{body}</section>'
+
+
+def _facts(run: RunDir, config: dict, scores: list[str], con) -> list[str]:
+    summary = _read_json(run.summary)
+    index = _read_json(storage.join(run.output, "index.json"))
+    facts = []
+    if summary.get("wall_seconds"):
+        facts.append(f"wall time <b>{summary['wall_seconds']:,.1f} s</b> ({summary.get('rows_per_second')} rows/s)")
+    clip = config.get("clip") or {}
+    if clip.get("model"):
+        facts.append(f"CLIP <b>{html.esc(clip['model'])}</b>")
+    for column in scores:
+        t = threshold(con, config, column)
+        if t is not None:
+            facts.append(f"{html.esc(column)} ≥ <b>{t:g}</b>")
+    dedupe = config.get("dedupe") or {}
+    if dedupe.get("enabled", True):
+        facts.append(f"dedupe threshold <b>{dedupe.get('threshold') or 'default'}</b>")
+    if index:
+        facts.append(f"output <b>{index.get('total', 0):,}</b> samples in <b>{len(index.get('shards', []))}</b> shards "
+                     f"({html.esc(', '.join(index.get('formats', [])))})")
+    return facts
+
+
+def funnel_section(con) -> tuple[str, str]:
+    svg = plots.funnel(stats.funnel_steps(con), "funnel")
+    lead = "Rows left after each step, in the order the pipeline decides: URL check, download, image rules, caption rules, model thresholds, dedupe."
+    return lead, f'<div class="funnel">{svg}</div>'
+
+
+def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
+    body = []
+    for column in scores + [c for c in EXPECTED_SCORES if c not in scores]:
+        label = EXPECTED_SCORES.get(column, column)
+        if column not in scores:
+            body.append(html.note(f"No {html.esc(label)} in this run (manifest column <code>{html.esc(column)}</code> "
+                                  "is missing or empty): its stage was off or has not been run, so there is nothing to plot."))
+            continue
+        t = threshold(con, config, column)
+        hist = plots.histogram_by_status(stats.values_by_status(con, f'"{column}"'), column, f"hist-{column}", t)
+        curve = plots.keep_fraction_curve(stats.eligible_scores(con, column), column, f"curve-{column}", t)
+        body.append(f"<h3>{html.esc(label)} (<code>{html.esc(column)}</code>)</h3><div class=\"plots\">"
+                    + html.figure(hist, "Distribution per decision; the dashed line is the threshold.")
+                    + html.figure(curve, "Share of the samples no other rule removed that a threshold would keep (before dedupe).")
+                    + "</div>")
+    body.append("<h3>Quantiles</h3>" + html.table(stats.score_quantiles(con)))
+    return "Scores are stored for every downloaded sample; <code>curate refilter RUN --set clip.min_score=T</code> applies a new threshold without running a model.", "".join(body)
+
+
+def captions_section(con) -> tuple[str, str]:
+    values = stats.values_by_status(con, stats.CAPTION_WORDS)
+    top = max((v.max() for v in values.values() if len(v)), default=1)
+    bins = [b - 0.5 for b in range(0, int(min(top, 80)) + 2)]
+    svg = plots.histogram_by_status(values, "words in the original caption", "caption-words", bins=bins)
+    return "Length of the original alt-text per decision.", (
+        f'<div class="plots">{html.figure(svg, "Caption length in words (capped at 80).")}</div>'
+        + "<h3>Quantiles</h3>" + html.table(stats.caption_length_quantiles(con))
+    )
+
+
+def reasons_section(con) -> tuple[str, str]:
+    return "Every input row has one status and a machine-readable reason (docs/manifest.md).", html.table(stats.status_reasons(con))
+
+
+def kept_section(rows, thumbs, scores) -> tuple[str, str]:
+    if not rows:
+        return "", html.note("No sample was kept.")
+    return f"A random sample of {len(rows)} kept samples with their training captions.", html.grid(rows, thumbs, scores)
+
+
+def filtered_section(groups, thumbs, scores) -> tuple[str, str]:
+    if not groups:
+        return "", html.note("No sample was filtered.")
+    body = "".join(f"<h3>{html.badge('filtered', code)} {rows[0]['code_rows']:,} rows, {len(rows)} shown</h3>"
+                   + html.grid(rows, thumbs, scores) for code, rows in groups.items())
+    return "Samples per filter reason: check that each rule removes what it should, and nothing else.", body
+
+
+def duplicates_section(groups, thumbs, scores) -> tuple[str, str]:
+    if not groups:
+        return "", html.note("No duplicates were found (or dedupe was off).")
+    rows = []
+    for g in groups:
+        survivor = (html.card(g["survivor"], thumbs.get(g["survivor_id"]), scores, "survivor", show_reason=False)
+                    if g["survivor"] else f'<figure class="card survivor"><div class="noimg">{html.esc(g["survivor_id"])}<br>(earlier run)</div></figure>')
+        copies = "".join(html.card(d, thumbs.get(d["sample_id"]), scores, show_reason=False) for d in g["duplicates"])
+        rows.append(f'<div class="dup">{survivor}{copies}</div>')
+    lead = "The largest duplicate groups: the survivor (green border, kept) first, then the copies that point to it (<code>duplicate_of:&lt;sample_id&gt;</code>)."
+    return lead, f'<div class="dups">{"".join(rows)}</div>'
+
+
+def failures_section(con) -> tuple[str, str]:
+    body = []
+    for status in ("download_failed", "blocked"):
+        rows = samples.failure_examples(con, status)
+        if rows:
+            for r in rows:
+                r["examples"] = "  ".join(r["examples"])
+            body.append(f"<h3>{html.badge(status)}</h3>" + html.table(rows, ["reason", "rows", "examples"]))
+    if not body:
+        body.append(html.note("Every URL passed the check and downloaded."))
+    return "Rows without an image: reasons with example URLs.", "".join(body)
+
+
+def capfilt_section(rows, thumbs, scores) -> tuple[str, str]:
+    if rows is None:
+        return "", html.note("This run has no candidate captions (manifest column <code>captions</code>): the CapFilt "
+                             "captioner and filter stages were not part of it.")
+    if not rows:
+        return "", html.note("No kept sample has candidate captions.")
+    items = []
+    for row in rows:
+        thumb = thumbs.get(row["sample_id"])
+        image = f'<img src="{thumb}" alt="{html.esc(row["sample_id"])}">' if thumb else '<div class="noimg">no image</div>'
+        lines = "".join(
+            f'<tr class="{"chosen" if c.get("text") == row.get("caption_chosen") else ""}">'
+            f'<td>{html.badge("kept" if c.get("kept") else "filtered", c.get("source") or "?")}</td>'
+            f'<td>{html.esc(c.get("text"))}</td><td class="num">{html.fmt(c.get("itm_prob"))}</td>'
+            f'<td class="num">{html.fmt(c.get("clip_score"))}</td><td>{"kept" if c.get("kept") else "dropped"}</td></tr>'
+            for c in row["captions"]
+        )
+        items.append(f'<div class="capfilt"><figure class="card">{image}</figure><div class="scroll"><table>'
+                     f'<thead><tr><th>source</th><th>caption</th><th class="num">itm_prob</th><th class="num">clip_score</th>'
+                     f'<th></th></tr></thead><tbody>{lines}</tbody></table></div></div>')
+    return "Candidate captions of kept samples; the highlighted row is the training caption (<code>caption_chosen</code>).", "".join(items)
+
+
+def sources_section(con) -> tuple[str, str]:
+    body = "<h3>Top domains</h3>" + html.table(stats.top_domains(con))
+    body += "<h3>Kept fraction per input file</h3>" + html.table(stats.kept_per_input_file(con))
+    return "", body

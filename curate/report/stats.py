@@ -1,0 +1,177 @@
+"""Ready quality queries over a run (``curate stats``, and the figures of the report).
+
+Each function takes a connection from ``curate.pipeline.query.open_views`` and returns an
+Arrow table, so the CLI prints them like ``curate query`` results and the report and the
+tests read the same numbers.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from curate.pipeline import duck
+
+# Score columns are found by name so that stages added later (ITM: itm_prob) are covered.
+SCORE_SUFFIXES = ("_score", "_prob")
+STATUS_ORDER = ("kept", "filtered", "duplicate", "download_failed", "blocked")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+# Word count of the original caption; NULL and whitespace-only captions have 0 words.
+CAPTION_WORDS = "CASE WHEN caption IS NULL OR trim(caption) = '' THEN 0 ELSE len(regexp_split_to_array(trim(caption), '\\s+')) END"
+# The URL's host, lower-cased, without user info or port (NULL when there is none).
+URL_HOST = (
+    "nullif(lower(regexp_extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\\[[^\\]/]*\\]|[^/:?#]+)', 1)), '')"
+)
+
+
+def manifest_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    rows = con.execute("SELECT column_name, column_type FROM (DESCRIBE manifest)").fetchall()
+    return dict(rows)
+
+
+def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Numeric score columns of the manifest (clip_score, itm_prob, ...), in column order."""
+    numeric = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
+    return [
+        name for name, kind in manifest_columns(con).items()
+        if name.endswith(SCORE_SUFFIXES) and kind.upper().startswith(numeric)
+    ]
+
+
+def status_reasons(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Rows per status and reason code, with their share of all input rows."""
+    return duck.fetch_table(con, """
+        SELECT status, split_part(reason, ':', 1) AS reason, count(*) AS rows,
+               round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS pct
+        FROM manifest GROUP BY ALL ORDER BY rows DESC, status, reason
+    """)
+
+
+def _quantile_columns(expr: str) -> tuple[str, str]:
+    names = ", ".join(f"q[{i + 1}] AS p{round(q * 100):02d}" for i, q in enumerate(QUANTILES))
+    return f"quantile_cont({expr}, {list(QUANTILES)})", names
+
+
+def quantiles_by_status(con: duckdb.DuckDBPyConnection, expr: str, label: str, where: str = "TRUE") -> pa.Table:
+    """n, min, quantiles, max and mean of ``expr`` per status (and over all rows), non-NULL values."""
+    q, names = _quantile_columns(expr)
+    return duck.fetch_table(con, f"""
+        SELECT {duck.sql_string(label)} AS measure, coalesce(s, 'all') AS status, n, lo AS min, {names}, hi AS max, mean
+        FROM (
+            SELECT status AS s, count({expr}) AS n, min({expr}) AS lo, {q} AS q, max({expr}) AS hi,
+                   avg({expr}) AS mean
+            FROM manifest WHERE ({where}) AND {expr} IS NOT NULL
+            GROUP BY GROUPING SETS ((status), ())
+        ) ORDER BY s NULLS FIRST
+    """)
+
+
+def score_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    tables = [quantiles_by_status(con, f'"{c}"', c) for c in score_columns(con)]
+    return _concat(tables)
+
+
+def caption_length_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    words = quantiles_by_status(con, f"({CAPTION_WORDS})::DOUBLE", "caption_words")
+    chars = quantiles_by_status(con, "length(coalesce(caption, ''))::DOUBLE", "caption_chars")
+    return _concat([words, chars])
+
+
+def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pa.Table:
+    """The hosts with the most input rows: how many were kept and how many failed to download."""
+    return duck.fetch_table(con, f"""
+        SELECT {URL_HOST} AS host, count(*) AS rows,
+               count(*) FILTER (status = 'kept') AS kept,
+               count(*) FILTER (status = 'download_failed') AS download_failed,
+               round(count(*) FILTER (status = 'kept') / count(*), 4) AS kept_fraction
+        FROM manifest GROUP BY host ORDER BY rows DESC, host LIMIT {int(limit)}
+    """)
+
+
+def kept_per_input_file(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    return duck.fetch_table(con, """
+        SELECT input_file, count(*) AS rows, count(*) FILTER (status = 'kept') AS kept,
+               round(count(*) FILTER (status = 'kept') / count(*), 4) AS kept_fraction
+        FROM manifest GROUP BY input_file ORDER BY input_file
+    """)
+
+
+def funnel_steps(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    """Rows left after each step, in the order the pipeline decides (docs/manifest.md)."""
+    counts = dict(con.execute(
+        "SELECT coalesce(status || '/' || split_part(reason, ':', 1), status), count(*) FROM manifest GROUP BY 1"
+    ).fetchall())
+    total = sum(counts.values())
+
+    def removed(test) -> int:
+        return sum(n for key, n in counts.items() if test(key))
+
+    filter_codes = sorted({k.split("/", 1)[1] for k in counts if k.startswith("filtered/")})
+    image = [c for c in filter_codes if c.startswith(("image_", "aspect_"))]
+    caption = [c for c in filter_codes if c.startswith("caption_")]
+    model = [c for c in filter_codes if c not in image and c not in caption]
+    steps = [("rows in", total)]
+    left = total - removed(lambda k: k.startswith("blocked"))
+    steps.append(("URL check passed", left))
+    left -= removed(lambda k: k.startswith("download_failed"))
+    steps.append(("downloaded", left))
+    model_steps = [(c[: -len("_below")] + " threshold" if c.endswith("_below") else c, [c]) for c in model]
+    for label, codes in [("image rules", image), ("caption rules", caption)] + model_steps:
+        left -= removed(lambda k: k.split("/", 1)[-1] in codes and k.startswith("filtered/"))
+        steps.append((f"after {label}", left))
+    left -= removed(lambda k: k.startswith("duplicate"))
+    steps.append(("kept (after dedupe)", left))
+    return steps
+
+
+def values_by_status(con: duckdb.DuckDBPyConnection, expr: str) -> dict[str, np.ndarray]:
+    """Non-NULL values of ``expr`` per status, statuses in a fixed order."""
+    out = {}
+    for status in STATUS_ORDER:
+        values = con.execute(f"SELECT ({expr})::DOUBLE AS v FROM manifest WHERE status = ? AND ({expr}) IS NOT NULL",
+                             [status]).fetchnumpy()["v"]
+        if len(values):
+            out[status] = np.asarray(values, dtype=float)
+    return out
+
+
+def eligible_scores(con: duckdb.DuckDBPyConnection, column: str) -> np.ndarray:
+    """Scores of the samples only this score's threshold decides on: kept, duplicate, or
+    filtered by this score (a reason starting with the column name, e.g. clip_score_below)."""
+    values = con.execute(
+        f'SELECT "{column}"::DOUBLE AS v FROM manifest WHERE "{column}" IS NOT NULL '
+        f"AND (status IN ('kept', 'duplicate') OR starts_with(reason, ?))", [column]
+    ).fetchnumpy()["v"]
+    return np.asarray(values, dtype=float)
+
+
+def threshold_from_reasons(con: duckdb.DuckDBPyConnection, column: str) -> float | None:
+    """The threshold a run applied to ``column``, read back from its reasons (``clip_score_below:0.5``)."""
+    row = con.execute(
+        "SELECT max(TRY_CAST(split_part(reason, ':', 2) AS DOUBLE)) FROM manifest WHERE split_part(reason, ':', 1) = ?",
+        [f"{column}_below"],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return pa.table({"measure": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+# What `curate stats` prints, in order: (title, query).
+READY = {
+    "status_reasons": ("rows per status and reason", status_reasons),
+    "score_quantiles": ("score quantiles per status", score_quantiles),
+    "caption_length": ("caption length (words, characters) per status", caption_length_quantiles),
+    "top_domains": ("top domains", top_domains),
+    "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
+}
+
+
+def compute_stats(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    return {name: query(con) for name, (_, query) in READY.items()}
