@@ -77,6 +77,39 @@ def query(
 
 
 @app.command()
+def stats(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a run directory, local or s3://")],
+    format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """Ready quality queries: counts per status and reason, score and caption-length quantiles,
+    top domains, kept fraction per input file."""
+    from curate.pipeline.query import QueryError, print_stats
+
+    if format not in ("table", "json"):
+        _fail(f"--format must be table or json, not {format!r}")
+    try:
+        print_stats(run_dir, format, console)
+    except QueryError as error:
+        _fail(str(error))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a finished run directory, local or s3://")],
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, max=500, help="thumbnails per grid")] = None,
+) -> None:
+    """Write RUN/report/index.html: one self-contained page with plots and sample grids (docs/report.md)."""
+    from curate.pipeline.query import QueryError
+    from curate.report.build import write_report
+
+    try:
+        uri = write_report(run_dir, samples)
+    except QueryError as error:
+        _fail(str(error))
+    console.print(f"report: {uri}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="where the corpus and the run go")] = Path("curate-demo"),
     n: Annotated[int, typer.Option("--n", min=20, help="input rows to generate")] = 1000,

@@ -106,6 +106,11 @@ class DedupeConfig(_Section):
     against: list[str] = Field([], description="earlier runs or saved embedding indexes to dedupe against")
 
 
+class ReportConfig(_Section):
+    enabled: bool = Field(True, description="write RUN/report/index.html at the end of a run (docs/report.md)")
+    samples: int = Field(24, ge=1, le=500, description="thumbnails per grid (kept; half per filter reason)")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
@@ -118,6 +123,7 @@ class CurateConfig(_Section):
     filters: FilterConfig = FilterConfig()
     clip: ClipConfig = ClipConfig()
     dedupe: DedupeConfig = DedupeConfig()
+    report: ReportConfig = ReportConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

@@ -101,3 +101,23 @@ def print_result(table: pa.Table, fmt: str, console: Console) -> None:
             out.add_row(*[_cell(r[c]) for c in table.column_names])
         console.print(out)
         console.print(f"[dim]{table.num_rows} rows[/dim]")
+
+
+def print_stats(run_root: str, fmt: str, console: Console) -> None:
+    """``curate stats``: the ready queries of curate.report.stats, as tables or one JSON object."""
+    from curate.report.stats import READY
+
+    con = open_views(run_root)
+    try:
+        results = {name: (title, query(con)) for name, (title, query) in READY.items()}
+    except duckdb.Error as error:
+        raise QueryError(f"stats failed: {error}") from None
+    finally:
+        con.close()
+    if fmt == "json":
+        out = {name: table.to_pylist() for name, (_, table) in results.items()}
+        sys.stdout.write(json.dumps(out, default=str, ensure_ascii=False) + "\n")
+        return
+    for title, table in results.values():
+        console.rule(f"[bold]{title}")
+        print_result(table, "table", console)

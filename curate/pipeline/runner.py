@@ -22,6 +22,7 @@ from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.process import run_process
+from curate.pipeline.progress import Progress, downloaded_rows, parquet_rows, rows_in, scored_rows
 from curate.pipeline.ray_session import start_ray
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
@@ -76,38 +77,63 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     start_ray(cfg.ray.address, cfg.ray.num_cpus)
 
     timings: dict = {}
+    progress = Progress(run, console)
     console.rule("[bold]prepare")
     try:
-        _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
+        with progress.step("prepare"):
+            _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
     except InputError:
         if fresh:  # a malformed input leaves nothing behind
             storage.remove_tree(run.root)
         raise
     console.rule("[bold]download (img2dataset)")
-    _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download), timings, console)
+    with progress.step("download", total=lambda: rows_in(run.download_list), count=downloaded_rows(run)):
+        _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download), timings, console)
     console.rule("[bold]process")
     t = time.perf_counter()
-    run_process(cfg, run, committed_shards(run.downloaded))
+    shards = committed_shards(run.downloaded)
+    with progress.step("process", total=lambda: sum(map(parquet_rows, shards)), count=scored_rows(run)):
+        run_process(cfg, run, shards)
     timings["process"] = round(time.perf_counter() - t, 2)
-    return finish(cfg, run, console, started, timings)
+    return finish(cfg, run, console, started, timings, progress)
 
 
-def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict) -> RunResult:
-    """Manifest, output shards and summary from stored results (also used by refilter)."""
+def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict,
+           progress: Progress | None = None) -> RunResult:
+    """Manifest, output shards, summary and report from stored results (also used by refilter)."""
+    progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    build_manifest(cfg, run)
+    with progress.step("manifest", total=lambda: rows_in(run.rows)):
+        build_manifest(cfg, run)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
     kept = read_kept(run)
-    index = write_output(cfg, run, kept)
+    with progress.step("output", total=kept.num_rows):
+        index = write_output(cfg, run, kept, on_shard=progress.advance)
     timings["output"] = round(time.perf_counter() - t, 2)
     summary = compute_summary(run, time.perf_counter() - started)
     summary["step_seconds"] = timings
     save_summary(run, summary)
     print_summary(summary, run.root, console)
+    if cfg.report.enabled:
+        write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
+
+
+def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
+    """The HTML report; a failure here is reported, not raised: the run's data is complete."""
+    from curate.report.build import write_report
+
+    console.rule("[bold]report")
+    try:
+        with progress.step("report"):
+            uri = write_report(run.root)
+    except Exception as error:  # noqa: BLE001 - any report bug must not fail a finished run
+        console.print(f"[bold red]report failed:[/bold red] {error}; retry with `curate report {run.root}`")
+        return
+    console.print(f"report: {uri}")
 
 
 def read_kept(run: RunDir) -> pa.Table:
@@ -118,7 +144,7 @@ def read_kept(run: RunDir) -> pa.Table:
 
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
-REFILTER_KEYS = ("clip.min_score", "dedupe.", "output.formats", "output.samples_per_shard")
+REFILTER_KEYS = ("clip.min_score", "dedupe.", "output.formats", "output.samples_per_shard", "report.")
 
 
 def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:
