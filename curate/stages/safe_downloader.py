@@ -1,0 +1,38 @@
+"""img2dataset's Downloader carrying a FetchPolicy (see ``curate.stages.safe_fetch``).
+
+A module of its own because it must import img2dataset at module level: the class is
+pickled by reference into every worker that runs a shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import img2dataset.main as i2d_main
+from img2dataset.downloader import Downloader
+
+from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install
+
+
+class SafeDownloader(Downloader):
+    def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fetch_policy = fetch_policy
+        self.resizer = PixelCappedResizer(self.resizer, fetch_policy.max_image_pixels)
+
+    def __call__(self, row):
+        install(self.fetch_policy)  # runs in the worker process, before this shard's first fetch
+        return super().__call__(row)
+
+
+@contextlib.contextmanager
+def downloader_with_policy(policy: FetchPolicy):
+    """While active, img2dataset's ``download()`` builds SafeDownloaders carrying ``policy``
+    (it constructs its Downloader from the ``img2dataset.main`` module global)."""
+    original = i2d_main.Downloader
+    i2d_main.Downloader = functools.partial(SafeDownloader, fetch_policy=policy)
+    try:
+        yield
+    finally:
+        i2d_main.Downloader = original
