@@ -11,6 +11,7 @@ Local and bucket (s3://, gs://) runs alike: DuckDB reads through the pipeline's 
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 import sys
@@ -73,6 +74,13 @@ def run_query(run_root: str, sql: str) -> pa.Table:
         con.close()
 
 
+def _json_default(value):
+    """DuckDB sums are HUGEINT (Decimal in Python): numbers in JSON, not strings."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -86,7 +94,7 @@ def _cell(value) -> str:
 def print_result(table: pa.Table, fmt: str, console: Console) -> None:
     rows = table.to_pylist()
     if fmt == "json":
-        sys.stdout.write(json.dumps(rows, default=str, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(rows, default=_json_default, ensure_ascii=False) + "\n")
     elif fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -116,7 +124,7 @@ def print_stats(run_root: str, fmt: str, console: Console) -> None:
         con.close()
     if fmt == "json":
         out = {name: table.to_pylist() for name, (_, table) in results.items()}
-        sys.stdout.write(json.dumps(out, default=str, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(out, default=_json_default, ensure_ascii=False) + "\n")
         return
     for title, table in results.values():
         console.rule(f"[bold]{title}")
