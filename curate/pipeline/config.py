@@ -68,7 +68,36 @@ class DownloadConfig(_Section):
     max_image_pixels: int = Field(
         178_956_970, ge=1, description="images declaring more pixels are refused (decompression bombs)"
     )
-    allow_private_hosts: bool = False
+    allow_private_hosts: bool = Field(False, description="fetch from any address (loopback, private, link-local...)")
+    allowed_networks: list[str] = Field(
+        [], description="non-public addresses or CIDR ranges that may still be fetched (an internal mirror)"
+    )
+    resolve: dict[str, str] = Field(
+        {}, description="host -> address overrides, like curl --resolve; the address is still checked"
+    )
+    max_body_bytes: int = Field(32 * 2**20, ge=1, description="bodies larger than this are refused while streaming")
+    max_fetch_seconds: float = Field(
+        60.0, gt=0, description="a whole response (headers and body) must arrive within this; timeout is per read"
+    )
+    max_redirects: int = Field(5, ge=0, description="longer redirect chains are refused (too_many_redirects)")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("resolve")
+    @classmethod
+    def _addresses_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        import ipaddress
+
+        for address in value.values():
+            ipaddress.ip_address(address)
+        return {host.lower().rstrip("."): address for host, address in value.items()}
 
 
 class FilterConfig(_Section):
@@ -76,6 +105,7 @@ class FilterConfig(_Section):
     max_aspect_ratio: float = Field(3.0, ge=1.0)
     min_caption_words: int = Field(2, ge=0)
     max_caption_words: int = Field(256, ge=1)
+    max_caption_chars: int = Field(4096, ge=1, description="longer captions are filtered before any text rule runs")
     junk_captions: bool = True
 
 

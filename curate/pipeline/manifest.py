@@ -16,6 +16,7 @@ from curate.pipeline import duck, storage
 from curate.pipeline.config import CurateConfig
 from curate.pipeline.inputs import ROWS_SCHEMA
 from curate.pipeline.rundir import RunDir
+from curate.stages.download import BLOCKED_AT_DOWNLOAD
 from curate.stages.registry import model_stages
 
 MANIFEST_PART_ROWS = 1_000_000
@@ -70,6 +71,7 @@ def decided_sql(cfg: CurateConfig) -> str:
     return f"""
         SELECT r.sample_id, r.input_file, r.input_row, r.url, r.caption,
                CASE WHEN r.blocked_reason IS NOT NULL THEN 'blocked'
+                    WHEN split_part(s.download_reason, ':', 1) IN {BLOCKED_AT_DOWNLOAD} THEN 'blocked'
                     WHEN s.sample_id IS NULL OR s.download_reason IS NOT NULL THEN 'download_failed'
                     WHEN {rejected} IS NOT NULL THEN 'filtered'
                     ELSE 'kept' END AS status,

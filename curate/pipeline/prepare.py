@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig
+from curate.pipeline.config import CurateConfig, DownloadConfig
 from curate.pipeline.inputs import InputFile, read_input_file
 from curate.pipeline.rundir import RunDir
 from curate.stages.precheck import check_url
@@ -20,8 +20,9 @@ from curate.stages.precheck import check_url
 DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]
 
 
-def _with_precheck(rows: pa.Table, allow_private_hosts: bool) -> pa.Table:
-    reasons = [check_url(u, allow_private_hosts) for u in rows.column("url").to_pylist()]
+def _with_precheck(rows: pa.Table, download: DownloadConfig) -> pa.Table:
+    allow, networks = download.allow_private_hosts, tuple(download.allowed_networks)
+    reasons = [check_url(u, allow, networks) for u in rows.column("url").to_pylist()]
     return rows.append_column("blocked_reason", pa.array(reasons, pa.string()))
 
 
@@ -59,7 +60,7 @@ def prepare(cfg: CurateConfig, run: RunDir, files: list[InputFile]) -> dict:
     writer = _DownloadListWriter(run, cfg.download.shard_size)
     total = blocked = 0
     for item in files:
-        rows = _with_precheck(read_input_file(item, cfg.input), cfg.download.allow_private_hosts)
+        rows = _with_precheck(read_input_file(item, cfg.input), cfg.download)
         storage.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
         to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
         writer.add(to_fetch.select(DOWNLOAD_COLUMNS))

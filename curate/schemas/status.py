@@ -25,6 +25,7 @@ BLOCKED_REASONS = {
     "url_invalid": "the url cannot be parsed or has no host",
     "scheme_not_allowed": "only http and https are fetched (detail: the scheme)",
     "private_host": "the host is loopback/private/link-local/reserved (detail: the address)",
+    "redirect_to_private_host": "a redirect led to a non-public address; not followed (detail: the address)",
 }
 DOWNLOAD_REASONS = {
     "http_<code>": "the server answered with this HTTP status",
@@ -33,6 +34,7 @@ DOWNLOAD_REASONS = {
     "too_many_redirects": "a redirect loop or too long a redirect chain",
     "not_an_image": "the body could not be decoded as an image (HTML, SVG, random bytes)",
     "image_too_large": "declared pixel count above download.max_image_pixels (decompression bomb)",
+    "body_too_large": "the body exceeds download.max_body_bytes (declared or streamed; detail: the cap)",
     "opted_out": "the server sent an X-Robots-Tag forbidding AI training use",
     "download_error": "any other download error (detail: the downloader's message)",
     "missing_from_downloader": "the downloader returned no row for this sample",

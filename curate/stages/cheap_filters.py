@@ -63,6 +63,9 @@ def caption_reject(caption: str | None, bad_encoding: bool, cfg: FilterConfig) -
     """Reason to reject the original caption, or None."""
     if bad_encoding:
         return reason("caption_bad_encoding")
+    if caption and len(caption) > cfg.max_caption_chars:
+        # before normalising or matching: a multi-megabyte caption costs nothing more
+        return reason("caption_too_long", f"{cfg.max_caption_chars} chars")
     text = normalize_caption(caption or "")
     if not text:
         return reason("caption_empty")

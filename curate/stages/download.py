@@ -5,6 +5,12 @@ re-encoding; this module only calls it and translates its per-row error messages
 reason codes. Its Parquet output keeps failed rows, and it writes a shard's
 ``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
+
+Fetching goes through ``curate.stages.safe_fetch`` (address checks at connect time, body
+and time caps, pixel cap). img2dataset only logs a shard that fails as a whole (a disk or
+bucket write error) and carries on, so ``run_download`` checks afterwards that every
+shard was committed and stops the run if not: its rows are retried on resume, never
+recorded as failed downloads.
 """
 
 from __future__ import annotations
@@ -15,8 +21,17 @@ import signal
 from curate.pipeline import storage
 from curate.pipeline.config import DownloadConfig
 from curate.schemas.status import reason
+from curate.stages.safe_fetch import MARK, FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
+_REFUSED = re.compile(re.escape(MARK) + r" (\S+)")
+# Refusals at download time that mean "must not be fetched", like the precheck's: status blocked.
+BLOCKED_AT_DOWNLOAD = ("private_host", "redirect_to_private_host", "scheme_not_allowed")
+
+
+class DownloadIncomplete(OSError):
+    """Some download shards were not committed (disk full, bucket write error: an
+    environment failure, hence an OSError); a re-run resumes them."""
 
 
 def download_reason(status: str | None, error_message: str | None) -> str | None:
@@ -24,6 +39,9 @@ def download_reason(status: str | None, error_message: str | None) -> str | None
     if status == "success":
         return None
     message = error_message or ""
+    refused = _REFUSED.search(message)
+    if refused:
+        return refused.group(1).rstrip(">")
     lowered = message.lower()
     if "infinite loop" in lowered or ("redirect" in lowered and "error" in lowered):
         return reason("too_many_redirects")
@@ -34,7 +52,7 @@ def download_reason(status: str | None, error_message: str | None) -> str | None
         return reason("timeout")
     if "x-robots-tag" in lowered:
         return reason("opted_out")
-    if "image_too_large" in lowered or "exceeds limit" in lowered or "decompression bomb" in lowered:
+    if "area too large" in lowered or "exceeds limit" in lowered or "decompression bomb" in lowered:
         return reason("image_too_large")
     if "decoding error" in lowered or "cannot identify image" in lowered:
         return reason("not_an_image")
@@ -47,39 +65,55 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig) -> None:
     """Download every part of ``list_dir`` into ``out_dir`` (one img2dataset shard per part)."""
     from img2dataset import download  # heavy import (cv2, albumentations, wandb): only when used
 
-    if not storage.list_files(list_dir, ".parquet"):
+    from curate.stages.safe_downloader import downloader_with_policy
+
+    parts = storage.list_files(list_dir, ".parquet")
+    if not parts:
         return
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
-        download(
-            url_list=list_dir,
-            input_format="parquet",
-            url_col="url",
-            caption_col="caption",
-            save_additional_columns=["sample_id", "caption_bad_encoding"],
-            output_folder=out_dir,
-            output_format="parquet",
-            image_size=cfg.image_size,
-            resize_mode=cfg.resize_mode,
-            resize_only_if_bigger=cfg.resize_only_if_bigger,
-            encode_format=cfg.encode_format,
-            encode_quality=cfg.encode_quality,
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            processes_count=cfg.processes,
-            thread_count=cfg.threads,
-            number_sample_per_shard=cfg.shard_size,
-            user_agent_token=cfg.user_agent_token,
-            disallowed_header_directives=list(cfg.disallowed_header_directives),
-            distributor="ray",
-            incremental_mode="incremental",
-            extract_exif=False,
-            compute_hash="sha256",
-            enable_wandb=False,
-        )
+        with downloader_with_policy(FetchPolicy.from_config(cfg)):
+            _download(download, list_dir, out_dir, cfg)
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
+    missing = len(parts) - len(committed_shards(out_dir))
+    if missing > 0:
+        raise DownloadIncomplete(
+            f"download: {missing} of {len(parts)} shards could not be written to {out_dir} "
+            "(the downloader's error is in the log above: disk full, bucket write error, ...); "
+            "nothing was recorded for their rows. Fix the cause and run the same command again to resume."
+        )
+
+
+def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig) -> None:
+    download(
+        url_list=list_dir,
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=["sample_id", "caption_bad_encoding"],
+        output_folder=out_dir,
+        output_format="parquet",
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_format=cfg.encode_format,
+        encode_quality=cfg.encode_quality,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        processes_count=cfg.processes,
+        thread_count=cfg.threads,
+        number_sample_per_shard=cfg.shard_size,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=list(cfg.disallowed_header_directives),
+        distributor="ray",
+        incremental_mode="incremental",
+        extract_exif=False,
+        compute_hash="sha256",
+        enable_wandb=False,
+        max_image_area=cfg.max_image_pixels,  # after decode; safe_fetch checks the header before
+    )
 
 
 def committed_shards(out_dir: str) -> list[str]:

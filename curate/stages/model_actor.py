@@ -33,6 +33,9 @@ def decode_rgb(data: bytes) -> Image.Image | None:
         return None
 
 
+ACTOR_TASK_RETRIES = 3
+
+
 def actor_pool_args(cfg: ModelComputeConfig) -> dict:
     """map_batches arguments for a model stage: a fixed pool, GPUs when the cluster has them."""
     import ray
@@ -47,4 +50,9 @@ def actor_pool_args(cfg: ModelComputeConfig) -> dict:
         "batch_format": "pyarrow",
         "num_cpus": cfg.num_cpus,
         "num_gpus": num_gpus,
+        # A killed actor (OOM, node loss, SIGKILL) is restarted and its batch re-run; the
+        # writer commits by sample_id, so a re-run batch never counts twice. Bounded task
+        # retries: a batch that kills its actor every time stops the run instead of looping.
+        "max_restarts": -1,
+        "max_task_retries": ACTOR_TASK_RETRIES,
     }

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 
-import img2dataset.main as i2d_main
 from img2dataset.downloader import Downloader
 
 from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install
@@ -30,6 +30,7 @@ class SafeDownloader(Downloader):
 def downloader_with_policy(policy: FetchPolicy):
     """While active, img2dataset's ``download()`` builds SafeDownloaders carrying ``policy``
     (it constructs its Downloader from the ``img2dataset.main`` module global)."""
+    i2d_main = importlib.import_module("img2dataset.main")  # the package re-exports a function `main`
     original = i2d_main.Downloader
     i2d_main.Downloader = functools.partial(SafeDownloader, fetch_policy=policy)
     try:
