@@ -115,6 +115,7 @@ class Progress:
         if state == "done" and step["total"] is not None:
             self.update(step["total"])  # a step that finished did all its rows
         elif state == "done":
+            step["total"] = step["done"]  # a step with no known total did what it counted
             self.update(step["done"])
         with self._lock:
             step["state"], step["finished"] = state, _now()
@@ -164,6 +165,10 @@ def stats_rows(uri: str) -> int:
 
 def rows_in(folder: str) -> int:
     return sum(parquet_rows(uri) for uri in storage.list_files(folder, ".parquet"))
+
+
+def prepared_rows(run: RunDir) -> CommittedRows:
+    return CommittedRows(run.rows, ".parquet", parquet_rows)
 
 
 def downloaded_rows(run: RunDir) -> CommittedRows:

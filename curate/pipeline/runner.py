@@ -22,7 +22,7 @@ from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.process import run_process
-from curate.pipeline.progress import Progress, downloaded_rows, parquet_rows, rows_in, scored_rows
+from curate.pipeline.progress import Progress, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows
 from curate.pipeline.ray_session import start_ray
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
@@ -80,7 +80,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     progress = Progress(run, console)
     console.rule("[bold]prepare")
     try:
-        with progress.step("prepare"):
+        with progress.step("prepare", count=prepared_rows(run)):
             _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
     except InputError:
         if fresh:  # a malformed input leaves nothing behind
