@@ -29,16 +29,15 @@ def run(
     from curate.models.references import ModelReferenceError
     from curate.pipeline.config import ConfigError, load_config
     from curate.pipeline.inputs import InputError
+    from curate.pipeline.runner import RunStopped, run_pipeline
 
     overrides = list(set_ or [])
     if address:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
-        from curate.pipeline.runner import run_pipeline
-
         run_pipeline(cfg, console)
-    except (ConfigError, InputError, ModelReferenceError) as error:
+    except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 
 

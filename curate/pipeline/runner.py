@@ -8,6 +8,7 @@ up where a killed run stopped and produces the same manifest and output.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,45 @@ def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
     timings[name] = round(time.perf_counter() - started, 2)
 
 
+class RunStopped(RuntimeError):
+    """The environment failed under a step (disk full, bucket write error, ...)."""
+
+
+def _root_os_error(error: BaseException) -> OSError | None:
+    """The deepest OSError under ``error``, following Ray's ``cause`` and Python's chains."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            found = error
+        suppressed = getattr(error, "__suppress_context__", False)
+        error = getattr(error, "cause", None) or error.__cause__ or (None if suppressed else error.__context__)
+    return found
+
+
+def _stops_cleanly(fn):
+    """An environment error ends the run with one clear message instead of a Ray traceback;
+    every write is atomic, so what was committed stays valid and a re-run resumes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError:
+            raise  # the user's mistakes (config, input, model reference) have their own messages
+        except Exception as error:
+            cause = _root_os_error(error)
+            if cause is None:
+                raise
+            raise RunStopped(
+                f"the run stopped: {cause.__class__.__name__}: {cause}. Work committed so far is kept; "
+                "fix the cause (free disk space, check the bucket) and run the same command again to resume."
+            ) from error
+
+    return wrapper
+
+
+@_stops_cleanly
 def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
     console = console or Console()
     started = time.perf_counter()
