@@ -85,3 +85,30 @@ def test_caption_rules_order_and_codes():
 )
 def test_download_reason_mapping(status, message, expected):
     assert download_reason(status, message) == expected
+
+
+def test_caption_char_cap_is_checked_first():
+    cfg = FilterConfig(max_caption_chars=10)
+    assert caption_reject("x" * 11, False, cfg) == "caption_too_long:10_chars"
+    assert caption_reject("IMG_1.jpg" + " " * 5, False, cfg) == "caption_too_long:10_chars"
+    assert caption_reject("a red dog", False, cfg) is None
+
+
+@pytest.mark.parametrize(
+    "message,expected",
+    [
+        ("<urlopen error curate-refused private_host:127.0.0.2>", "private_host:127.0.0.2"),
+        ("curate-refused redirect_to_private_host:169.254.169.254", "redirect_to_private_host:169.254.169.254"),
+        ("curate-refused body_too_large:1024", "body_too_large:1024"),
+        ("curate-refused not_an_image:empty_body", "not_an_image:empty_body"),
+        ("image area too large", "image_too_large"),
+    ],
+)
+def test_refusals_map_to_their_reason(message, expected):
+    assert download_reason("failed_to_download", message) == expected
+
+
+def test_allowed_networks_open_literal_addresses_and_localhost():
+    assert check_url("http://127.0.0.1:8/a.jpg", False, ("127.0.0.0/8",)) is None
+    assert check_url("http://localhost:8/a.jpg", False, ("127.0.0.1/32",)) is None
+    assert check_url("http://10.0.0.8/a.jpg", False, ("127.0.0.1/32",)) == "private_host:10.0.0.8"
