@@ -10,6 +10,9 @@ spectrum (low intrinsic dimension), plus planted rows: near-duplicates of random
 cosine threshold+0.002..0.999, near-misses at threshold-0.03..threshold-0.002 (must not be
 reported) and exact copies.
 
+Methods: flat, ivf, clustered-inproc (k-means cells on a thread pool; N <= --inproc-max) and
+clustered (the same cells as Ray tasks, num_cpus=0.5 each, after ray.init(num_cpus=2)).
+
 Every measurement runs in a fresh subprocess that loads the embeddings, resets its peak RSS
 (/proc/self/clear_refs) and reports time and the peak-RSS increase (VmHWM - VmRSS before):
 FAISS allocations are invisible to tracemalloc. For the Ray method the driver's increase is
@@ -42,7 +45,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 D = 512
 THRESHOLD = 0.95
 SEED = 0
-METHODS = ("flat", "ivf", "clustered")
+METHODS = ("flat", "ivf", "clustered-inproc", "clustered")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -271,6 +274,8 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
     for method in [m for m in args.methods if m != "flat"]:
         if method == "ivf" and n > args.ivf_full_max:
             method = "ivf-subset"
+        if method == "clustered-inproc" and n > args.inproc_max:
+            continue  # same algorithm as the Ray row; saves minutes at 1M
         report = run(method)
         recall, precision = evaluate(report["keys"], truth, n, subset)
         rows.append(_row(n, report, flat_seconds, recall, precision, dups, misses, subset))
@@ -322,7 +327,10 @@ def bytes_per_vector(method: str, n: int, d: int = D) -> str:
         return f"{4 * d:,} (IndexFlatIP copy)"
     if method.startswith("ivf"):
         return f"{4 * d + 8:,} (IndexIVFFlat: vector + id)"
-    return "~40 (cell lists; vectors gathered per cell)"
+    cells = "~150 (cell lists, transient)"
+    if method == "clustered":
+        return f"{cells} + {4 * d:,} (one copy in the Ray object store, shared by the tasks)"
+    return cells
 
 
 def markdown(rows: list[dict]) -> str:
@@ -402,6 +410,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ivf-full-max", type=int, default=200_000,
                         help="above this N, IVF is built on all rows but queried by --ivf-queries rows")
     parser.add_argument("--ivf-queries", type=int, default=20_000)
+    parser.add_argument("--inproc-max", type=int, default=200_000,
+                        help="run clustered without Ray (thread pool) only up to this N")
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.add_argument("--workdir", help="scratch directory (default: a new temp dir)")
     args = parser.parse_args(argv)

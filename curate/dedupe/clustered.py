@@ -126,6 +126,10 @@ def clustered_pairs(
     gpu = fx.resolve_gpu(use_gpu)
     use_ray = _resolve_ray(use_ray)
     radius = threshold - fx.CANDIDATE_MARGIN
+    if n < 2:
+        empty = np.empty(0, np.int64)
+        stats = ClusterStats(n, 0, max_assign, 0, use_ray, float(n), 0, 0, n, 0.0, 0.0, 0.0, None)
+        return empty, empty.copy(), np.empty(0, np.float64), stats
 
     t0 = time.perf_counter()
     kmeans = _train_kmeans(emb, n_clusters, seed, gpu)
