@@ -20,6 +20,8 @@ from rich.table import Table
 
 from curate.pipeline import storage
 from curate.pipeline.config import apply_overrides, validate
+from curate.pipeline.manifest import preview_manifest
+from curate.pipeline.rundir import RunDir
 from curate.pipeline.runner import run_pipeline
 from curate.synth import domain
 from curate.synth.corpus import make_corpus
@@ -93,6 +95,35 @@ def print_evaluation(result: dict, console: Console) -> None:
     console.print(table)
 
 
+# The comparison the demo prints: the same scored run, decided four ways from its stored
+# scores (no model runs again). Every variant keeps the cheap rules and dedupe.
+VARIANTS = {
+    "no model filter": ["capfilt.mode=filter_only", "clip.min_score=null", "itm.min_prob=null"],
+    "CLIP only": ["capfilt.mode=filter_only", "itm.min_prob=null"],
+    "ITM only": ["capfilt.mode=filter_only", "clip.min_score=null"],
+    "CapFilt": [],
+}
+
+
+def compare_variants(cfg, run: RunDir, truth: pa.Table) -> dict[str, dict]:
+    """Kept samples and caption correctness of each VARIANTS entry, against ground truth."""
+    results = {}
+    for name, overrides in VARIANTS.items():
+        variant = validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
+        result = evaluate(preview_manifest(variant, run), truth)
+        results[name] = {k: result[k] for k in ("kept", "kept_correct", "correct_caption_fraction_after")}
+    return results
+
+
+def print_variants(results: dict[str, dict], console: Console) -> None:
+    table = Table(title="filtering alone vs. CapFilt (same run, decided from stored scores)")
+    for column in ("decision", "kept", "kept with a correct caption", "correct captions among kept"):
+        table.add_column(column, justify="left" if column == "decision" else "right")
+    for name, r in results.items():
+        table.add_row(name, str(r["kept"]), str(r["kept_correct"]), f"{r['correct_caption_fraction_after']:.1%}")
+    console.print(table)
+
+
 def evaluate_run(run_dir: Path) -> dict:
     """Score an existing demo run (e.g. after `curate refilter`) against its corpus truth."""
     manifest = storage.read_parquet(storage.list_files(str(run_dir / "manifest"), ".parquet"))
@@ -111,10 +142,13 @@ def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Consol
     with CorpusServer(corpus.routes, latency=0.01) as server:
         pq.write_table(corpus.input_table(server.base_url), corpus_dir / "input.parquet")
         console.print(f"serving it at {server.base_url}")
-        result = run_pipeline(demo_config(corpus_dir, run_dir, overrides), console)
+        cfg = demo_config(corpus_dir, run_dir, overrides)
+        result = run_pipeline(cfg, console)
     manifest = storage.read_parquet(storage.list_files(result.run.manifest, ".parquet"))
     evaluation = evaluate(manifest, corpus.truth)
+    evaluation["variants"] = compare_variants(cfg, result.run, corpus.truth)
     (run_dir / "demo_evaluation.json").write_text(json.dumps(evaluation, indent=2))
     print_evaluation(evaluation, console)
+    print_variants(evaluation["variants"], console)
     console.print(f"run directory: {run_dir}  (try: curate query {run_dir} \"SELECT status, count(*) FROM manifest GROUP BY 1\")")
     return evaluation

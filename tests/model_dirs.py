@@ -27,3 +27,41 @@ def make_open_clip_dir(path: Path, seed: int = 0) -> Path:
     preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic", "resize_mode": "shortest"}
     (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
     return path
+
+
+BLIP_WORDS = ["a", "picture", "of", "red", "blue", "cat", "dog", "on", "the", "grass", "sofa", "small", "large"]
+
+
+def make_blip_dir(path: Path, task: str, seed: int = 0) -> Path:
+    """A random-weight BLIP directory as ``save_pretrained`` writes it (model + BlipProcessor),
+    with a word-level BERT tokenizer: ``task`` is ``itm`` or ``caption``."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + BLIP_WORDS)}
+    # transformers 5 ignores BertTokenizer(vocab_file=...): pass the vocabulary itself.
+    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=40)
+    assert tokenizer.convert_tokens_to_ids("cat") == vocab["cat"]
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    text = {
+        "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "max_position_embeddings": 40, "pad_token_id": 0,
+        "bos_token_id": vocab["[DEC]"], "sep_token_id": vocab["[SEP]"], "eos_token_id": vocab["[SEP]"],
+    }
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16)
+    torch.manual_seed(seed)
+    cls = BlipForImageTextRetrieval if task == "itm" else BlipForConditionalGeneration
+    model = cls(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -126,6 +126,47 @@ class ClipConfig(ModelComputeConfig):
     min_score: float | None = Field(None, ge=-1, le=1, description="filter: clip_score below this is filtered")
 
 
+class ItmConfig(ModelComputeConfig):
+    model: str | None = Field(
+        None, description="BLIP ITM: hub id (Salesforce/blip-itm-base-coco) | /local/dir | curate:tiny-blip-itm; None: stage off"
+    )
+    min_prob: float | None = Field(None, ge=0, le=1, description="filter: a caption whose P(match) is below this fails")
+
+
+class CaptionConfig(ModelComputeConfig):
+    batch_size: int = Field(32, ge=1)
+    model: str | None = Field(
+        None, description="BLIP captioner: hub id (Salesforce/blip-image-captioning-base) | /local/dir | curate:NAME"
+    )
+    num_captions: int = Field(3, ge=1, le=32, description="synthetic captions per image (K)")
+    mode: Literal["nucleus", "beam"] = "nucleus"
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling (BLIP's CapFilt uses 0.9)")
+    num_beams: int = Field(3, ge=1, description="beam mode: beams (at least num_captions)")
+    max_new_tokens: int = Field(30, ge=1, le=512)
+    prompt: str | None = Field(None, description='a prefix such as "a picture of", stripped from the result')
+    rejected_images: bool = Field(
+        False, description="also caption images the image rules rejected (their samples stay filtered)"
+    )
+    seed: int = Field(0, description="sampling seed per batch: the same batch gets the same captions")
+
+    @model_validator(mode="after")
+    def _beams_cover_captions(self) -> "CaptionConfig":
+        if self.mode == "beam" and self.num_beams < self.num_captions:
+            raise ValueError(f"num_beams ({self.num_beams}) must be at least num_captions ({self.num_captions})")
+        return self
+
+
+class CapfiltConfig(_Section):
+    mode: Literal["capfilt", "filter_only", "caption_only"] = Field(
+        "capfilt", description="capfilt: filter original and synthetic captions; filter_only: no captioner; "
+        "caption_only: synthetic captions replace the original, unfiltered"
+    )
+    max_synthetic: int = Field(1, ge=0, description="synthetic captions kept per image, best first")
+    prefer: Literal["original", "best"] = Field(
+        "original", description="training caption: the original when it passes, else the best kept; or the best kept"
+    )
+
+
 class DedupeConfig(_Section):
     enabled: bool = True
     exact: bool = Field(True, description="identical bytes (sha256) or identical decoded pixels")
@@ -152,6 +193,9 @@ class CurateConfig(_Section):
     download: DownloadConfig = DownloadConfig()
     filters: FilterConfig = FilterConfig()
     clip: ClipConfig = ClipConfig()
+    itm: ItmConfig = ItmConfig()
+    caption: CaptionConfig = CaptionConfig()
+    capfilt: CapfiltConfig = CapfiltConfig()
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()
     ray: RayConfig = RayConfig()
@@ -161,6 +205,20 @@ class CurateConfig(_Section):
         if self.input.format is None:
             self.input.format = infer_format(self.input.path)
         return self
+
+    @model_validator(mode="after")
+    def _capfilt_needs_models(self) -> "CurateConfig":
+        mode = self.capfilt.mode
+        if mode == "caption_only" and not self.caption.model:
+            raise ValueError("capfilt.mode caption_only needs caption.model")
+        if mode == "capfilt" and self.caption.model and not (self.itm.model or self.clip.model):
+            raise ValueError("capfilt.mode capfilt needs a filter for the synthetic captions: set itm.model or clip.model")
+        return self
+
+    @property
+    def captioning(self) -> bool:
+        """Whether the captioner runs: a model is set and the mode uses synthetic captions."""
+        return bool(self.caption.model) and self.capfilt.mode != "filter_only"
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

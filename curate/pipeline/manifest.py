@@ -4,8 +4,8 @@ The decision (status, reason) is a SQL expression over stored columns and the co
 thresholds, evaluated by DuckDB. It never runs a model, so ``curate refilter`` re-decides
 a finished run at new thresholds by running this step again.
 
-Order of precedence, first match wins: blocked -> download_failed -> filtered (image,
-then caption, then model scores) -> duplicate -> kept.
+Order of precedence, first match wins: blocked -> download_failed -> filtered (image
+rules, then the caption decision of curate.stages.capfilt) -> duplicate -> kept.
 """
 
 from __future__ import annotations
@@ -56,35 +56,26 @@ def open_run_views(run: RunDir, cfg: CurateConfig):
     return con
 
 
-def filter_reason_sql(cfg: CurateConfig) -> str:
-    """SQL for the first filter that rejects a downloaded sample, NULL if none."""
-    terms = ["s.image_reject", "s.caption_reject"]
-    for stage in model_stages(cfg):
-        terms.extend(stage.filter_sql())
-    return "coalesce(" + ", ".join(terms) + ")"
-
-
 def decided_sql(cfg: CurateConfig) -> str:
-    """Every input row with its status and reason, before dedupe."""
+    """Every input row with its status and reason, before dedupe (table ``captions_decided``
+    holds the caption decision of every image that passed the image rules)."""
     score_columns = "".join(f", s.{c}" for stage in model_stages(cfg) for c in stage.manifest_columns)
-    rejected = filter_reason_sql(cfg)
     return f"""
         SELECT r.sample_id, r.input_file, r.input_row, r.url, r.caption,
                CASE WHEN r.blocked_reason IS NOT NULL THEN 'blocked'
                     WHEN split_part(s.download_reason, ':', 1) IN {BLOCKED_AT_DOWNLOAD} THEN 'blocked'
                     WHEN s.sample_id IS NULL OR s.download_reason IS NOT NULL THEN 'download_failed'
-                    WHEN {rejected} IS NOT NULL THEN 'filtered'
+                    WHEN s.image_reject IS NOT NULL OR c.caption_reason IS NOT NULL THEN 'filtered'
                     ELSE 'kept' END AS status,
                CASE WHEN r.blocked_reason IS NOT NULL THEN r.blocked_reason
                     WHEN s.sample_id IS NULL THEN 'missing_from_downloader'
                     WHEN s.download_reason IS NOT NULL THEN s.download_reason
-                    ELSE {rejected} END AS reason,
-               CASE WHEN s.download_reason IS NULL AND s.sample_id IS NOT NULL THEN trim(r.caption) END
-                   AS caption_chosen,
+                    ELSE coalesce(s.image_reject, c.caption_reason) END AS reason,
+               c.caption_chosen, c.caption_source, c.original_caption_reason, c.captions,
                s.width, s.height, s.original_width, s.original_height, s.sha256, s.pixel_sha256
                {score_columns},
                substr(s.key, 1, 5) AS download_shard, s.key AS download_key
-        FROM rows r LEFT JOIN scored s USING (sample_id)
+        FROM rows r LEFT JOIN scored s USING (sample_id) LEFT JOIN captions_decided c USING (sample_id)
     """
 
 
@@ -107,14 +98,33 @@ def final_sql(cfg: CurateConfig) -> str:
     """
 
 
-def build_manifest(cfg: CurateConfig, run: RunDir) -> int:
-    """Decide every row, dedupe the survivors, write RUN/manifest/ and RUN/dedupe_index/."""
-    from curate.stages.dedupe_stage import find_duplicates, save_kept_index
+def decide(cfg: CurateConfig, run: RunDir):
+    """A DuckDB connection holding ``manifest_final``: every row decided, deduped, sharded."""
+    from curate.stages.capfilt import decide_all
+    from curate.stages.dedupe_stage import find_duplicates
 
     con = open_run_views(run, cfg)
+    con.register("captions_decided", decide_all(con, cfg))
     con.execute(f"CREATE OR REPLACE TABLE decided AS {decided_sql(cfg)}")
     con.register("duplicates", find_duplicates(con, cfg, run))
     con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {final_sql(cfg)}")
+    return con
+
+
+def preview_manifest(cfg: CurateConfig, run: RunDir) -> pa.Table:
+    """The manifest ``cfg`` would give for a scored run, in memory; nothing is written."""
+    con = decide(cfg, run)
+    try:
+        return duck.fetch_table(con, "SELECT * FROM manifest_final ORDER BY sample_id")
+    finally:
+        con.close()
+
+
+def build_manifest(cfg: CurateConfig, run: RunDir) -> int:
+    """Decide every row, dedupe the survivors, write RUN/manifest/ and RUN/dedupe_index/."""
+    from curate.stages.dedupe_stage import save_kept_index
+
+    con = decide(cfg, run)
     storage.remove_tree(run.manifest)
     reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").arrow()
     total, part, pending, pending_rows = 0, 0, [], 0

@@ -42,6 +42,16 @@ def _json_value(value):
     return value
 
 
+def _training_record(row: dict) -> dict:
+    """A manifest row as the trainer sees it: the kept captions only (the manifest keeps all)."""
+    record = {k: _json_value(v) for k, v in row.items()}
+    if record.get("captions") is not None:
+        record["captions"] = [
+            {k: _json_value(v) for k, v in c.items() if k not in ("kept", "reason")} for c in record["captions"] if c["kept"]
+        ]
+    return record
+
+
 def _images_for(rows: pa.Table, downloaded_dir: str, image_col: str) -> dict[str, bytes]:
     images: dict[str, bytes] = {}
     for shard in sorted(set(rows.column("download_shard").to_pylist())):
@@ -81,7 +91,7 @@ def write_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, im
     if missing:
         raise RuntimeError(f"output shard {name}: image bytes not found for {sorted(missing)[:5]}")
     meta = rows.drop_columns([c for c in _LOCATION_COLUMNS if c in rows.column_names])
-    records = [{k: _json_value(v) for k, v in r.items()} for r in meta.to_pylist()]
+    records = [_training_record(r) for r in meta.to_pylist()]
     if "webdataset" in formats:
         storage.atomic_write(storage.join(out_dir, f"{name}.tar"), _tar_bytes(records, images, image_col))
     if "parquet" in formats:

@@ -26,6 +26,10 @@ from curate.stages.inspect import inspect_batch
 TASK_CPUS = 0.5
 
 
+def _read_shards(batch: pa.Table) -> pa.Table:
+    return storage.read_parquet(batch.column("path").to_pylist())
+
+
 def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     if not done:
         return batch
@@ -69,7 +73,11 @@ def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: froze
     from curate.stages.registry import model_stages
 
     image_col = cfg.download.encode_format
-    ds = ray.data.read_parquet(shards, override_num_blocks=max(1, len(shards)))
+    # Not ray.data.read_parquet: in Ray 2.60 it lists files in a task that reserves a whole
+    # CPU, which can't be placed once the actor pools hold the rest of a small machine, and
+    # the pipeline deadlocks. One block per shard path, read by a light task, never blocks.
+    ds = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(_read_shards, batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS)
     if skip:
         ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None)
     ds = ds.map_batches(

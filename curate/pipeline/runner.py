@@ -115,6 +115,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     storage.write_text(run.config, cfg.to_yaml())
     storage.write_text(run.state, json.dumps(state))
     start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    check_actor_fit(cfg)
 
     timings: dict = {}
     progress = Progress(run, console)
@@ -136,6 +137,31 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
         run_process(cfg, run, shards)
     timings["process"] = round(time.perf_counter() - t, 2)
     return finish(cfg, run, console, started, timings, progress)
+
+
+def check_actor_fit(cfg: CurateConfig) -> None:
+    """Stop with a clear message when the model actor pools can't all be placed at once.
+
+    Ray Data starts every pool up front and waits for CPUs that never free up: on a small
+    machine an oversubscribed pipeline hangs instead of failing. Only local Ray is checked;
+    a cluster may autoscale to fit.
+    """
+    import ray
+
+    from curate.pipeline.process import TASK_CPUS
+
+    if cfg.ray.address:
+        return
+    stages = model_stages(cfg)
+    wanted = sum(s.cfg.actors * s.cfg.num_cpus for s in stages) + TASK_CPUS
+    have = ray.cluster_resources().get("CPU", 0)
+    if stages and wanted > have:
+        pools = ", ".join(f"{s.key}: {s.cfg.actors} x {s.cfg.num_cpus:g}" for s in stages)
+        raise ConfigError(
+            f"the model stages need {wanted:g} CPUs at once ({pools} actors x CPUs, + {TASK_CPUS:g} for "
+            f"reading and writing) but Ray has {have:g}; lower <stage>.num_cpus (e.g. 0.5; "
+            f"<stage>.threads still sets torch threads) or <stage>.actors"
+        )
 
 
 def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict,
@@ -184,7 +210,9 @@ def read_kept(run: RunDir) -> pa.Table:
 
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
-REFILTER_KEYS = ("clip.min_score", "dedupe.", "output.formats", "output.samples_per_shard", "report.")
+REFILTER_KEYS = (
+    "clip.min_score", "itm.min_prob", "capfilt.", "dedupe.", "output.formats", "output.samples_per_shard", "report.",
+)
 
 
 def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:

@@ -205,7 +205,7 @@ def failures_section(con) -> tuple[str, str]:
         rows = samples.failure_examples(con, status)
         if rows:
             for r in rows:
-                r["examples"] = "  ".join(r["examples"])
+                r["examples"] = "  ".join("(no url)" if e is None else e for e in r["examples"])
             body.append(f"<h3>{html.badge(status)}</h3>" + html.table(rows, ["reason", "rows", "examples"]))
     if not body:
         body.append(html.note("Every URL passed the check and downloaded."))

@@ -2,9 +2,10 @@
 
 Runs as a Ray actor pool: one model load per actor, batches of ``clip.batch_size``. Rows
 whose image failed to download or was rejected by an image rule are passed through
-unscored. The image embeddings are stored in RUN/scored/ for dedupe; ``clip_score`` goes
-to the manifest and ``clip.min_score`` filters on it (from the stored score, so a
-refilter never runs the model).
+unscored. Synthetic captions (when the captioner ran before) are scored too, in the same
+text pass. The image embeddings are stored in RUN/scored/ for dedupe; ``clip_score`` goes
+to the manifest and ``clip.min_score`` filters on it in the caption decision
+(curate.stages.capfilt, from the stored scores, so a refilter never runs the model).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 import pyarrow as pa
 
 from curate.pipeline.config import ClipConfig
-from curate.schemas.status import fmt_threshold
 
-SCORED_SCHEMA = pa.schema([("clip_score", pa.float32()), ("clip_image_embedding", pa.list_(pa.float32()))])
+SCORED_SCHEMA = pa.schema([
+    ("clip_score", pa.float32()),
+    ("clip_image_embedding", pa.list_(pa.float32())),
+    ("synthetic_clip_scores", pa.list_(pa.float32())),
+])
 
 
 class ClipScorer:
@@ -32,35 +36,45 @@ class ClipScorer:
         self.image_col = image_col
         self.torch = torch
 
-    def _embed(self, images, captions) -> tuple[np.ndarray, np.ndarray]:
+    def _embed_images(self, images) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
             pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
-            tokens = self.tokenizer(captions).to(self.device)
-            image_emb = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
-            text_emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        return image_emb.cpu().numpy(), text_emb.cpu().numpy()
+            return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu().numpy()
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import decode_rgb
+        from curate.stages.model_actor import model_text, synthetic_captions, usable_images
 
         n = batch.num_rows
         scores: list[float | None] = [None] * n
         embeddings: list[list[float] | None] = [None] * n
-        rows = batch.select([self.image_col, "caption", "download_reason", "image_reject"]).to_pylist()
-        todo = [(i, decode_rgb(r[self.image_col]), r["caption"] or "") for i, r in enumerate(rows)
-                if r["download_reason"] is None and r["image_reject"] is None and r[self.image_col]]
-        todo = [t for t in todo if t[1] is not None]
+        synthetic_scores: list[list[float] | None] = [None] * n
+        todo = usable_images(batch, self.image_col)
         if todo:
-            image_emb, text_emb = self._embed([t[1] for t in todo], [t[2] for t in todo])
-            for (i, _, _), img, txt in zip(todo, image_emb, text_emb):
-                scores[i] = float(np.dot(img, txt))
-                embeddings[i] = img.tolist()
+            captions, synthetic = batch.column("caption").to_pylist(), synthetic_captions(batch)
+            # One text pass for the original and every synthetic caption of the batch.
+            texts = [[model_text(captions[i])] + synthetic[i] for i, _ in todo]
+            image_emb = self._embed_images([image for _, image in todo])
+            text_emb = self._embed_texts([t for row in texts for t in row])
+            offset = 0
+            for (i, _), img, row in zip(todo, image_emb, texts):
+                cosines = text_emb[offset : offset + len(row)] @ img
+                offset += len(row)
+                scores[i], embeddings[i] = float(cosines[0]), img.tolist()
+                synthetic_scores[i] = [float(c) for c in cosines[1:]]
         batch = batch.append_column("clip_score", pa.array(scores, pa.float32()))
-        return batch.append_column("clip_image_embedding", pa.array(embeddings, pa.list_(pa.float32())))
+        batch = batch.append_column("clip_image_embedding", pa.array(embeddings, pa.list_(pa.float32())))
+        return batch.append_column("synthetic_clip_scores", pa.array(synthetic_scores, pa.list_(pa.float32())))
 
 
 class ClipStage:
+    key = "clip"
     scored_schema = SCORED_SCHEMA
     manifest_columns = ["clip_score"]
 
@@ -79,9 +93,3 @@ class ClipStage:
         return ds.map_batches(
             ClipScorer, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
         )
-
-    def filter_sql(self) -> list[str]:
-        t = self.cfg.min_score
-        if t is None:
-            return []
-        return [f"CASE WHEN s.clip_score < {t!r} THEN 'clip_score_below:{fmt_threshold(t)}' END"]

@@ -21,17 +21,18 @@ from curate.pipeline.config import CurateConfig
 from curate.pipeline.rundir import RunDir
 
 EMPTY = pa.schema([("sample_id", pa.string()), ("duplicate_of", pa.string())])
+# Scores of the sample's training caption (curate.stages.capfilt), so a duplicate group keeps
+# the copy whose chosen caption matches best. A stage that is off gives NULL: every score
+# ties and the smallest sample_id survives.
 _KEEP_SCORE_SQL = {
-    "clip_score": "s.clip_score",
-    "itm": "NULL::DOUBLE",  # the ITM stage is not built yet: every score ties, first sample_id wins
+    "clip_score": "c.chosen_clip_score",
+    "itm": "c.chosen_itm_prob",
     "resolution": "CAST(s.original_width AS DOUBLE) * s.original_height",
     "first": "NULL::DOUBLE",
 }
 
 
 def _keep_score_sql(cfg: CurateConfig) -> str:
-    if cfg.dedupe.keep == "clip_score" and not cfg.clip.model:
-        return "NULL::DOUBLE"  # no CLIP stage: no score, the smallest sample_id survives
     return _KEEP_SCORE_SQL[cfg.dedupe.keep]
 
 
@@ -48,7 +49,7 @@ def _candidates(con, cfg: CurateConfig, with_embeddings: bool) -> pa.Table:
     return con.execute(f"""
         SELECT d.sample_id, coalesce(s.pixel_sha256, s.sha256) AS exact_key,
                {_keep_score_sql(cfg)} AS score {emb}
-        FROM decided d JOIN scored s USING (sample_id)
+        FROM decided d JOIN scored s USING (sample_id) JOIN captions_decided c USING (sample_id)
         WHERE d.status = 'kept' ORDER BY d.sample_id
     """).arrow().read_all()
 

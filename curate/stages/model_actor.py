@@ -33,6 +33,38 @@ def decode_rgb(data: bytes) -> Image.Image | None:
         return None
 
 
+# Models read at most a few hundred tokens; a multi-MB caption must not cost a multi-MB
+# tokenization. Cut long before any model's context ends.
+MAX_TEXT_CHARS = 2000
+
+
+def model_text(text: str | None) -> str:
+    return (text or "").strip()[:MAX_TEXT_CHARS]
+
+
+def usable_images(batch, image_col: str, include_rejected: bool = False) -> list[tuple[int, Image.Image]]:
+    """(row index, RGB image) for the rows a model stage should see: downloaded, decodable,
+    and (unless ``include_rejected``) not rejected by an image rule."""
+    rows = batch.select([image_col, "download_reason", "image_reject"]).to_pylist()
+    out = []
+    for i, row in enumerate(rows):
+        if row["download_reason"] is not None or not row[image_col]:
+            continue
+        if row["image_reject"] is not None and not include_rejected:
+            continue
+        image = decode_rgb(row[image_col])
+        if image is not None:
+            out.append((i, image))
+    return out
+
+
+def synthetic_captions(batch) -> list[list[str]]:
+    """The captioner's captions per row ([] where it didn't run or the stage is off)."""
+    if "synthetic_captions" not in batch.column_names:
+        return [[] for _ in range(batch.num_rows)]
+    return [c or [] for c in batch.column("synthetic_captions").to_pylist()]
+
+
 ACTOR_TASK_RETRIES = 3
 
 

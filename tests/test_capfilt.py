@@ -1,0 +1,268 @@
+"""CapFilt: the caption decision, the ITM and captioner stages on BLIP directories the tests
+build with save_pretrained, and the whole pipeline with all three model stages."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from corpus import image_bytes, mixed_corpus
+from curate.models import blip
+from curate.models.references import ModelReferenceError
+from curate.pipeline.config import CaptionConfig, ConfigError, ItmConfig, load_config, validate
+from curate.pipeline.runner import refilter, run_pipeline
+from curate.stages.blip_caption import Captioner, clean_captions
+from curate.stages.blip_itm import ItmScorer
+from curate.stages.capfilt import Decider
+from curate.synth.http_server import CorpusServer
+from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
+from model_dirs import make_blip_dir, make_open_clip_dir
+
+
+def _cfg(**sections) -> object:
+    data = {"input": {"path": "x.parquet"}, "output": {"path": "/tmp/unused"},
+            "clip": {"model": "curate:tiny-clip", "min_score": 0.3},
+            "itm": {"model": "curate:tiny-blip-itm", "min_prob": 0.5},
+            "caption": {"model": "curate:tiny-blip-captioner"}}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return validate(data)
+
+
+def _row(caption="a red circle on grey", caption_reject=None, clip=0.6, itm=0.9, synthetic=(), clips=(), itms=()):
+    return {"sample_id": "00000-0000000001", "caption": caption, "caption_reject": caption_reject,
+            "clip_score": clip, "itm_prob": itm, "itm_cosine": 0.5,
+            "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
+            "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic)}
+
+
+SYNTHETIC = (["a blue square", "a red circle", "a green star"], [0.5, 0.7, 0.1], [0.6, 0.95, 0.9])
+
+
+# --------------------------------------------------------------------------- decision
+
+
+def test_capfilt_keeps_passing_original_and_best_passing_synthetic():
+    d = Decider(_cfg()).decide(_row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    kept = [(c["text"], c["source"]) for c in d["captions"] if c["kept"]]
+    # "a green star" has the second-best ITM but fails clip.min_score 0.3; max_synthetic 1 keeps the best
+    assert kept == [("a red circle on grey", "original"), ("a red circle", "synthetic")]
+    assert d["caption_reason"] is None and d["caption_chosen"] == "a red circle on grey" and d["caption_source"] == "original"
+    assert {c["text"]: c["reason"] for c in d["captions"]}["a green star"] == "clip_score_below:0.3"
+    best = Decider(_cfg(capfilt={"prefer": "best"})).decide(_row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    assert best["caption_chosen"] == "a red circle" and best["chosen_itm_prob"] == pytest.approx(0.95)
+
+
+def test_junk_original_is_rescued_by_a_synthetic_caption():
+    row = _row(caption="IMG_1234.JPG", caption_reject="caption_junk:file_name", synthetic=SYNTHETIC[0],
+               clips=SYNTHETIC[1], itms=SYNTHETIC[2])
+    d = Decider(_cfg(capfilt={"max_synthetic": 2})).decide(row)
+    assert d["caption_reason"] is None and d["original_caption_reason"] == "caption_junk:file_name"
+    assert d["caption_chosen"] == "a red circle" and d["caption_source"] == "synthetic"
+    assert [c["text"] for c in d["captions"] if c["kept"]] == ["a red circle", "a blue square"]  # by ITM, best first
+
+
+def test_no_caption_passing_filters_the_sample_with_the_originals_reason():
+    row = _row(itm=0.1, synthetic=["a cat", "x"], clips=[0.9, 0.9], itms=[0.2, 0.99])
+    d = Decider(_cfg()).decide(row)
+    # "x" passes the scores but not the caption rules (min 2 words); "a cat" fails ITM
+    assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5" and d["caption_chosen"] is None
+    # listed original first, then best first by ITM
+    assert [c["reason"] for c in d["captions"]] == ["itm_prob_below:0.5", "caption_too_short:2", "itm_prob_below:0.5"]
+    # without synthetic captions the reason is the original's own, as with filtering alone
+    assert Decider(_cfg()).decide(_row(itm=0.1))["caption_reason"] == "itm_prob_below:0.5"
+
+
+def test_filter_only_ignores_synthetic_and_caption_only_ignores_the_original():
+    row = _row(itm=0.1, synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2])
+    only_filter = Decider(_cfg(capfilt={"mode": "filter_only"})).decide(row)
+    assert only_filter["caption_reason"] == "itm_prob_below:0.5" and len(only_filter["captions"]) == 1
+    only_caption = Decider(_cfg(capfilt={"mode": "caption_only"})).decide(row)
+    # no score thresholds on synthetic captions: the best by ITM wins even though "a green star" fails CLIP
+    assert only_caption["caption_chosen"] == "a red circle" and only_caption["caption_source"] == "synthetic"
+    assert only_caption["original_caption_reason"] == "caption_only_mode"
+    assert Decider(_cfg(capfilt={"mode": "caption_only"})).decide(_row())["caption_reason"] == "no_synthetic_caption"
+
+
+def test_without_itm_synthetic_captions_are_ranked_by_clip():
+    d = Decider(_cfg(itm={"model": None}, capfilt={"prefer": "best"})).decide(
+        _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    assert d["caption_chosen"] == "a red circle"  # CLIP 0.7 beats the original's 0.6 and "a blue square"'s 0.5
+
+
+def test_config_rules_for_capfilt():
+    with pytest.raises(ConfigError, match="caption_only needs caption.model"):
+        _cfg(caption={"model": None}, capfilt={"mode": "caption_only"})
+    with pytest.raises(ConfigError, match="needs a filter for the synthetic captions"):
+        _cfg(clip={"model": None, "min_score": None}, itm={"model": None, "min_prob": None})
+    with pytest.raises(ConfigError, match="num_beams"):
+        _cfg(caption={"mode": "beam", "num_captions": 4, "num_beams": 2})
+    assert not _cfg(capfilt={"mode": "filter_only"}).captioning and _cfg().captioning
+
+
+def test_clean_captions_strips_prompt_blanks_and_repeats():
+    texts = ["a picture of a red  circle", "A picture of a red circle", "a picture of", "a dog", "a dog"]
+    assert clean_captions(texts, "a picture of") == ["a red circle", "a dog"]
+    assert clean_captions(["  a  cat "], None) == ["a cat"]
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def blip_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("blip")
+    return {"itm": make_blip_dir(root / "itm", "itm"), "caption": make_blip_dir(root / "captioner", "caption", seed=1)}
+
+
+def _images(n: int) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(image_bytes("PNG", seed=s))).convert("RGB") for s in range(n)]
+
+
+def test_itm_scores_equal_the_models_own_forward(blip_dirs):
+    scorer = ItmScorer(ItmConfig(model=str(blip_dirs["itm"])), "jpg")
+    images = _images(3)
+    texts = [["a red cat", "a dog on the grass"], ["a blue sofa"], ["small", "a large dog", "the cat"]]
+    probs, cosines = scorer.score(images, texts)
+    pair_images = [im for im, ts in zip(images, texts) for _ in ts]
+    inputs = scorer.processor(images=pair_images, text=[t for ts in texts for t in ts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want_prob = scorer.model(**inputs).itm_score.softmax(-1)[:, 1].numpy()
+        want_cos = scorer.model(**inputs, use_itm_head=False).itm_score.diagonal().numpy()
+    assert [len(p) for p in probs] == [2, 1, 3]
+    np.testing.assert_allclose(np.concatenate(probs), want_prob, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(cosines), want_cos, atol=1e-5)
+
+
+def test_captioner_generates_k_clean_captions_reproducibly(blip_dirs):
+    images = _images(4)
+    cfg = CaptionConfig(model=str(blip_dirs["caption"]), num_captions=3, max_new_tokens=6, prompt="a picture of")
+    captioner = Captioner(cfg, "jpg")
+    first, again = captioner.generate(images, seed=7), captioner.generate(images, seed=7)
+    assert first == again and len(first) == 4
+    assert all(1 <= len(caps) <= 3 for caps in first)
+    assert not any(c.startswith("a picture of") or not c for caps in first for c in caps)
+    beam = Captioner(CaptionConfig(model=str(blip_dirs["caption"]), mode="beam", num_captions=2, num_beams=3,
+                                   max_new_tokens=6), "jpg")
+    beams = beam.generate(images, seed=0)
+    # beam search is deterministic whatever the seed; a random decoder may emit only special
+    # tokens, which decode to nothing and are dropped
+    assert beams == beam.generate(images, seed=1) and len(beams) == 4 and all(len(caps) <= 2 for caps in beams)
+
+
+def test_blip_references_fail_clearly(blip_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert blip.check(str(blip_dirs["itm"]), "itm.model", "itm") == str(blip_dirs["itm"].resolve())
+    with pytest.raises(ModelReferenceError, match="needs BlipForConditionalGeneration"):
+        blip.check(str(blip_dirs["itm"]), "caption.model", "caption")
+    with pytest.raises(ModelReferenceError, match="no config.json"):
+        blip.check(str(tmp_path), "itm.model", "itm")
+    with pytest.raises(ModelReferenceError, match="no such directory, and not a hub id"):
+        blip.check("/no/such/dir", "itm.model", "itm")
+    with pytest.raises(ModelReferenceError) as info:
+        blip.check("Salesforce/blip-itm-base-coco", "itm.model", "itm")
+    assert "cannot read its config" in str(info.value) and "--local-dir" in str(info.value)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@pytest.fixture(scope="module")
+def capfilt_run(tmp_path_factory, blip_dirs):
+    """The mixed corpus through captioner + CLIP + ITM (random weights); thresholds at the
+    bottom so that only the caption rules decide, which makes the outcome exact."""
+    root = tmp_path_factory.mktemp("capfilt-run")
+    clip_dir = make_open_clip_dir(root / "clip")
+    with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}) as server:
+        rows = corpus_rows(server)
+        write_input(rows, root / "input.parquet")
+        (root / "c.yaml").write_text(f"input: {{path: {root / 'input.parquet'}}}\n")
+        settings = FAST_SETTINGS + [
+            f"clip.model=local-dir:{clip_dir}", "clip.min_score=-1", "clip.num_cpus=0.5",
+            f"itm.model={blip_dirs['itm']}", "itm.min_prob=0", "itm.num_cpus=0.5",
+            f"caption.model={blip_dirs['caption']}", "caption.num_cpus=0.5", "caption.max_new_tokens=6",
+            "caption.num_captions=3", "capfilt.max_synthetic=2",
+            "dedupe.near=false",  # random CLIP embeddings: near-dedupe is tested elsewhere
+        ]
+        cfg = load_config(root / "c.yaml", settings, out=str(root / "run"))
+        run_pipeline(cfg)
+    return rows, root / "run"
+
+
+def test_pipeline_capfilt_accounts_for_every_row_and_rescues_junk(capfilt_run):
+    rows, run = capfilt_run
+    manifest = read_manifest(str(run)).to_pylist()
+    assert len(manifest) == len(rows) and len({m["sample_id"] for m in manifest}) == len(rows)
+    for m in manifest:
+        want = rows[m["input_row"]]
+        if want["want_status"] in ("blocked", "download_failed") or (want["want_reason"] or "").startswith(("image_", "aspect")):
+            assert (m["status"], m["reason"].split(":")[0]) == (want["want_status"], want["want_reason"])
+            continue
+        synthetic = [c for c in m["captions"] if c["source"] == "synthetic"]
+        assert synthetic and all(c["itm_prob"] is not None and c["clip_score"] is not None for c in synthetic)
+        if want["want_status"] == "kept":  # a good original passes and stays the training caption
+            assert m["status"] == "kept" and m["caption_source"] == "original"
+        elif m["status"] == "kept":  # junk original: kept only with a passing synthetic caption
+            assert m["original_caption_reason"].split(":")[0] == want["want_reason"]
+            assert m["caption_source"] == "synthetic" and m["caption_chosen"] in [c["text"] for c in synthetic if c["kept"]]
+        else:
+            assert m["reason"].startswith("no_caption_passed:") and not any(c["kept"] for c in synthetic)
+    rescued = [m for m in manifest if m["status"] == "kept" and m["caption_source"] == "synthetic"]
+    assert rescued, "no junk-captioned image was rescued by a synthetic caption"
+
+
+def test_output_carries_the_kept_captions_with_sources(capfilt_run):
+    _, run = capfilt_run
+    kept = {m["sample_id"]: m for m in read_manifest(str(run)).to_pylist() if m["status"] == "kept"}
+    seen = 0
+    for tar_path in sorted((run / "output").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    record = json.loads(tar.extractfile(member).read())
+                    m = kept[record["sample_id"]]
+                    want = [c for c in m["captions"] if c["kept"]]
+                    assert [(c["text"], c["source"]) for c in record["captions"]] == [(c["text"], c["source"]) for c in want]
+                    for got, c in zip(record["captions"], want):
+                        assert got["itm_prob"] == pytest.approx(c["itm_prob"]) and got["clip_score"] == pytest.approx(c["clip_score"])
+                    assert record["caption_chosen"] == m["caption_chosen"]
+                    txt = tar.extractfile(member.name[: -len(".json")] + ".txt").read().decode()
+                    assert txt == m["caption_chosen"]
+                    seen += 1
+    assert seen == len(kept)
+    table = pq.read_table(sorted((run / "output").glob("*.parquet")))
+    assert {c["source"] for caps in table.column("captions").to_pylist() for c in caps} <= {"original", "synthetic"}
+
+
+def test_refilter_switches_mode_from_stored_captions(capfilt_run, ray_session):
+    rows, run = capfilt_run
+    refilter(str(run), ["capfilt.mode=filter_only"])
+    for m in read_manifest(str(run)).to_pylist():
+        want = rows[m["input_row"]]
+        assert (m["status"], (m["reason"] or ":").split(":")[0] or None) == (want["want_status"], want["want_reason"])
+    refilter(str(run), ["capfilt.mode=caption_only"])
+    kept = [m for m in read_manifest(str(run)).to_pylist() if m["status"] == "kept"]
+    assert kept and all(m["caption_source"] == "synthetic" for m in kept)
+    refilter(str(run), ["capfilt.mode=capfilt"])  # back to the module's state for other tests
+
+
+def test_oversubscribed_actor_pools_stop_at_start(tmp_path, cli_env):
+    import subprocess
+
+    (tmp_path / "in.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a cat\n")
+    (tmp_path / "c.yaml").write_text(f"input: {{path: {tmp_path / 'in.csv'}}}\n")
+    out = subprocess.run(
+        ["curate", "run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+         "--set", "clip.model=curate:tiny-clip", "--set", "itm.model=curate:tiny-blip-itm",
+         "--set", "caption.model=curate:tiny-blip-captioner", "--set", "ray.num_cpus=2"],
+        capture_output=True, text=True, env=cli_env, timeout=300,
+    )
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "need 3.5 CPUs at once" in out.stdout + out.stderr and "num_cpus" in out.stdout + out.stderr
