@@ -67,3 +67,15 @@ def test_config_file_errors(tmp_path):
     bad.write_text("input: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_shipped_example_configs_are_valid(repo_root):
+    from curate.pipeline.config import load_config
+
+    paths = sorted((repo_root / "configs").glob("*.yaml")) + [repo_root / "curate" / "assets" / "demo.yaml"]
+    assert len(paths) >= 3
+    for path in paths:
+        # raises ConfigError naming the key if an example drifts from the schema (the demo's
+        # input path is filled in by `curate demo`)
+        cfg = load_config(path, ["input.format=parquet"])
+        assert cfg.input.path and cfg.output.path
