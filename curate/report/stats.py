@@ -117,13 +117,19 @@ def funnel_steps(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     steps.append(("URL check passed", left))
     left -= removed(lambda k: k.startswith("download_failed"))
     steps.append(("downloaded", left))
-    model_steps = [(c[: -len("_below")] + " threshold" if c.endswith("_below") else c, [c]) for c in model]
+    model_steps = [(_filter_label(c), [c]) for c in model]
     for label, codes in [("image rules", image), ("caption rules", caption)] + model_steps:
         left -= removed(lambda k: k.split("/", 1)[-1] in codes and k.startswith("filtered/"))
         steps.append((f"after {label}", left))
     left -= removed(lambda k: k.startswith("duplicate"))
     steps.append(("kept (after dedupe)", left))
     return steps
+
+
+def _filter_label(code: str) -> str:
+    if code == "no_caption_passed":
+        return "CapFilt (a caption passed)"
+    return code[: -len("_below")] + " threshold" if code.endswith("_below") else code
 
 
 def values_by_status(con: duckdb.DuckDBPyConnection, expr: str) -> dict[str, np.ndarray]:

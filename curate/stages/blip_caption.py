@@ -20,6 +20,7 @@ import hashlib
 import pyarrow as pa
 
 from curate.pipeline.config import CaptionConfig
+from curate.stages.model_actor import ModelStage
 
 SCORED_SCHEMA = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
 
@@ -90,22 +91,13 @@ class Captioner:
         return (self.cfg.seed * 1_000_003 + int(hashlib.sha1(ids.encode()).hexdigest()[:8], 16)) % 2**31
 
 
-class CaptionStage:
+class CaptionStage(ModelStage):
     key = "caption"
+    actor = Captioner
     scored_schema = SCORED_SCHEMA
-    manifest_columns: list[str] = []  # the captions reach the manifest through the decision's `captions`
-
-    def __init__(self, cfg: CaptionConfig):
-        self.cfg = cfg
+    manifest_columns = []  # the captions reach the manifest through the decision's `captions`
 
     def check(self) -> None:
         from curate.models import blip
 
         blip.check(self.cfg.model, "caption.model", "caption")
-
-    def apply(self, ds, image_col: str):
-        from curate.stages.model_actor import actor_pool_args
-
-        return ds.map_batches(
-            Captioner, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
-        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from curate.pipeline.config import ItmConfig
+from curate.stages.model_actor import ModelStage
 
 SCORED_SCHEMA = pa.schema([
     ("itm_prob", pa.float32()),
@@ -88,22 +89,13 @@ def _split(values: list[float], groups: list[list[str]]) -> list[list[float]]:
     return out
 
 
-class ItmStage:
+class ItmStage(ModelStage):
     key = "itm"
+    actor = ItmScorer
     scored_schema = SCORED_SCHEMA
     manifest_columns = ["itm_prob", "itm_cosine"]
-
-    def __init__(self, cfg: ItmConfig):
-        self.cfg = cfg
 
     def check(self) -> None:
         from curate.models import blip
 
         blip.check(self.cfg.model, "itm.model", "itm")
-
-    def apply(self, ds, image_col: str):
-        from curate.stages.model_actor import actor_pool_args
-
-        return ds.map_batches(
-            ItmScorer, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
-        )

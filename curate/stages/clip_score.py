@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.pipeline.config import ClipConfig
+from curate.stages.model_actor import ModelStage
 
 SCORED_SCHEMA = pa.schema([
     ("clip_score", pa.float32()),
@@ -73,23 +74,14 @@ class ClipScorer:
         return batch.append_column("synthetic_clip_scores", pa.array(synthetic_scores, pa.list_(pa.float32())))
 
 
-class ClipStage:
+class ClipStage(ModelStage):
     key = "clip"
+    actor = ClipScorer
     scored_schema = SCORED_SCHEMA
     manifest_columns = ["clip_score"]
-
-    def __init__(self, cfg: ClipConfig):
-        self.cfg = cfg
 
     def check(self) -> None:
         """Fail at start, naming the reference, if it can't be resolved."""
         from curate.models import clip
 
         clip.resolve(self.cfg.model, self.cfg.pretrained)
-
-    def apply(self, ds, image_col: str):
-        from curate.stages.model_actor import actor_pool_args
-
-        return ds.map_batches(
-            ClipScorer, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
-        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pyarrow as pa
 from PIL import Image
 
 from curate.pipeline.config import ModelComputeConfig
@@ -88,3 +89,23 @@ def actor_pool_args(cfg: ModelComputeConfig) -> dict:
         "max_restarts": -1,
         "max_task_retries": ACTOR_TASK_RETRIES,
     }
+
+
+class ModelStage:
+    """A model stage of the process step: the config section ``key``, the ``actor`` class Ray
+    Data runs in a pool (one model load per actor), the columns it adds to RUN/scored/
+    (``scored_schema``) and those that reach the manifest (``manifest_columns``).
+    Subclasses add ``check()``, which fails at start when the model reference is bad."""
+
+    key: str
+    actor: type
+    scored_schema: pa.Schema
+    manifest_columns: list[str] = []
+
+    def __init__(self, cfg: ModelComputeConfig):
+        self.cfg = cfg
+
+    def apply(self, ds, image_col: str):
+        return ds.map_batches(
+            self.actor, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
+        )
