@@ -101,6 +101,7 @@ VARIANTS = {
     "no model filter": ["capfilt.mode=filter_only", "clip.min_score=null", "itm.min_prob=null"],
     "CLIP only": ["capfilt.mode=filter_only", "itm.min_prob=null"],
     "ITM only": ["capfilt.mode=filter_only", "clip.min_score=null"],
+    "CLIP + ITM": ["capfilt.mode=filter_only"],  # CapFilt's own filter without the captioner
     "CapFilt": [],
 }
 

@@ -33,3 +33,9 @@ def test_demo_command_end_to_end(tmp_path, cli_env):
     assert result["rows"] == 160 and 0 < result["kept"] < 160
     assert result["correct_caption_fraction_after"] > result["correct_caption_fraction_before"]
     assert result["planted_duplicates_found"] > 0
+    variants = result["variants"]
+    assert list(variants) == ["no model filter", "CLIP only", "ITM only", "CLIP + ITM", "CapFilt"]
+    filtering = [variants[k] for k in ("CLIP only", "ITM only", "CLIP + ITM")]
+    # CapFilt rescues junk-captioned images with synthetic captions: more correct samples kept
+    assert variants["CapFilt"]["kept_correct"] > max(v["kept_correct"] for v in filtering)
+    assert "filtering alone vs. CapFilt" in out.stdout
