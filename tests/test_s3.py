@@ -75,3 +75,51 @@ def test_run_and_query_with_input_and_output_in_a_bucket(s3_server, tmp_path):
                            capture_output=True, text=True, env=env, timeout=120)
     assert query.returncode == 0, query.stderr
     assert json.loads(query.stdout) == [{"n": len(rows)}]
+
+
+def _curate_run(config, out: str, env: dict, settings: list[str]) -> subprocess.Popen:
+    args = ["curate", "run", str(config), "--out", out] + [a for s in settings for a in ("--set", s)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_bucket_run_killed_mid_download_resumes_to_the_same_result(s3_server, tmp_path):
+    """Endpoint from the config (storage.endpoint_url), not the environment; SIGKILL during
+    the download into the bucket; the same command again gives the uninterrupted result."""
+    import signal
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("curate-resume")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    endpoint = env.pop("AWS_ENDPOINT_URL")
+    with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}) as server:
+        rows = corpus_rows(server)
+        with fs.open("curate-resume/in/pairs.parquet", "wb") as handle:
+            pq.write_table(pa.Table.from_pylist([{"url": r["url"], "caption": r["caption"]} for r in rows]), handle)
+        config = tmp_path / "c.yaml"
+        config.write_text("input: {path: s3://curate-resume/in/pairs.parquet}\noutput: {path: unused}\n")
+        settings = FAST_SETTINGS + [f"storage.endpoint_url={endpoint}", "download.shard_size=5", "download.threads=2",
+                                    "report.enabled=false"]
+        baseline = _curate_run(config, "s3://curate-resume/runs/base", env, settings)
+        assert baseline.wait(timeout=600) == 0, baseline.stdout.read().decode()[-3000:]
+
+        killed = _curate_run(config, "s3://curate-resume/runs/r", env, settings)
+        deadline = time.time() + 600
+        while killed.poll() is None and time.time() < deadline:
+            fs.invalidate_cache()
+            if len(fs.glob("curate-resume/runs/r/downloaded/*_stats.json")) >= 2:
+                os.killpg(killed.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        killed.wait()
+        assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-download"
+        again = _curate_run(config, "s3://curate-resume/runs/r", env, settings)
+        output = again.stdout.read().decode()
+        assert again.wait(timeout=600) == 0, output[-3000:]
+    assert "prepare: already done, skipped" in output  # it resumed, it did not start over
+    fs.invalidate_cache()
+    read = lambda run: pq.ParquetDataset(f"curate-resume/runs/{run}/manifest", filesystem=fs).read().sort_by("sample_id")  # noqa: E731
+    assert read("r").equals(read("base")) and read("r").num_rows == len(rows)
+    index = {run: json.loads(fs.cat_file(f"curate-resume/runs/{run}/output/index.json")) for run in ("base", "r")}
+    assert index["r"]["shards"] == index["base"]["shards"] and index["r"]["total"] > 0

@@ -182,6 +182,18 @@ class ReportConfig(_Section):
     samples: int = Field(24, ge=1, le=500, description="thumbnails per grid (kept; half per filter reason)")
 
 
+class StorageConfig(_Section):
+    """Where buckets are served. Credentials never go here: they come from the environment
+    (AWS_ACCESS_KEY_ID, ...) or the provider's own files, so a saved config leaks nothing."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2); sets AWS_ENDPOINT_URL")
+    region: str | None = Field(None, description="bucket region; sets AWS_DEFAULT_REGION")
+
+    def environment(self) -> dict[str, str]:
+        env = {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
+        return {k: v for k, v in env.items() if v}
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
@@ -198,6 +210,7 @@ class CurateConfig(_Section):
     capfilt: CapfiltConfig = CapfiltConfig()
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()
+    storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

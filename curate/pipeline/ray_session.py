@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
+def start_ray(address: str | None, num_cpus: int | None, env: dict[str, str] | None = None) -> None:
+    """``env``: variables every Ray worker needs too (the storage endpoint: img2dataset's and
+    the shard writers' fsspec clients read it from the environment)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": dict(env)} if env else None
     if address:
-        ray.init(address=address, logging_level="warning")
+        ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # Resume and exact output depend on sample_ids, not on block order; don't pay for order.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -103,6 +104,7 @@ def _stops_cleanly(fn):
 def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
     console = console or Console()
     started = time.perf_counter()
+    os.environ.update(cfg.storage.environment())  # before the first bucket access
     run = RunDir(cfg.output.path)
     files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
     state = fingerprint(files, cfg)
@@ -114,7 +116,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     storage.makedirs(run.root)
     storage.write_text(run.config, cfg.to_yaml())
     storage.write_text(run.state, json.dumps(state))
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
     check_actor_fit(cfg)
 
     timings: dict = {}
@@ -232,7 +234,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
                 f"--set {key}: refilter can change only {', '.join(REFILTER_KEYS)}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(yaml.safe_load(storage.read_text(run.config)), overrides))
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
     result = finish(cfg, run, console, time.perf_counter(), {})
     storage.write_text(run.config, cfg.to_yaml())
     return result

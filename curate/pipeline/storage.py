@@ -56,6 +56,8 @@ def makedirs(uri: str) -> None:
 def list_files(uri: str, suffix: str) -> list[str]:
     """Committed files under ``uri`` ending in ``suffix``, sorted; temporaries are ignored."""
     fs, path = fs_and_path(uri)
+    # Other processes (Ray workers) write here: a bucket filesystem's cached listing is stale.
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return []
     names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and TMP_MARK not in p]
