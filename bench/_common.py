@@ -182,3 +182,19 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """user + system CPU seconds of every live process under ``pid`` (this one by default).
+
+    On a shared, overloaded machine wall time measures the neighbours as much as the code;
+    CPU time measures the work done. (Processes that exited before the call are missed.)"""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid or os.getpid()):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
