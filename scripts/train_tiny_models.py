@@ -74,7 +74,7 @@ class Budget:
     pool: int = 9000  # training images rendered once and shared by the three models
     eval_images: int = 400
     clip_steps: int = 900
-    itm_steps: int = 450
+    itm_steps: int = 1000  # ~10 min CPU; telling shapes apart needs the steps (see ITM_GENERIC_NEGATIVES)
     # The captioner has to name the shape, which its ViT learns last: 500 steps left a
     # third of held-out shapes wrong, 1500 (with the shape terms of train_captioner) < 10 %.
     captioner_steps: int = 1500
@@ -549,6 +549,58 @@ def itm_negative(scene: Scene, rng: random.Random) -> str:
     return domain.junk_caption(rng)
 
 
+# Why the ITM trains on shapes this hard: CapFilt uses it to reject the captioner's wrong
+# captions, and those are nearly always the right caption with the wrong shape word. With
+# one generic negative per image the ITM scored them almost like true captions (held-out
+# AUC 0.85). So every image also gets shape-only negatives from both sides (its caption
+# with the shape word changed; the caption of its "shape twin", an image of the batch that
+# differs only in the shape), and the ViT gets direct shape supervision: telling shapes
+# apart is what a tiny ViT learns last (colours, sizes and backgrounds come in dozens of steps).
+ITM_GENERIC_NEGATIVES = 2  # itm_negative() captions per image
+ITM_SHAPE_LOSS_WEIGHT = 2.0
+
+
+def shape_twins(by_scene: dict[Scene, list[int]], scenes: list[Scene], rng: random.Random) -> list[int]:
+    """For each scene, a pool image (index) of the same scene with another shape."""
+    twins = []
+    for scene in scenes:
+        other = domain.change_one_attribute(scene, rng, attribute="shape")
+        twins.append(rng.choice(by_scene.get(other) or [i for ids in by_scene.values() for i in ids]))  # tiny pools may lack it
+    return twins
+
+
+def itm_pairs(scenes: list[Scene], rng: random.Random) -> tuple[list[str], list[int]]:
+    """The texts of one ITM batch and, for each, the batch row of its image. Per image: a
+    true paraphrase, the generic negatives, the paraphrase with only the shape word
+    changed, and its shape twin's paraphrase (rows k and k + n/2 are twins)."""
+    n = len(scenes)
+    true = [domain.true_caption(s, rng) for s in scenes]
+    texts = list(true)
+    for _ in range(ITM_GENERIC_NEGATIVES):
+        texts += [itm_negative(s, rng) for s in scenes]
+    texts += [shape_changed(c, s, rng) for c, s in zip(true, scenes)]
+    texts += [true[(k + n // 2) % n] for k in range(n)]
+    return texts, list(range(n)) * (len(texts) // n)
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with matches and non-matches weighing half each, whatever their counts."""
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return sum(losses[labels == c].mean() for c in (0, 1) if (labels == c).any()) / 2
+
+
+def itm_shape_loss(head: torch.nn.Module, image_embeds: torch.Tensor, coverage: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    """The object's shape predicted from the [CLS] token and from every patch the object
+    covers (weighted by coverage): dozens of shape targets per image instead of one, and
+    shape information in the patch tokens the ITM's cross-attention reads."""
+    target = torch.tensor([domain.SHAPES.index(s.shape) for s in scenes])
+    patches = image_embeds[:, 1:]
+    per_patch = F.cross_entropy(head(patches).flatten(0, 1), target.repeat_interleave(patches.shape[1]), reduction="none")
+    weights = coverage.flatten()
+    dense = (per_patch * weights).sum() / weights.sum().clamp(min=1e-6)
+    return F.cross_entropy(head(image_embeds[:, 0]), target) + dense
+
+
 def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
     processor = make_blip_processor()
     torch.manual_seed(seed)
@@ -557,17 +609,22 @@ def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
     vision_init = init_vision_from_clip(model.vision_model, out.parent / MODEL_DIRS["clip"], pool)
     pixels = blip_pixels(processor, pool.images)
     rng = random.Random(seed + 5)
-    coverage_head = torch.nn.Linear(config.vision_config.hidden_size, 1)
+    width = config.vision_config.hidden_size
+    aux = torch.nn.ModuleDict({"coverage": torch.nn.Linear(width, 1), "shape": torch.nn.Linear(width, len(domain.SHAPES))})
+    by_scene: dict[Scene, list[int]] = {}
+    for i, scene in enumerate(pool.scenes):
+        by_scene.setdefault(scene, []).append(i)
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
-        idx = rng.sample(range(len(pool)), budget.batch)
+        idx = rng.sample(range(len(pool)), budget.batch // 2)
+        idx += shape_twins(by_scene, [pool.scenes[i] for i in idx], rng)
         scenes = [pool.scenes[i] for i in idx]
         # The same computation as BlipForImageTextRetrieval.forward, with the image
-        # encoded once for its positive and its negative caption.
+        # encoded once for its positive and its negative captions.
         image_embeds = model.vision_model(pixel_values=pixels[idx]).last_hidden_state
-        texts = [domain.true_caption(s, rng) for s in scenes] + [itm_negative(s, rng) for s in scenes]
+        texts, rows = itm_pairs(scenes, rng)
         tokens = blip_text(processor, texts)
-        pair_images = torch.cat([image_embeds, image_embeds])
+        pair_images = image_embeds[rows]
         fused = model.text_encoder(
             input_ids=tokens.input_ids,
             attention_mask=tokens.attention_mask,
@@ -575,8 +632,8 @@ def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
             encoder_attention_mask=torch.ones(pair_images.shape[:-1], dtype=torch.long),
         ).last_hidden_state
         itm_logits = model.itm_head(fused[:, 0, :])
-        labels = positive_mask(scenes + scenes, texts).diagonal().long()  # paraphrases can't be wrong: 1s then 0s
-        itm = F.cross_entropy(itm_logits, labels)
+        labels = positive_mask([scenes[r] for r in rows], texts).diagonal().long()
+        itm = balanced_cross_entropy(itm_logits, labels)
         # ITC, as forward(use_itm_head=False): text alone vs. the image's [CLS] embedding.
         contrast_texts = texts[: len(idx)] + [hard_negative(s, rng) for s in scenes]
         contrast_tokens = blip_text(processor, contrast_texts)
@@ -584,15 +641,19 @@ def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
         image_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
         text_feat = F.normalize(model.text_proj(text_cls), dim=-1)
         itc = contrastive_loss(image_feat, text_feat, positive_mask(scenes, contrast_texts), torch.tensor(1 / 0.07))
-        coverage = coverage_loss(coverage_head, image_embeds[:, 1:], pool.coverage[idx])
-        return {"itm": itm, "itc": 0.5 * itc, "coverage": coverage}
+        coverage = coverage_loss(aux["coverage"], image_embeds[:, 1:], pool.coverage[idx])
+        shape = ITM_SHAPE_LOSS_WEIGHT * itm_shape_loss(aux["shape"], image_embeds, pool.coverage[idx], scenes)
+        return {"itm": itm, "itc": 0.5 * itc, "coverage": coverage, "shape": shape}
 
-    seconds = train(model, step_loss, budget.itm_steps, lr=1e-3, name="itm", aux=coverage_head)
+    cpu_start = time.process_time()
+    seconds = train(model, step_loss, budget.itm_steps, lr=1e-3, name="itm", aux=aux)
+    cpu_seconds = time.process_time() - cpu_start
     save_blip(model, processor, out)
     return {
         "steps": budget.itm_steps,
         "batch": budget.batch,
         "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "parameters": _params(model),
         "architecture": _blip_architecture(config),
         "vision_init": vision_init,
@@ -621,8 +682,36 @@ def eval_itm(directory: Path, data: HeldOut) -> dict:
 
     metrics = {"itm": auc_table(p_match, data), "itc": auc_table(itc_score, data)}
     true, wrong = p_match(data.images, data.true), p_match(data.images, data.hard)
-    metrics["itm"]["accuracy_at_0.5"] = round(float(((true > 0.5).mean() + (wrong <= 0.5).mean()) / 2), 4)
+    metrics["itm"]["accuracy_at_0.5"] = _balanced_accuracy(true, wrong)
+    # The captioner's typical mistake: the right caption with the wrong shape word.
+    rng = random.Random(len(data.scenes))
+    changed = [shape_changed(caption, scene, rng) for caption, scene in zip(data.true, data.scenes)]
+    metrics["itm"].update(_shape_changed_metrics(true, p_match(data.images, changed), data.scenes))
+    metrics["itc"]["auc_true_vs_shape_changed"] = _auc(itc_score(data.images, data.true), itc_score(data.images, changed))
     return metrics
+
+
+def shape_changed(caption: str, scene: Scene, rng: random.Random) -> str:
+    """``caption`` (true for ``scene``) with only its shape word replaced by another shape."""
+    other = domain.change_one_attribute(scene, rng, attribute="shape").shape
+    wrong = caption.replace(f" {scene.shape}", f" {other}")  # every template has the shape after a space
+    assert wrong != caption and not domain.caption_is_correct(wrong, scene)
+    return wrong
+
+
+def _balanced_accuracy(true: np.ndarray, wrong: np.ndarray, threshold: float = 0.5) -> float:
+    return round(float(((true > threshold).mean() + (wrong <= threshold).mean()) / 2), 4)
+
+
+def _shape_changed_metrics(true: np.ndarray, wrong: np.ndarray, scenes: list[Scene]) -> dict[str, float]:
+    """True caption vs. the same caption with the shape changed: AUC and accuracy at 0.5,
+    overall and by object size (small shapes are the harder ones to see at 64 px)."""
+    result = {"auc_true_vs_shape_changed": _auc(true, wrong), "accuracy_at_0.5_shape_changed": _balanced_accuracy(true, wrong)}
+    for size in domain.SIZES:
+        rows = np.array([s.size == size for s in scenes])
+        result[f"auc_true_vs_shape_changed_{size}"] = _auc(true[rows], wrong[rows])
+        result[f"accuracy_at_0.5_shape_changed_{size}"] = _balanced_accuracy(true[rows], wrong[rows])
+    return result
 
 
 # --------------------------------------------------------------------------- BLIP captioner
@@ -956,13 +1045,29 @@ def render_docs(reports: dict[str, dict]) -> str:
                   "(BLIP, too, starts from a pretrained ViT; the copy is exact, the layouts match)."]
         m = r["held_out"]
         if name == "itm":
-            lines[-1] += (" Loss: ITM (cross-entropy on match / no match; one true paraphrase and one negative per image: "
-                          "60 % one attribute off, 25 % another scene, 15 % junk) + 0.5 x ITC (the contrastive loss above on "
-                          "the `use_itm_head=False` cosine, temperature 0.07).")
+            if "train_cpu_seconds" in r["training"]:
+                lines[-1] += f" CPU time of the training: {_minutes(r['training']['train_cpu_seconds'])} (the wall clock includes waiting on a shared machine)."
+            lines[-1] += (" Loss: ITM (cross-entropy on match / no match, matches and non-matches weighing half each). Per image "
+                          "one true paraphrase and four negatives: two generic ones (60 % one attribute off, 25 % another scene, "
+                          "15 % junk), the same paraphrase with only the shape word changed, and the paraphrase of its *shape "
+                          "twin* (half of each batch are images of the same scene as the other half but for the shape). Why: "
+                          "the captioner's wrong captions are nearly always the right caption with the wrong shape, and CapFilt "
+                          "relies on this model to reject them. Plus 0.5 x ITC (the contrastive loss above on the "
+                          "`use_itm_head=False` cosine, temperature 0.07) and two training-only heads on the ViT: object "
+                          "coverage per patch, and the object's shape from the [CLS] token and from every patch the object covers.")
             lines += ["", "Held-out quality, `P(match) = softmax(itm_score)[:, 1]`:", ""]
             lines += _auc_rows(m["itm"], "P(match)")
-            lines += ["", f"Balanced accuracy at P(match) > 0.5 (true vs. hard): {m['itm']['accuracy_at_0.5']:.3f}.",
-                      "", "The ITC score (`use_itm_head=False`, cosine):", ""]
+            lines += ["", f"Balanced accuracy at P(match) > 0.5 (true vs. hard): {m['itm']['accuracy_at_0.5']:.3f}."]
+            if "auc_true_vs_shape_changed" in m["itm"]:
+                i = m["itm"]
+                lines += ["", "True caption vs. **the same caption with only the shape word changed** (the captioner's typical "
+                          "mistake, what CapFilt must catch):", "",
+                          "| objects | ROC AUC of P(match) | balanced accuracy at P(match) > 0.5 |", "|---|---|---|",
+                          f"| all | **{i['auc_true_vs_shape_changed']:.3f}** | **{i['accuracy_at_0.5_shape_changed']:.3f}** |"]
+                lines += [f"| {size} | {i[f'auc_true_vs_shape_changed_{size}']:.3f} | {i[f'accuracy_at_0.5_shape_changed_{size}']:.3f} |"
+                          for size in domain.SIZES]
+                lines += ["", f"The ITC cosine separates the same pairs with ROC AUC {m['itc']['auc_true_vs_shape_changed']:.3f}."]
+            lines += ["", "The ITC score (`use_itm_head=False`, cosine):", ""]
             lines += _auc_rows(m["itc"], "ITC cosine")
         else:
             lines[-1] += (" Loss: the LM loss on the canonical caption (`Scene.caption()`, e.g. \"a large red circle on a "
