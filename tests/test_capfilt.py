@@ -91,6 +91,16 @@ def test_filter_only_ignores_synthetic_and_caption_only_ignores_the_original():
     assert Decider(_cfg(capfilt={"mode": "caption_only"})).decide(_row())["caption_reason"] == "no_synthetic_caption"
 
 
+def test_synthetic_captions_can_have_a_stricter_itm_bar():
+    row = _row(caption="IMG_1.JPG", caption_reject="caption_junk:file_name", synthetic=SYNTHETIC[0],
+               clips=SYNTHETIC[1], itms=SYNTHETIC[2])
+    d = Decider(_cfg(capfilt={"synthetic_min_prob": 0.97})).decide(row)
+    assert d["caption_reason"] == "no_caption_passed:caption_junk_file_name"
+    assert {c["text"]: c["reason"] for c in d["captions"]}["a red circle"] == "itm_prob_below:0.97"
+    # the original is still judged at itm.min_prob
+    assert Decider(_cfg(capfilt={"synthetic_min_prob": 0.97})).decide(_row(itm=0.6))["caption_source"] == "original"
+
+
 def test_without_itm_synthetic_captions_are_ranked_by_clip():
     d = Decider(_cfg(itm={"model": None}, capfilt={"prefer": "best"})).decide(
         _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))

@@ -162,6 +162,9 @@ class CapfiltConfig(_Section):
         "caption_only: synthetic captions replace the original, unfiltered"
     )
     max_synthetic: int = Field(1, ge=0, description="synthetic captions kept per image, best first")
+    synthetic_min_prob: float | None = Field(
+        None, ge=0, le=1, description="a stricter itm.min_prob for synthetic captions; None: itm.min_prob"
+    )
     prefer: Literal["original", "best"] = Field(
         "original", description="training caption: the original when it passes, else the best kept; or the best kept"
     )

@@ -78,6 +78,10 @@ class Decider:
         self.mode = cfg.capfilt.mode
         self.min_score = cfg.clip.min_score if cfg.clip.model else None
         self.min_prob = cfg.itm.min_prob if cfg.itm.model else None
+        # A captioner's mistakes are fluent and nearly right (one wrong word), the hardest
+        # negatives an ITM model sees: a stricter bar for them is often worth it.
+        synthetic = cfg.capfilt.synthetic_min_prob
+        self.synthetic_min_prob = (synthetic if synthetic is not None else cfg.itm.min_prob) if cfg.itm.model else None
         self.rank_by = "itm_prob" if cfg.itm.model else "clip_score" if cfg.clip.model else None
 
     def score_reason(self, c: Candidate) -> str | None:
@@ -85,8 +89,9 @@ class Decider:
             return None  # caption_only trusts the captioner: no score thresholds
         if self.min_score is not None and (c.clip_score is None or c.clip_score < self.min_score):
             return reason("clip_score_below", fmt_threshold(self.min_score))
-        if self.min_prob is not None and (c.itm_prob is None or c.itm_prob < self.min_prob):
-            return reason("itm_prob_below", fmt_threshold(self.min_prob))
+        min_prob = self.synthetic_min_prob if c.source == "synthetic" else self.min_prob
+        if min_prob is not None and (c.itm_prob is None or c.itm_prob < min_prob):
+            return reason("itm_prob_below", fmt_threshold(min_prob))
         return None
 
     def _rank(self, c: Candidate) -> float:
