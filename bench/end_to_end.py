@@ -1,6 +1,6 @@
 """Benchmark of the whole demo pipeline at growing N: cost per sample must stay flat.
 
-    .venv/bin/python bench/end_to_end.py                 # N = 1k, 5k, 20k (about 45 min on 2 busy cores)
+    .venv/bin/python bench/end_to_end.py                 # N = 1k, 5k, 20k (about 9 min here)
     .venv/bin/python bench/end_to_end.py --quick         # N = 500, 2k (about 5 min)
     .venv/bin/python bench/end_to_end.py --sizes 1000,10000,50000 --json out.json
 

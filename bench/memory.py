@@ -1,6 +1,6 @@
 """Benchmark of streaming memory: peak RSS of `curate run` at N and 10x N input rows.
 
-    .venv/bin/python bench/memory.py              # 10k vs 100k rows (about 15 min on 2 busy cores)
+    .venv/bin/python bench/memory.py              # 10k vs 100k rows (8.6 min here with a quiet machine)
     .venv/bin/python bench/memory.py --quick      # 2k vs 20k rows (about 4 min)
     .venv/bin/python bench/memory.py --sizes 10000,100000 --json out.json
 

@@ -59,7 +59,7 @@ CAPTION_ARGS = {"num_captions": 5, "mode": "nucleus", "top_p": 0.9, "max_new_tok
 # (small rows, large rows, batch size) per model size; rows include 5% failed downloads.
 PLAN = {
     "tiny": {"none": (500, 3000, 64), "clip": (500, 3000, 64), "itm": (500, 3000, 64), "caption": (300, 1500, 64)},
-    "real": {"clip": (64, 320, 32), "itm": (32, 160, 16), "caption": (16, 64, 16)},
+    "real": {"clip": (64, 224, 32), "itm": (32, 112, 16), "caption": (16, 64, 16)},
 }
 QUICK = {
     "tiny": {"none": (300, 1500, 64), "clip": (300, 1500, 64), "itm": (300, 1500, 64), "caption": (200, 800, 64)},
