@@ -20,26 +20,35 @@ from e2e import FAST_SETTINGS, corpus_rows
 
 
 @pytest.fixture(scope="module")
-def s3_server():
+def s3_server(tmp_path_factory):
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w+b")  # a file, not a pipe: moto logs every request
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=log,
     )
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    for _ in range(100):
+    deadline = time.time() + 120  # moto imports a lot: on a busy machine it takes a while to listen
+    while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
-            time.sleep(0.1)
+            if server.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"moto_server exited: {log.read().decode(errors='replace')[-2000:]}")
+            if time.time() > deadline:
+                server.kill()
+                pytest.fail("moto_server did not listen within 120 s")
+            time.sleep(0.2)
     yield env
     server.kill()
+    log.close()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
