@@ -101,7 +101,10 @@ def test_disk_full_stops_cleanly_and_resumes_to_the_same_result(small_disk, base
     assert filled, f"the run ended before {fill_after} finished: nothing was tested"
     assert code == 2, (out[-2000:], err[-3000:])
     assert "No space left on device" in err and "run the same command again to resume" in err
-    assert "Traceback" not in err
+    # curate itself prints no traceback; lines from Ray workers ("(ray_download pid=...)") are
+    # img2dataset logging its own failed shard write, which is the cause the message points to
+    driver_lines = [line for line in err.splitlines() if "pid=" not in line]
+    assert not any("Traceback" in line for line in driver_lines), err[-3000:]
     assert not glob.glob(f"{run}/manifest/*.parquet")
     _assert_nothing_half_written_is_committed(run)
 
