@@ -185,7 +185,7 @@ def test_query_stats_and_report_on_a_bucket_run(finished_run, s3_server, cli_env
 
     import s3fs
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # not an instance cached for another test's server
     fs.mkdir("curate-report")
     fs.put(str(finished_run) + "/", "curate-report/runs/r1/", recursive=True)
     env = dict(cli_env, **s3_server)

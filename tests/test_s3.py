@@ -73,7 +73,7 @@ def s3_server(tmp_path_factory):
 def test_run_and_query_with_input_and_output_in_a_bucket(s3_server, tmp_path):
     import s3fs
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # not an instance cached for another test's server
     fs.mkdir("curate-test")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}) as server:
@@ -112,7 +112,7 @@ def test_bucket_run_killed_mid_download_resumes_to_the_same_result(s3_server, tm
 
     import s3fs
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # not an instance cached for another test's server
     fs.mkdir("curate-resume")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     endpoint = env.pop("AWS_ENDPOINT_URL")
