@@ -110,3 +110,23 @@ def write_download_free_run(run_root: Path, n: int, shard_size: int = 10_000, si
     input_file = run_root.parent / f"{run_root.name}-input.parquet"
     pq.write_table(pa.table({"url": urls, "caption": captions}), input_file)
     return input_file
+
+
+def config_on_copy(template: Path, run: Path, shard_size: int, **sections):
+    """Copy the download-free run ``template/run`` to ``run`` (a fresh copy per measurement)
+    and return a validated config for it: the settings every benchmark shares, plus
+    ``sections`` (model stages, output layout)."""
+    import shutil
+
+    from curate.pipeline.config import validate
+
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(template / "run", run)
+    return validate({
+        "input": {"path": str(template / "run-input.parquet")},
+        "download": {"image_size": 64, "shard_size": shard_size, "allow_private_hosts": True},
+        "filters": {"min_side": 32},
+        "report": {"enabled": False},
+        "ray": {"num_cpus": 2},
+        **sections,
+    })

@@ -42,23 +42,16 @@ MIB = 2**20
 def measure(args) -> dict:
     from rich.console import Console
 
-    from curate.pipeline.config import validate
+    from _shards import config_on_copy
     from curate.pipeline.runner import run_pipeline
 
-    template = Path(args.template)
     run = Path(args.work) / f"run-{args.n}"
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(template / "run", run)
-    cfg = validate({
-        "input": {"path": str(template / "run-input.parquet")},
-        "output": {"path": str(run), "formats": ["webdataset", "parquet"], "samples_per_shard": 10_000},
-        "download": {"image_size": 64, "shard_size": args.shard_size, "allow_private_hosts": True},
-        "filters": {"min_side": 32},
-        "clip": {"model": "curate:tiny-clip", "batch_size": 256, "actors": 1, "num_cpus": 1, "threads": 1},
-        "dedupe": {"threshold": 0.99},
-        "report": {"enabled": False},
-        "ray": {"num_cpus": 2},
-    })
+    cfg = config_on_copy(
+        Path(args.template), run, args.shard_size,
+        output={"path": str(run), "formats": ["webdataset", "parquet"], "samples_per_shard": 10_000},
+        clip={"model": "curate:tiny-clip", "batch_size": 256, "actors": 1, "num_cpus": 1, "threads": 1},
+        dedupe={"threshold": 0.99},
+    )
 
     def phase():
         p = run / "progress.json"

@@ -96,22 +96,12 @@ def stage_config(stage: str, ref: str, batch: int) -> dict:
 def measure_pipeline(args) -> dict:
     from rich.console import Console
 
-    from curate.pipeline.config import validate
+    from _shards import config_on_copy
     from curate.pipeline.runner import run_pipeline
 
-    template = Path(args.template)
     run = Path(args.work) / f"run-{args.stage}-{args.models}"
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(template / "run", run)
-    cfg = validate({
-        "input": {"path": str(template / "run-input.parquet")},
-        "output": {"path": str(run), "formats": ["parquet"]},
-        "download": {"image_size": 64, "shard_size": args.shard_size, "allow_private_hosts": True},
-        "filters": {"min_side": 32},
-        "report": {"enabled": False},
-        "ray": {"num_cpus": 2},
-        **stage_config(args.stage, args.ref, args.batch),
-    })
+    cfg = config_on_copy(Path(args.template), run, args.shard_size, output={"path": str(run), "formats": ["parquet"]},
+                         **stage_config(args.stage, args.ref, args.batch))
     # CPU seconds of the whole process tree (driver, Ray GCS/raylet, workers, actors) over
     # the process step: the work done, whatever the neighbours on the machine do.
     import curate.pipeline.runner as runner
