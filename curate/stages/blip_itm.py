@@ -64,15 +64,14 @@ class ItmScorer:
         return _split(probs.cpu().tolist(), texts_per_image), _split(cosines.cpu().tolist(), texts_per_image)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import model_text, synthetic_captions, usable_images
+        from curate.stages.model_actor import candidate_texts, usable_images
 
         n = batch.num_rows
         prob, cosine = [None] * n, [None] * n
         synthetic_prob, synthetic_cosine = [None] * n, [None] * n
         todo = usable_images(batch, self.image_col)
         if todo:
-            captions, synthetic = batch.column("caption").to_pylist(), synthetic_captions(batch)
-            texts = [[model_text(captions[i])] + synthetic[i] for i, _ in todo]
+            texts = candidate_texts(batch, [i for i, _ in todo])
             probs, cosines = self.score([image for _, image in todo], texts)
             for (i, _), p, c in zip(todo, probs, cosines):
                 prob[i], cosine[i], synthetic_prob[i], synthetic_cosine[i] = p[0], c[0], p[1:], c[1:]

@@ -50,7 +50,7 @@ class ClipScorer:
             return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import model_text, synthetic_captions, usable_images
+        from curate.stages.model_actor import candidate_texts, usable_images
 
         n = batch.num_rows
         scores: list[float | None] = [None] * n
@@ -58,9 +58,8 @@ class ClipScorer:
         synthetic_scores: list[list[float] | None] = [None] * n
         todo = usable_images(batch, self.image_col)
         if todo:
-            captions, synthetic = batch.column("caption").to_pylist(), synthetic_captions(batch)
             # One text pass for the original and every synthetic caption of the batch.
-            texts = [[model_text(captions[i])] + synthetic[i] for i, _ in todo]
+            texts = candidate_texts(batch, [i for i, _ in todo])
             image_emb = self._embed_images([image for _, image in todo])
             text_emb = self._embed_texts([t for row in texts for t in row])
             offset = 0

@@ -32,10 +32,6 @@ _KEEP_SCORE_SQL = {
 }
 
 
-def _keep_score_sql(cfg: CurateConfig) -> str:
-    return _KEEP_SCORE_SQL[cfg.dedupe.keep]
-
-
 def _embeddings(column: pa.ChunkedArray) -> np.ndarray | None:
     values = column.combine_chunks()
     if values.null_count or len(values) == 0:
@@ -48,7 +44,7 @@ def _candidates(con, cfg: CurateConfig, with_embeddings: bool) -> pa.Table:
     emb = ", s.clip_image_embedding AS emb" if with_embeddings else ""
     return con.execute(f"""
         SELECT d.sample_id, coalesce(s.pixel_sha256, s.sha256) AS exact_key,
-               {_keep_score_sql(cfg)} AS score {emb}
+               {_KEEP_SCORE_SQL[cfg.dedupe.keep]} AS score {emb}
         FROM decided d JOIN scored s USING (sample_id) JOIN captions_decided c USING (sample_id)
         WHERE d.status = 'kept' ORDER BY d.sample_id
     """).arrow().read_all()

@@ -59,11 +59,13 @@ def usable_images(batch, image_col: str, include_rejected: bool = False) -> list
     return out
 
 
-def synthetic_captions(batch) -> list[list[str]]:
-    """The captioner's captions per row ([] where it didn't run or the stage is off)."""
-    if "synthetic_captions" not in batch.column_names:
-        return [[] for _ in range(batch.num_rows)]
-    return [c or [] for c in batch.column("synthetic_captions").to_pylist()]
+def candidate_texts(batch, rows: list[int]) -> list[list[str]]:
+    """For each of ``rows``: its original caption, then the captioner's captions (none where
+    the captioner didn't run or is off). CLIP and ITM score exactly these, in this order."""
+    captions = batch.column("caption").to_pylist()
+    synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
+                 else [None] * batch.num_rows)
+    return [[model_text(captions[i])] + (synthetic[i] or []) for i in rows]
 
 
 ACTOR_TASK_RETRIES = 3
