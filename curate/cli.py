@@ -111,16 +111,25 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="where the corpus and the run go")] = Path("curate-demo"),
-    n: Annotated[int, typer.Option("--n", min=20, help="input rows to generate")] = 1000,
+    n: Annotated[Optional[int], typer.Option(
+        "--n", min=20, help="input rows to generate (default 1000 pairs; 300 documents with --interleaved)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the demo config")] = None,
+    interleaved: Annotated[bool, typer.Option(
+        "--interleaved", help="a documents run: web pages with images, placed next to their sentences")] = False,
 ) -> None:
     """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
-    from curate.demo import run_demo
     from curate.pipeline.config import ConfigError
 
     try:
-        run_demo(out, n, seed, list(set_ or []), console)
+        if interleaved:
+            from curate.demo_documents import run_documents_demo
+
+            run_documents_demo(out, n or 300, seed, list(set_ or []), console)
+        else:
+            from curate.demo import run_demo
+
+            run_demo(out, n or 1000, seed, list(set_ or []), console)
     except ConfigError as error:
         _fail(str(error))
 

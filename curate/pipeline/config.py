@@ -31,12 +31,47 @@ _EXTENSION_FORMATS: dict[str, InputFormat] = {
 }
 
 
+class DocumentsInputConfig(_Section):
+    """How ``input.kind: documents`` rows are laid out (docs/formats.md)."""
+
+    layout: Literal["obelics", "mmc4"] = Field(
+        "obelics", description="obelics: aligned texts/images lists; mmc4: text_list + image_info"
+    )
+    texts_col: str = Field("texts", description="obelics: list, a paragraph or null at each position")
+    images_col: str = Field("images", description="obelics: list, an image URL or null at each position")
+    text_list_col: str = Field("text_list", description="mmc4: list of sentences")
+    image_info_col: str = Field("image_info", description="mmc4: list of structs, one per image")
+    url_field: str = Field("raw_url", description="mmc4: the image URL field of an image_info entry")
+    position_field: str | None = Field(
+        "matched_text_index", description="mmc4: the sentence an image sits at (placement: original); None: at the end"
+    )
+    keep_columns: list[str] = Field([], description="other input columns carried to the manifest and output")
+
+
 class InputConfig(_Section):
     path: str = Field(description="file, glob or folder; local, s3:// or gs://")
     format: InputFormat | None = Field(None, description="inferred from the extension when omitted")
     url_col: str = "url"
     caption_col: str = "caption"
-    kind: Literal["pairs"] = "pairs"
+    kind: Literal["pairs", "documents"] = Field(
+        "pairs", description="pairs: one image and its alt-text per row; documents: interleaved web documents"
+    )
+    documents: DocumentsInputConfig = DocumentsInputConfig()
+
+
+class InterleavedConfig(_Section):
+    """Documents runs: which images stay in a document and where they go (docs/formats.md)."""
+
+    min_sim: float = Field(
+        0.15, ge=-1, le=1, description="an image whose best CLIP cosine to any text of its document is lower is dropped"
+    )
+    placement: Literal["assignment", "original"] = Field(
+        "assignment", description="assignment: max-weight bipartite matching of images to texts on CLIP "
+        "similarity (as MMC4); original: where the input had them"
+    )
+    min_images: int = Field(1, ge=0, description="documents left with fewer images are dropped")
+    min_words: int = Field(0, ge=0, description="documents with fewer words of text are dropped")
+    max_images: int | None = Field(30, ge=1, description="images kept per document, most similar first")
 
 
 class OutputConfig(_Section):
@@ -211,6 +246,7 @@ class CurateConfig(_Section):
     itm: ItmConfig = ItmConfig()
     caption: CaptionConfig = CaptionConfig()
     capfilt: CapfiltConfig = CapfiltConfig()
+    interleaved: InterleavedConfig = InterleavedConfig()
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()
     storage: StorageConfig = StorageConfig()
@@ -230,6 +266,25 @@ class CurateConfig(_Section):
         if mode == "capfilt" and self.caption.model and not (self.itm.model or self.clip.model):
             raise ValueError("capfilt.mode capfilt needs a filter for the synthetic captions: set itm.model or clip.model")
         return self
+
+    @model_validator(mode="after")
+    def _documents_need_clip(self) -> "CurateConfig":
+        if self.input.kind != "documents":
+            return self
+        if self.input.format in ("csv", "tsv"):
+            raise ValueError("input.kind documents reads jsonl or parquet (its rows hold lists), not csv/tsv")
+        if not self.clip.model:
+            raise ValueError("input.kind documents places images next to texts by CLIP similarity: set clip.model")
+        if self.caption.model or self.itm.model:
+            raise ValueError(
+                "input.kind documents runs the CLIP stage only; unset caption.model and itm.model "
+                "(captioning and ITM filtering of document images are not built yet)"
+            )
+        return self
+
+    @property
+    def documents(self) -> bool:
+        return self.input.kind == "documents"
 
     @property
     def captioning(self) -> bool:

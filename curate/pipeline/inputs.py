@@ -70,7 +70,7 @@ def resolve_input_files(cfg: InputConfig) -> list[InputFile]:
     return [InputFile(i, storage.to_uri(fs, p), int(fs.size(p) or 0)) for i, p in enumerate(paths)]
 
 
-def _read_raw(uri: str, cfg: InputConfig) -> pa.Table:
+def read_raw(uri: str, cfg: InputConfig) -> pa.Table:
     fs, path = storage.fs_and_path(uri)
     text_types = {cfg.url_col: pa.binary(), cfg.caption_col: pa.binary()}
     with fs.open(path, "rb") as handle:
@@ -111,7 +111,7 @@ def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
 
 def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
     try:
-        raw = _read_raw(item.uri, cfg)
+        raw = read_raw(item.uri, cfg)
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
     for role, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):

@@ -36,7 +36,7 @@ def manifest_digest(run: RunDir) -> str:
     return digest.hexdigest()
 
 
-def _json_value(value):
+def json_value(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -44,15 +44,15 @@ def _json_value(value):
 
 def _training_record(row: dict) -> dict:
     """A manifest row as the trainer sees it: the kept captions only (the manifest keeps all)."""
-    record = {k: _json_value(v) for k, v in row.items()}
+    record = {k: json_value(v) for k, v in row.items()}
     if record.get("captions") is not None:
         record["captions"] = [
-            {k: _json_value(v) for k, v in c.items() if k not in ("kept", "reason")} for c in record["captions"] if c["kept"]
+            {k: json_value(v) for k, v in c.items() if k not in ("kept", "reason")} for c in record["captions"] if c["kept"]
         ]
     return record
 
 
-def _images_for(rows: pa.Table, downloaded_dir: str, image_col: str) -> dict[str, bytes]:
+def images_for(rows: pa.Table, downloaded_dir: str, image_col: str) -> dict[str, bytes]:
     images: dict[str, bytes] = {}
     for shard in sorted(set(rows.column("download_shard").to_pylist())):
         ids = pc.filter(rows.column("sample_id"), pc.equal(rows.column("download_shard"), shard))
@@ -86,7 +86,7 @@ def _parquet_table(records: list[dict], images: dict[str, bytes], image_col: str
 
 def write_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, image_col: str, formats: list[str]) -> int:
     """Write one output shard in every format; returns its sample count."""
-    images = _images_for(rows, downloaded_dir, image_col)
+    images = images_for(rows, downloaded_dir, image_col)
     missing = set(rows.column("sample_id").to_pylist()) - images.keys()
     if missing:
         raise RuntimeError(f"output shard {name}: image bytes not found for {sorted(missing)[:5]}")
@@ -115,9 +115,11 @@ def write_output(cfg: CurateConfig, run: RunDir, kept: pa.Table, on_shard=None) 
     """Write every output shard of ``kept`` (manifest rows with status kept) and the index."""
     import ray
 
+    from curate.pipeline.documents_output import write_document_shard
+
     digest = manifest_digest(run)
     _reset_if_other_manifest(run, digest)
-    remote = ray.remote(num_cpus=0.5)(write_shard)
+    remote = ray.remote(num_cpus=0.5)(write_document_shard if cfg.documents else write_shard)
     names = sorted(set(kept.column("output_shard").to_pylist())) if kept.num_rows else []
     counts, futures = {}, {}
     for name in names:
@@ -132,6 +134,7 @@ def write_output(cfg: CurateConfig, run: RunDir, kept: pa.Table, on_shard=None) 
         if on_shard:
             on_shard(counts[name])
     index = {
+        "kind": cfg.input.kind,
         "formats": cfg.output.formats,
         "image_format": cfg.download.encode_format,
         "total": int(sum(counts.values())),

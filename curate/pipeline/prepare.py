@@ -18,6 +18,8 @@ from curate.pipeline.rundir import RunDir
 from curate.stages.precheck import check_url
 
 DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]
+# Documents runs: each image row also carries its document's texts, for CLIP to score against.
+DOCUMENT_DOWNLOAD_COLUMNS = DOWNLOAD_COLUMNS + ["doc_texts"]
 
 
 def _with_precheck(rows: pa.Table, download: DownloadConfig) -> pa.Table:
@@ -53,17 +55,29 @@ class _DownloadListWriter:
         self.parts += 1
 
 
+def _read(item: InputFile, cfg: CurateConfig, run: RunDir) -> pa.Table:
+    """The rows to download of one input file; a documents file also writes RUN/documents/."""
+    if not cfg.documents:
+        return read_input_file(item, cfg.input)
+    from curate.pipeline.documents_input import read_documents_file
+
+    docs, images = read_documents_file(item, cfg.input)
+    storage.write_parquet(storage.join(run.documents, f"part-{item.index:05d}.parquet"), docs)
+    return images
+
+
 def prepare(cfg: CurateConfig, run: RunDir, files: list[InputFile]) -> dict:
-    """Write rows/ and download_list/; returns counts."""
-    storage.remove_tree(run.rows)
-    storage.remove_tree(run.download_list)
+    """Write rows/ and download_list/ (and documents/ for documents runs); returns counts."""
+    for directory in (run.rows, run.download_list, run.documents):
+        storage.remove_tree(directory)
     writer = _DownloadListWriter(run, cfg.download.shard_size)
+    columns = DOCUMENT_DOWNLOAD_COLUMNS if cfg.documents else DOWNLOAD_COLUMNS
     total = blocked = 0
     for item in files:
-        rows = _with_precheck(read_input_file(item, cfg.input), cfg.download)
+        rows = _with_precheck(_read(item, cfg, run), cfg.download)
         storage.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
         to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
-        writer.add(to_fetch.select(DOWNLOAD_COLUMNS))
+        writer.add(to_fetch.select(columns))
         total += rows.num_rows
         blocked += rows.num_rows - to_fetch.num_rows
     writer.close()

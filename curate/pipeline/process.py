@@ -41,7 +41,8 @@ def write_scored(batch: pa.Table, scored_dir: str, image_col: str) -> pa.Table:
     """Commit a batch (minus the image bytes) to RUN/scored/; return a one-row receipt."""
     if batch.num_rows == 0:
         return pa.table({"rows": pa.array([], pa.int64())})
-    table = batch.drop_columns([image_col]) if image_col in batch.column_names else batch
+    # Image bytes stay in RUN/downloaded/; a document's texts stay in RUN/documents/.
+    table = batch.drop_columns([c for c in (image_col, "doc_texts") if c in batch.column_names])
     ids = table.column("sample_id").to_pylist()
     digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
     storage.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)

@@ -33,13 +33,17 @@ OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files
 
 
 def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
-    """A connection with the views ``manifest``, ``scored`` and ``output`` of a run."""
+    """A connection with the views ``manifest``, ``scored`` and ``output`` of a run (and
+    ``manifest_images`` for a documents run)."""
     run = RunDir(run_root.rstrip("/"))
     files = storage.list_files(run.manifest, ".parquet")
     if not files:
         raise QueryError(f"{run_root} has no manifest (RUN/manifest/*.parquet); is it a finished curate run?")
     con = duck.connect(run.root)
     con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({duck.sql_list(files)})")
+    images = storage.list_files(run.manifest_images, ".parquet")
+    if images:  # documents runs: one row per image of every document
+        con.execute(f"CREATE VIEW manifest_images AS SELECT * FROM read_parquet({duck.sql_list(images)})")
     _scored_view(con, run)
     _output_view(con, run)
     return con

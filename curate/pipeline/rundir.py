@@ -28,6 +28,16 @@ class RunDir:
         return self._sub("rows")
 
     @property
+    def documents(self) -> str:
+        """Documents runs: every input document, normalised (its rows/ are its images)."""
+        return self._sub("documents")
+
+    @property
+    def manifest_images(self) -> str:
+        """Documents runs: one row per image of every document, with status and reason."""
+        return self._sub("manifest_images")
+
+    @property
     def download_list(self) -> str:
         """Rows that passed the pre-download check, in parts of download.shard_size rows."""
         return self._sub("download_list")

@@ -131,7 +131,9 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
         raise
     console.rule("[bold]download (img2dataset)")
     with progress.step("download", total=lambda: rows_in(run.download_list), count=downloaded_rows(run)):
-        _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download), timings, console)
+        extra = ("doc_texts",) if cfg.documents else ()
+        _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download, extra),
+              timings, console)
     console.rule("[bold]process")
     t = time.perf_counter()
     shards = committed_shards(run.downloaded)
@@ -173,7 +175,12 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     console.rule("[bold]manifest")
     t = time.perf_counter()
     with progress.step("manifest", total=lambda: rows_in(run.rows)):
-        build_manifest(cfg, run)
+        if cfg.documents:
+            from curate.pipeline.documents_manifest import build_documents_manifest
+
+            build_documents_manifest(cfg, run)
+        else:
+            build_manifest(cfg, run)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
@@ -183,9 +190,16 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     timings["output"] = round(time.perf_counter() - t, 2)
     summary = compute_summary(run, time.perf_counter() - started)
     summary["step_seconds"] = timings
+    if cfg.documents:
+        from curate.pipeline.documents_manifest import document_summary
+
+        summary["kind"], summary["images"] = "documents", document_summary(run)
     save_summary(run, summary)
     print_summary(summary, run.root, console)
-    if cfg.report.enabled:
+    if cfg.report.enabled and cfg.documents:
+        console.print("[dim]report: the HTML report covers pair runs; for documents see `curate stats` "
+                      "and `curate query` (manifest, manifest_images)[/dim]")
+    elif cfg.report.enabled:
         write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
 
@@ -213,7 +227,7 @@ def read_kept(run: RunDir) -> pa.Table:
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
 REFILTER_KEYS = (
-    "clip.min_score", "itm.min_prob", "capfilt.", "dedupe.", "output.formats", "output.samples_per_shard", "report.",
+    "clip.min_score", "itm.min_prob", "capfilt.", "interleaved.", "dedupe.", "output.formats", "output.samples_per_shard", "report.",
 )
 
 

@@ -52,6 +52,9 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
                 table.add_row("", item["reason"], str(item["count"]), f"{100 * item['count'] / total:.1f}%")
     console.print(table)
     console.print(
-        f"rows in: [bold]{summary['rows_in']}[/bold]  kept: [bold green]{summary['kept']}[/bold green]  "
+        f"{'documents' if summary.get('kind') == 'documents' else 'rows'} in: [bold]{summary['rows_in']}[/bold]  "
+        f"kept: [bold green]{summary['kept']}[/bold green]  "
         f"wall time: {summary['wall_seconds']:.1f} s ({summary['rows_per_second']} rows/s)"
     )
+    if summary.get("images"):
+        console.print("images of the documents: " + ", ".join(f"{s} {n}" for s, n in summary["images"].items()))

@@ -49,6 +49,20 @@ FILTER_REASONS = {
     "caption_bad_encoding": "the caption was not valid UTF-8",
     "clip_score_below": "clip_score below clip.min_score",
 }
+# Documents runs (input.kind: documents): reasons of a document row (manifest) ...
+DOCUMENT_REASONS = {
+    "malformed_document": "the row is not a document of input.documents.layout (detail: what is wrong)",
+    "too_few_images": "fewer images left than interleaved.min_images (detail: the threshold)",
+    "too_few_words": "fewer words of text than interleaved.min_words (detail: the threshold)",
+}
+# ... and of an image row of a document (manifest_images), besides the pair reasons above.
+DOCUMENT_IMAGE_REASONS = {
+    "sim_below": "best CLIP cosine to any text of its document below interleaved.min_sim",
+    "document_has_no_text": "its document has no text to place it next to",
+    "over_max_images": "its document had more images than interleaved.max_images; the least similar go",
+    "no_free_text": "assignment placement: every text of its document already has a more similar image",
+    "document_dropped": "its document was dropped (detail: the document's reason)",
+}
 DUPLICATE_REASONS = {
     "duplicate_of": "another sample with the same or a near-identical image was kept",
 }

@@ -6,6 +6,11 @@ unscored. Synthetic captions (when the captioner ran before) are scored too, in 
 text pass. The image embeddings are stored in RUN/scored/ for dedupe; ``clip_score`` goes
 to the manifest and ``clip.min_score`` filters on it in the caption decision
 (curate.stages.capfilt, from the stored scores, so a refilter never runs the model).
+
+Documents runs: an image row carries its document's texts (``doc_texts``) instead of a
+caption; the image is scored against each (``sentence_sims``, in text order) and
+``clip_score`` is the best of them. Placement (curate.stages.interleave) reads the stored
+similarities, so it too can be redone by a refilter.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ SCORED_SCHEMA = pa.schema([
     ("clip_score", pa.float32()),
     ("clip_image_embedding", pa.list_(pa.float32())),
     ("synthetic_clip_scores", pa.list_(pa.float32())),
+    ("sentence_sims", pa.list_(pa.float32())),
 ])
 
 
@@ -44,33 +50,54 @@ class ClipScorer:
             return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu().numpy()
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts``; each distinct text is encoded once (the images of one
+        document share its texts, and web captions repeat)."""
         torch = self.torch
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return np.zeros((0, 0), np.float32)
         with torch.inference_mode():
-            tokens = self.tokenizer(texts).to(self.device)
-            return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+            tokens = self.tokenizer(unique).to(self.device)
+            emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+        where = {text: i for i, text in enumerate(unique)}
+        return emb[[where[t] for t in texts]]
+
+    def _texts(self, batch: pa.Table, rows: list[int]) -> list[list[str]]:
+        from curate.stages.model_actor import candidate_texts, model_text
+
+        if "doc_texts" in batch.column_names:
+            doc_texts = batch.column("doc_texts").to_pylist()
+            return [[model_text(t) for t in doc_texts[i] or []] for i in rows]
+        return candidate_texts(batch, rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import candidate_texts, usable_images
+        from curate.stages.model_actor import usable_images
 
         n = batch.num_rows
+        documents = "doc_texts" in batch.column_names
         scores: list[float | None] = [None] * n
         embeddings: list[list[float] | None] = [None] * n
-        synthetic_scores: list[list[float] | None] = [None] * n
+        other_scores: list[list[float] | None] = [None] * n  # synthetic captions' or document texts'
         todo = usable_images(batch, self.image_col)
         if todo:
-            # One text pass for the original and every synthetic caption of the batch.
-            texts = candidate_texts(batch, [i for i, _ in todo])
+            # One text pass for every text of the batch: captions (original, then synthetic)
+            # or, for documents, each image's document texts.
+            texts = self._texts(batch, [i for i, _ in todo])
             image_emb = self._embed_images([image for _, image in todo])
             text_emb = self._embed_texts([t for row in texts for t in row])
             offset = 0
             for (i, _), img, row in zip(todo, image_emb, texts):
-                cosines = text_emb[offset : offset + len(row)] @ img
+                cosines = [float(c) for c in text_emb[offset : offset + len(row)] @ img] if row else []
                 offset += len(row)
-                scores[i], embeddings[i] = float(cosines[0]), img.tolist()
-                synthetic_scores[i] = [float(c) for c in cosines[1:]]
+                embeddings[i] = img.tolist()
+                if documents:
+                    scores[i], other_scores[i] = (max(cosines) if cosines else None), cosines
+                else:
+                    scores[i], other_scores[i] = cosines[0], cosines[1:]
         batch = batch.append_column("clip_score", pa.array(scores, pa.float32()))
         batch = batch.append_column("clip_image_embedding", pa.array(embeddings, pa.list_(pa.float32())))
-        return batch.append_column("synthetic_clip_scores", pa.array(synthetic_scores, pa.list_(pa.float32())))
+        name = "sentence_sims" if documents else "synthetic_clip_scores"
+        return batch.append_column(name, pa.array(other_scores, pa.list_(pa.float32())))
 
 
 class ClipStage(ModelStage):

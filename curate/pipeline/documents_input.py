@@ -1,0 +1,144 @@
+"""Read interleaved web documents (``input.kind: documents``) into documents and image rows.
+
+Two layouts are read (docs/formats.md), from jsonl or Parquet, local or in a bucket:
+
+- ``obelics``: ``texts`` and ``images``, two aligned lists; each position holds a text
+  paragraph or an image URL (the other one null).
+- ``mmc4``: ``text_list`` (sentences) and ``image_info`` (structs with the URL in
+  ``raw_url`` and the sentence the image sits at in ``matched_text_index``).
+
+Both become one normalised document: its ``texts`` in order and, per image, the slot it
+had in the input (``original_slot`` = the index of the text it came before; ``len(texts)``
+means after the last text). A document's sample_id is ``FFFFF-RRRRRRRRRR`` as for pairs;
+its images are ``FFFFF-RRRRRRRRRR-IIIII``, so they sort under their document. The images
+become ordinary rows for the download and CLIP stages, each carrying its document's texts
+(``doc_texts``) so CLIP can score it against every one of them.
+
+A row that isn't a document (lists of different lengths, a URL that isn't a string) is
+recorded with ``doc_error`` and never reaches a model: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from curate.pipeline.config import DocumentsInputConfig, InputConfig
+from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
+
+# More images than this in one document is not a web page: refuse it before any download.
+MAX_IMAGES_PER_DOCUMENT = 99_999
+
+DOCUMENTS_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("input_file", pa.string()),
+    ("input_row", pa.int64()),
+    ("texts", pa.list_(pa.string())),
+    ("n_images_in", pa.int32()),
+    ("doc_error", pa.string()),
+    ("metadata", pa.string()),  # input.documents.keep_columns, as a JSON object
+])
+IMAGE_ROWS_SCHEMA = (
+    ROWS_SCHEMA.append(pa.field("doc_id", pa.string()))
+    .append(pa.field("image_index", pa.int32()))
+    .append(pa.field("original_slot", pa.int32()))
+    .append(pa.field("doc_texts", pa.list_(pa.string())))
+)
+
+
+def image_id(doc_id: str, index: int) -> str:
+    return f"{doc_id}-{index:05d}"
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)  # a number or object where text belongs: keep its text form
+
+
+def _url(value):
+    if value is not None and not isinstance(value, str):
+        raise ValueError("image_url_not_a_string")
+    return value.strip() if value else value
+
+
+def parse_obelics(row: dict, cfg: DocumentsInputConfig) -> tuple[list[str], list[tuple[str | None, int]]]:
+    """-> (texts, [(url, original_slot)]) of one OBELICS-style row; ValueError names what's wrong."""
+    texts, images = row.get(cfg.texts_col), row.get(cfg.images_col)
+    if not isinstance(texts, list) or not isinstance(images, list):
+        raise ValueError("texts_or_images_not_a_list")
+    if len(texts) != len(images):
+        raise ValueError("texts_and_images_differ_in_length")
+    out_texts, out_images = [], []
+    for text, url in zip(texts, images):
+        if text is not None and url is not None:
+            raise ValueError("text_and_image_at_one_position")
+        if url is not None:
+            out_images.append((_url(url), len(out_texts)))
+        elif text is not None:
+            out_texts.append(_text(text))
+    return out_texts, out_images
+
+
+def parse_mmc4(row: dict, cfg: DocumentsInputConfig) -> tuple[list[str], list[tuple[str | None, int]]]:
+    texts, info = row.get(cfg.text_list_col), row.get(cfg.image_info_col)
+    if not isinstance(texts, list) or not isinstance(info, list):
+        raise ValueError("text_list_or_image_info_not_a_list")
+    out_texts = [_text(t) for t in texts if t is not None]
+    out_images = []
+    for entry in info:
+        if not isinstance(entry, dict):
+            raise ValueError("image_info_entry_not_an_object")
+        position = entry.get(cfg.position_field) if cfg.position_field else None
+        slot = position if isinstance(position, int) and 0 <= position < len(out_texts) else len(out_texts)
+        out_images.append((_url(entry.get(cfg.url_field)), slot))
+    return out_texts, out_images
+
+
+PARSERS = {"obelics": parse_obelics, "mmc4": parse_mmc4}
+
+
+def _required_columns(cfg: DocumentsInputConfig) -> list[tuple[str, str]]:
+    if cfg.layout == "obelics":
+        pairs = [("input.documents.texts_col", cfg.texts_col), ("input.documents.images_col", cfg.images_col)]
+    else:
+        pairs = [("input.documents.text_list_col", cfg.text_list_col),
+                 ("input.documents.image_info_col", cfg.image_info_col)]
+    return pairs + [("input.documents.keep_columns", c) for c in cfg.keep_columns]
+
+
+def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
+    """One input file -> (documents, image rows)."""
+    try:
+        raw = read_raw(item.uri, cfg)
+    except (pa.ArrowInvalid, OSError, ValueError) as error:
+        raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
+    for role, col in _required_columns(cfg.documents):
+        if col not in raw.column_names:
+            raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {raw.column_names}")
+    parse = PARSERS[cfg.documents.layout]
+    keep = cfg.documents.keep_columns
+    docs, images = [], []
+    for r, row in enumerate(raw.to_pylist()):
+        doc_id = sample_id(item.index, r)
+        texts, found, error = [], [], None
+        try:
+            texts, found = parse(row, cfg.documents)
+            if len(found) > MAX_IMAGES_PER_DOCUMENT:
+                raise ValueError(f"more_than_{MAX_IMAGES_PER_DOCUMENT}_images")
+        except ValueError as problem:
+            texts, found, error = [], [], f"malformed_document:{problem}"
+        docs.append({
+            "sample_id": doc_id, "input_file": item.uri, "input_row": r, "texts": texts,
+            "n_images_in": len(found), "doc_error": error,
+            "metadata": json.dumps({c: row.get(c) for c in keep}, default=str, ensure_ascii=False) if keep else None,
+        })
+        for k, (url, slot) in enumerate(found):
+            images.append({
+                "sample_id": image_id(doc_id, k), "input_file": item.uri, "input_row": r, "url": url,
+                "caption": None, "caption_bad_encoding": False, "doc_id": doc_id, "image_index": k,
+                "original_slot": slot, "doc_texts": texts,
+            })
+    return (pa.Table.from_pylist(docs, schema=DOCUMENTS_SCHEMA),
+            pa.Table.from_pylist(images, schema=IMAGE_ROWS_SCHEMA))
