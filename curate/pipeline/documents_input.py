@@ -24,6 +24,7 @@ import json
 
 import pyarrow as pa
 
+from curate.pipeline import storage
 from curate.pipeline.config import DocumentsInputConfig, InputConfig
 from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
 
@@ -99,6 +100,12 @@ def parse_mmc4(row: dict, cfg: DocumentsInputConfig) -> tuple[list[str], list[tu
 PARSERS = {"obelics": parse_obelics, "mmc4": parse_mmc4}
 
 
+def _metadata(row: dict | ValueError, keep: list[str]) -> str | None:
+    if not keep or not isinstance(row, dict):
+        return None
+    return json.dumps({c: row.get(c) for c in keep}, default=str, ensure_ascii=False)
+
+
 def _required_columns(cfg: DocumentsInputConfig) -> list[tuple[str, str]]:
     if cfg.layout == "obelics":
         pairs = [("input.documents.texts_col", cfg.texts_col), ("input.documents.images_col", cfg.images_col)]
@@ -108,22 +115,51 @@ def _required_columns(cfg: DocumentsInputConfig) -> list[tuple[str, str]]:
     return pairs + [("input.documents.keep_columns", c) for c in cfg.keep_columns]
 
 
-def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
-    """One input file -> (documents, image rows)."""
+def _jsonl_rows(uri: str) -> list[dict | ValueError]:
+    """Each line of a jsonl file as a dict, or the ValueError that says why it isn't one.
+
+    Parsed with the json module, not pyarrow's JSON reader: that reader corrupts list columns
+    whose lists start with null (apache/arrow#51305), common in OBELICS rows, and one odd
+    row would otherwise fail the type inference of the whole file.
+    """
+    fs, path = storage.fs_and_path(uri)
+    rows: list[dict | ValueError] = []
+    with fs.open(path, "rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                rows.append(ValueError("invalid_json"))
+                continue
+            rows.append(value if isinstance(value, dict) else ValueError("not_a_json_object"))
+    return rows
+
+
+def _read_rows(item: InputFile, cfg: InputConfig) -> list[dict | ValueError]:
     try:
-        raw = read_raw(item.uri, cfg)
+        rows = _jsonl_rows(item.uri) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
+    columns = {c for row in rows if isinstance(row, dict) for c in row}
     for role, col in _required_columns(cfg.documents):
-        if col not in raw.column_names:
-            raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {raw.column_names}")
+        if rows and col not in columns:
+            raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {sorted(columns)}")
+    return rows
+
+
+def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
+    """One input file -> (documents, image rows)."""
     parse = PARSERS[cfg.documents.layout]
     keep = cfg.documents.keep_columns
     docs, images = [], []
-    for r, row in enumerate(raw.to_pylist()):
+    for r, row in enumerate(_read_rows(item, cfg)):
         doc_id = sample_id(item.index, r)
         texts, found, error = [], [], None
         try:
+            if isinstance(row, ValueError):
+                raise row
             texts, found = parse(row, cfg.documents)
             if len(found) > MAX_IMAGES_PER_DOCUMENT:
                 raise ValueError(f"more_than_{MAX_IMAGES_PER_DOCUMENT}_images")
@@ -132,7 +168,7 @@ def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa
         docs.append({
             "sample_id": doc_id, "input_file": item.uri, "input_row": r, "texts": texts,
             "n_images_in": len(found), "doc_error": error,
-            "metadata": json.dumps({c: row.get(c) for c in keep}, default=str, ensure_ascii=False) if keep else None,
+            "metadata": _metadata(row, keep),
         })
         for k, (url, slot) in enumerate(found):
             images.append({

@@ -82,7 +82,11 @@ def read_raw(uri: str, cfg: InputConfig) -> pa.Table:
                 parse_options=pa_csv.ParseOptions(delimiter="\t" if cfg.format == "tsv" else ",", newlines_in_values=True),
                 convert_options=pa_csv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
             )
-        return pa_json.read_json(handle)
+        table = pa_json.read_json(handle)
+    # pyarrow's JSON reader can build list columns whose offsets overrun their values when a
+    # list starts with null (apache/arrow#51305, open in 26.0.1): refuse them, never read garbage.
+    table.validate(full=True)
+    return table
 
 
 def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
