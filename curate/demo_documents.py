@@ -57,7 +57,17 @@ def evaluate_documents(manifest: pa.Table, images: pa.Table, truth: pa.Table) ->
         # Each reused image copies one earlier image: dedupe should mark one of each pair.
         "reused_images": len(reused),
         "images_marked_duplicate": sum(im["status"] == "duplicate" for im, _ in fetched),
+        # ... and none of two different renders (the tiny CLIP can't always tell them apart)
+        "different_images_marked_duplicate": sum(_copies_nothing(im, t, kind) for im, t in fetched),
     }
+
+
+def _copies_nothing(image: dict, truth: dict, kind: dict) -> bool:
+    """A duplicate where neither it nor its survivor is a reused copy: a false duplicate."""
+    if image["status"] != "duplicate":
+        return False
+    _, row, index = image["reason"].split(":", 1)[1].split("-")
+    return truth["kind"] != "reused" and kind[(int(row), int(index))]["kind"] != "reused"
 
 
 def compare_placements(cfg, run: RunDir, truth: pa.Table) -> dict[str, dict]:

@@ -72,7 +72,8 @@ def test_config_file_errors(tmp_path):
 def test_shipped_example_configs_are_valid(repo_root):
     from curate.pipeline.config import load_config
 
-    paths = sorted((repo_root / "configs").glob("*.yaml")) + [repo_root / "curate" / "assets" / "demo.yaml"]
+    assets = repo_root / "curate" / "assets"
+    paths = sorted((repo_root / "configs").glob("*.yaml")) + [assets / "demo.yaml", assets / "demo-documents.yaml"]
     assert len(paths) >= 3
     for path in paths:
         # raises ConfigError naming the key if an example drifts from the schema (the demo's

@@ -39,3 +39,35 @@ def test_demo_command_end_to_end(tmp_path, cli_env):
     # CapFilt rescues junk-captioned images with synthetic captions: more correct samples kept
     assert variants["CapFilt"]["kept_correct"] > max(v["kept_correct"] for v in filtering)
     assert "filtering alone vs. CapFilt" in out.stdout
+
+
+def test_documents_corpus_is_deterministic_and_its_truth_points_at_describing_sentences():
+    from curate.synth import domain
+    from curate.synth.documents import make_documents
+
+    a, b = make_documents(80, seed=2), make_documents(80, seed=2)
+    assert a.documents == b.documents and a.truth.equals(b.truth)
+    assert set(a.truth.column("kind").to_pylist()) == {"described", "reused", "distractor", "broken"}
+    for t in a.truth.to_pylist():
+        doc = a.documents[t["input_row"]]
+        if t["true_text"] is not None:  # the sentence is a true caption of the image's scene
+            sentence = doc["texts"][t["true_text"]]
+            assert any(domain.caption_is_correct(sentence, s) for s in domain.all_scenes())
+    slots = [d["input_slots"] for d in a.documents]
+    assert all(s == sorted(s) for s in slots)  # image k never comes after image k+1 in the input
+
+
+def test_interleaved_demo_places_images_next_to_their_sentences(tmp_path, cli_env):
+    out = subprocess.run(
+        ["curate", "demo", "--interleaved", "--out", str(tmp_path), "--n", "60", "--seed", "1"],
+        capture_output=True, text=True, env=cli_env, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "documents run vs. ground truth" in out.stdout
+    result = json.loads((tmp_path / "run" / "demo_evaluation.json").read_text())
+    assert result["documents"] == 60 and 0 < result["documents_kept"] < 60
+    assert result["distractors_dropped"] > result["distractor_images"] / 2
+    placements = result["placements"]
+    # the input's positions are random; assignment on CLIP similarity finds the sentences
+    assert placements["assignment"]["placement_accuracy"] > 2 * placements["original"]["placement_accuracy"]
+    assert (tmp_path / "run" / "output" / "index.json").exists()

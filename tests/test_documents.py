@@ -243,6 +243,7 @@ def _check_outputs(run: RunDir, manifest: pa.Table, image_col: str = "jpg") -> N
     for sample in wds.WebDataset(tars, shardshuffle=False).decode("pil"):
         doc = sample["json"]
         want = kept[sample["__key__"]]
+        assert doc["metadata"]["page"].startswith("https://example.test/")
         rebuilt_texts = [item.get("text") for item in doc["sequence"]]
         rebuilt_ids = [item.get("sample_id") for item in doc["sequence"]]
         assert rebuilt_texts == want["texts"] and rebuilt_ids == want["image_ids"]
@@ -261,6 +262,24 @@ def _check_outputs(run: RunDir, manifest: pa.Table, image_col: str = "jpg") -> N
             if image is not None:
                 assert Image.open(io.BytesIO(image)).size == (64, 64)
         assert json.loads(row["metadata"])["page"].startswith("https://example.test/")
+
+
+def _check_queries_and_stats(run: RunDir, images: pa.Table) -> None:
+    """docs/formats.md's queries and `curate stats` answer from the documents run's views."""
+    import re
+
+    from rich.console import Console
+
+    from curate.pipeline.query import print_stats, run_query
+
+    text = (Path(__file__).parent.parent / "docs" / "formats.md").read_text()
+    why, per_doc = re.findall(r"```sql\n(.*?)```", text, flags=re.S)[0].split(";")[:2]
+    assert sum(run_query(run.root, why).column("images").to_pylist()) == images.num_rows
+    kept_docs = run_query(run.root, per_doc).to_pylist()
+    assert kept_docs and all(r["n_images_kept"] >= 1 for r in kept_docs)
+    console = Console(record=True, width=200)
+    print_stats(run.root, "table", console)
+    assert "images per status and reason" in console.export_text()
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +302,7 @@ def test_obelics_documents_run_end_to_end_and_refilter(tmp_path, server, ray_ses
     ]
     _check_outputs(result.run, manifest)
     assert result.summary["images"]["kept"] == 5
+    _check_queries_and_stats(result.run, images)
 
     # Refilter to the input's own positions, from the stored similarities: no model runs.
     refilter(str(tmp_path / "run"), ["interleaved.placement=original"])

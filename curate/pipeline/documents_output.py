@@ -56,6 +56,8 @@ def _tar_bytes(records: list[dict], images: dict[str, bytes], image_col: str) ->
         for record in records:
             items, members = _sequence(record, image_col)
             meta = {k: json_value(v) for k, v in record.items() if k not in ("texts", "image_ids", "image_urls")}
+            if meta.get("metadata"):  # the input's own columns, as an object rather than a string
+                meta["metadata"] = json.loads(meta["metadata"])
             sample = {"__key__": record["sample_id"],
                       "json": json.dumps({**meta, "sequence": items}, ensure_ascii=False).encode("utf-8")}
             sample.update({member: images[sample_id] for member, sample_id in members.items()})

@@ -117,11 +117,13 @@ def print_result(table: pa.Table, fmt: str, console: Console) -> None:
 
 def print_stats(run_root: str, fmt: str, console: Console) -> None:
     """``curate stats``: the ready queries of curate.report.stats, as tables or one JSON object."""
-    from curate.report.stats import READY
+    from curate.report.stats import READY, READY_DOCUMENTS
 
     con = open_views(run_root)
+    documents = bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'manifest_images'").fetchone()[0])
     try:
-        results = {name: (title, query(con)) for name, (title, query) in READY.items()}
+        ready = READY_DOCUMENTS if documents else READY
+        results = {name: (title, query(con)) for name, (title, query) in ready.items()}
     except duckdb.Error as error:
         raise QueryError(f"stats failed: {error}") from None
     finally:

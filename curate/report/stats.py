@@ -40,12 +40,12 @@ def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
-def status_reasons(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def status_reasons(con: duckdb.DuckDBPyConnection, table: str = "manifest") -> pa.Table:
     """Rows per status and reason code, with their share of all input rows."""
-    return duck.fetch_table(con, """
+    return duck.fetch_table(con, f"""
         SELECT status, split_part(reason, ':', 1) AS reason, count(*) AS rows,
                round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS pct
-        FROM manifest GROUP BY ALL ORDER BY rows DESC, status, reason
+        FROM {table} GROUP BY ALL ORDER BY rows DESC, status, reason
     """)
 
 
@@ -54,7 +54,8 @@ def _quantile_columns(expr: str) -> tuple[str, str]:
     return f"quantile_cont({expr}, {list(QUANTILES)})", names
 
 
-def quantiles_by_status(con: duckdb.DuckDBPyConnection, expr: str, label: str, where: str = "TRUE") -> pa.Table:
+def quantiles_by_status(con: duckdb.DuckDBPyConnection, expr: str, label: str, where: str = "TRUE",
+                        table: str = "manifest") -> pa.Table:
     """n, min, quantiles, max and mean of ``expr`` per status (and over all rows), non-NULL values."""
     q, names = _quantile_columns(expr)
     return duck.fetch_table(con, f"""
@@ -62,7 +63,7 @@ def quantiles_by_status(con: duckdb.DuckDBPyConnection, expr: str, label: str, w
         FROM (
             SELECT status AS s, count({expr}) AS n, min({expr}) AS lo, {q} AS q, max({expr}) AS hi,
                    avg({expr}) AS mean
-            FROM manifest WHERE ({where}) AND {expr} IS NOT NULL
+            FROM {table} WHERE ({where}) AND {expr} IS NOT NULL
             GROUP BY GROUPING SETS ((status), ())
         ) ORDER BY s NULLS FIRST
     """)
@@ -79,14 +80,14 @@ def caption_length_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return _concat([words, chars])
 
 
-def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pa.Table:
+def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20, table: str = "manifest") -> pa.Table:
     """The hosts with the most input rows: how many were kept and how many failed to download."""
     return duck.fetch_table(con, f"""
         SELECT {URL_HOST} AS host, count(*) AS rows,
                count(*) FILTER (status = 'kept') AS kept,
                count(*) FILTER (status = 'download_failed') AS download_failed,
                round(count(*) FILTER (status = 'kept') / count(*), 4) AS kept_fraction
-        FROM manifest GROUP BY host ORDER BY rows DESC, host LIMIT {int(limit)}
+        FROM {table} GROUP BY host ORDER BY rows DESC, host LIMIT {int(limit)}
     """)
 
 
@@ -175,6 +176,21 @@ READY = {
     "score_quantiles": ("score quantiles per status", score_quantiles),
     "caption_length": ("caption length (words, characters) per status", caption_length_quantiles),
     "top_domains": ("top domains", top_domains),
+    "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
+}
+
+
+# Documents runs (input.kind: documents): documents in ``manifest``, their images in ``manifest_images``.
+READY_DOCUMENTS = {
+    "status_reasons": ("documents per status and reason", status_reasons),
+    "image_status_reasons": ("images per status and reason", lambda con: status_reasons(con, "manifest_images")),
+    "document_sizes": ("words and kept images per document, per status", lambda con: _concat([
+        quantiles_by_status(con, "n_words::DOUBLE", "words"),
+        quantiles_by_status(con, "n_images_kept::DOUBLE", "images_kept"),
+    ])),
+    "image_similarity": ("images: best CLIP cosine to a text of their document, per status",
+                         lambda con: quantiles_by_status(con, "clip_score", "clip_score", table="manifest_images")),
+    "top_image_domains": ("top image domains", lambda con: top_domains(con, table="manifest_images")),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
 }
 
