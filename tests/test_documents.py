@@ -326,3 +326,17 @@ def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
     assert [t is None for t in first["texts"]] == [False, True, False, True, False]
     assert first["texts"][2] == SCENES[0].caption() and first["texts"][4] == SCENES[1].caption()
     assert np.array(Image.open(io.BytesIO(first["images"][1]))).std() > 0
+
+
+def test_a_document_with_too_many_images_is_recorded_not_fetched(tmp_path):
+    from curate.pipeline.documents_input import MAX_IMAGES_PER_DOCUMENT, read_documents_file
+    from curate.pipeline.inputs import InputFile
+
+    n = MAX_IMAGES_PER_DOCUMENT + 1
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"texts": ["t"] + [None] * n, "images": [None] + ["http://h/x.jpg"] * n}) + "\n")
+    cfg = load_config(None, [f"input.path={path}", "input.kind=documents", "clip.model=curate:tiny-clip"],
+                      out=str(tmp_path / "run"))
+    docs, images = read_documents_file(InputFile(0, str(path), path.stat().st_size), cfg.input)
+    assert docs.column("doc_error").to_pylist() == [f"malformed_document:more_than_{MAX_IMAGES_PER_DOCUMENT}_images"]
+    assert images.num_rows == 0

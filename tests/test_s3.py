@@ -146,3 +146,29 @@ def test_bucket_run_killed_mid_download_resumes_to_the_same_result(s3_server, tm
     assert read("r").equals(read("base")) and read("r").num_rows == len(rows)
     index = {run: json.loads(fs.cat_file(f"curate-resume/runs/{run}/output/index.json")) for run in ("base", "r")}
     assert index["r"]["shards"] == index["base"]["shards"] and index["r"]["total"] > 0
+
+
+def test_documents_are_read_from_a_bucket_in_both_layouts(s3_server, tmp_path):
+    """input.kind: documents reads jsonl (OBELICS) and Parquet (MMC4) from s3:// like local files."""
+    import s3fs
+
+    from curate.pipeline.config import load_config
+    from curate.pipeline.documents_input import read_documents_file
+    from curate.pipeline.inputs import resolve_input_files
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("curate-docs")
+    obelics = {"texts": [None, "a red circle", "more"], "images": ["http://h/a.jpg", None, None], "page": "p0"}
+    fs.pipe("curate-docs/obelics/part.jsonl", (json.dumps(obelics) + "\n").encode())
+    mmc4 = pa.Table.from_pylist([{"text_list": ["s0", "s1"], "image_info": [{"raw_url": "http://h/b.jpg", "matched_text_index": 1}]}])
+    with fs.open("curate-docs/mmc4/part.parquet", "wb") as handle:
+        pq.write_table(mmc4, handle)
+    for path, layout, want in (("s3://curate-docs/obelics/", "obelics", [("http://h/a.jpg", 0)]),
+                               ("s3://curate-docs/mmc4/", "mmc4", [("http://h/b.jpg", 1)])):
+        fmt = "jsonl" if layout == "obelics" else "parquet"
+        cfg = load_config(None, [f"input.path={path}", f"input.format={fmt}", "input.kind=documents",
+                                 f"input.documents.layout={layout}", "clip.model=curate:tiny-clip"], out=str(tmp_path))
+        [item] = resolve_input_files(cfg.input)
+        docs, images = read_documents_file(item, cfg.input)
+        assert docs.column("doc_error").to_pylist() == [None]
+        assert list(zip(images.column("url").to_pylist(), images.column("original_slot").to_pylist())) == want

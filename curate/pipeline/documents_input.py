@@ -28,8 +28,11 @@ from curate.pipeline import storage
 from curate.pipeline.config import DocumentsInputConfig, InputConfig
 from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
 
-# More images than this in one document is not a web page: refuse it before any download.
-MAX_IMAGES_PER_DOCUMENT = 99_999
+# A row beyond these is not a web page (OBELICS keeps pages of at most 30 images): it is
+# recorded as malformed before anything is downloaded or scored, so one hostile row can't
+# make the run fetch millions of URLs or score one image against millions of texts.
+MAX_IMAGES_PER_DOCUMENT = 1_000
+MAX_TEXTS_PER_DOCUMENT = 10_000
 
 DOCUMENTS_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -163,6 +166,8 @@ def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa
             texts, found = parse(row, cfg.documents)
             if len(found) > MAX_IMAGES_PER_DOCUMENT:
                 raise ValueError(f"more_than_{MAX_IMAGES_PER_DOCUMENT}_images")
+            if len(texts) > MAX_TEXTS_PER_DOCUMENT:
+                raise ValueError(f"more_than_{MAX_TEXTS_PER_DOCUMENT}_texts")
         except ValueError as problem:
             texts, found, error = [], [], f"malformed_document:{problem}"
         docs.append({

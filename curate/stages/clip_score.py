@@ -21,6 +21,8 @@ import pyarrow as pa
 from curate.pipeline.config import ClipConfig
 from curate.stages.model_actor import ModelStage
 
+TEXT_CHUNK = 512  # texts per text-tower call
+
 SCORED_SCHEMA = pa.schema([
     ("clip_score", pa.float32()),
     ("clip_image_embedding", pa.list_(pa.float32())),
@@ -56,9 +58,13 @@ class ClipScorer:
         unique = list(dict.fromkeys(texts))
         if not unique:
             return np.zeros((0, 0), np.float32)
+        chunks = []
         with torch.inference_mode():
-            tokens = self.tokenizer(unique).to(self.device)
-            emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+            # In chunks: one long document's texts must not become one giant model call.
+            for start in range(0, len(unique), TEXT_CHUNK):
+                tokens = self.tokenizer(unique[start : start + TEXT_CHUNK]).to(self.device)
+                chunks.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+        emb = np.concatenate(chunks)
         where = {text: i for i, text in enumerate(unique)}
         return emb[[where[t] for t in texts]]
 
