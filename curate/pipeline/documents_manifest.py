@@ -18,6 +18,7 @@ import pyarrow as pa
 from curate.pipeline import duck, storage
 from curate.pipeline.config import CurateConfig
 from curate.pipeline.documents_input import DOCUMENTS_SCHEMA
+from curate.pipeline.manifest import MANIFEST_ROW_GROUP
 from curate.pipeline.rundir import RunDir
 from curate.schemas.status import fmt_threshold
 from curate.stages import interleave
@@ -207,7 +208,7 @@ def build_documents_manifest(cfg: CurateConfig, run: RunDir) -> int:
         storage.remove_tree(directory)
     total = 0
     for name, manifest, images in _decided_parts(con, cfg, run):
-        storage.write_parquet(storage.join(run.manifest, name), manifest)
+        storage.write_parquet(storage.join(run.manifest, name), manifest, MANIFEST_ROW_GROUP)
         storage.write_parquet(storage.join(run.manifest_images, name), images)
         total += manifest.num_rows
     if total == 0:  # no input document at all: still a readable, empty manifest

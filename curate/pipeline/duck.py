@@ -7,6 +7,10 @@ offline) and uses the credentials the user already configured.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
+
 import duckdb
 import pyarrow as pa
 
@@ -21,8 +25,18 @@ def sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]"
 
 
-def connect(root: str) -> duckdb.DuckDBPyConnection:
+# The manifest step's tables grow with the run; past this much memory DuckDB spills them to
+# a local temporary directory instead of growing the driver.
+SPILL_MEMORY_LIMIT = "1GB"
+
+
+def connect(root: str, spill: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    if spill:
+        spill_dir = tempfile.mkdtemp(prefix="curate-duckdb-")
+        weakref.finalize(con, shutil.rmtree, spill_dir, True)
+        con.execute(f"SET memory_limit = '{SPILL_MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = {sql_string(spill_dir)}")
     if storage.is_remote(root):
         fs, _ = storage.fs_and_path(root)
         con.register_filesystem(fs)

@@ -20,6 +20,9 @@ from curate.stages.download import BLOCKED_AT_DOWNLOAD
 from curate.stages.registry import model_stages
 
 MANIFEST_PART_ROWS = 1_000_000
+# Row groups small enough that an output task reading one shard's rows (by output_shard,
+# which follows sample_id order) skips the rest of the part by its statistics.
+MANIFEST_ROW_GROUP = 10_000
 
 # The columns the scored view must have even when no shard was scored (all rows blocked).
 SCORED_BASE_SCHEMA = pa.schema(
@@ -42,7 +45,7 @@ ROWS_WITH_PRECHECK = ROWS_SCHEMA.append(pa.field("blocked_reason", pa.string()))
 
 def open_run_views(run: RunDir, cfg: CurateConfig):
     """A DuckDB connection with views ``rows`` and ``scored`` (one row per sample_id)."""
-    con = duck.connect(run.root)
+    con = duck.connect(run.root, spill=True)
     duck.create_parquet_view(con, "rows", storage.list_files(run.rows, ".parquet"), ROWS_WITH_PRECHECK)
     schema = SCORED_BASE_SCHEMA
     for stage in model_stages(cfg):
@@ -104,7 +107,7 @@ def decide(cfg: CurateConfig, run: RunDir):
     from curate.stages.dedupe_stage import find_duplicates
 
     con = open_run_views(run, cfg)
-    con.register("captions_decided", decide_all(con, cfg))
+    decide_all(con, cfg)
     con.execute(f"CREATE OR REPLACE TABLE decided AS {decided_sql(cfg)}")
     con.register("duplicates", find_duplicates(con, cfg, run))
     con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {final_sql(cfg)}")
@@ -145,4 +148,4 @@ def build_manifest(cfg: CurateConfig, run: RunDir) -> int:
 
 def _write_part(run: RunDir, part: int, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
     table = pa.Table.from_batches(batches, schema=schema)
-    storage.write_parquet(storage.join(run.manifest, f"part-{part:05d}.parquet"), table)
+    storage.write_parquet(storage.join(run.manifest, f"part-{part:05d}.parquet"), table, MANIFEST_ROW_GROUP)

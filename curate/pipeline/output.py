@@ -111,26 +111,44 @@ def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
     storage.remove_temporaries(run.output)
 
 
-def write_output(cfg: CurateConfig, run: RunDir, kept: pa.Table, on_shard=None) -> dict:
-    """Write every output shard of ``kept`` (manifest rows with status kept) and the index."""
+def shard_counts(run: RunDir) -> dict[str, int]:
+    """Output shard name -> kept samples, reading only the manifest's ``output_shard`` column:
+    the driver never holds the kept rows themselves."""
+    files = storage.list_files(run.manifest, ".parquet")
+    shards = storage.read_parquet(files, columns=["output_shard"]).column("output_shard") if files else pa.array([])
+    counts = pc.value_counts(pc.drop_null(shards)).to_pylist() if len(shards) else []
+    return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
+
+
+def _write_from_manifest(writer, manifest_files: list[str], name: str, *args) -> int:
+    """Ray task: read this shard's kept rows from the manifest (row groups of other shards are
+    skipped by their statistics: shards follow sample_id order) and write the shard."""
+    rows = storage.read_parquet(manifest_files, filters=pc.field("output_shard") == name)
+    return writer(rows.sort_by("sample_id"), name, *args)
+
+
+def write_output(cfg: CurateConfig, run: RunDir, on_shard=None) -> dict:
+    """Write every output shard of the manifest's kept rows, then the index."""
     import ray
 
     from curate.pipeline.documents_output import write_document_shard
 
     digest = manifest_digest(run)
     _reset_if_other_manifest(run, digest)
-    remote = ray.remote(num_cpus=0.5)(write_document_shard if cfg.documents else write_shard)
-    names = sorted(set(kept.column("output_shard").to_pylist())) if kept.num_rows else []
-    counts, futures = {}, {}
-    for name in names:
-        rows = kept.filter(pc.equal(kept.column("output_shard"), name))
-        counts[name] = rows.num_rows
-        if not _shard_done(run.output, name, cfg.output.formats):
-            futures[name] = remote.remote(
-                rows, name, run.output, run.downloaded, cfg.download.encode_format, cfg.output.formats
-            )
+    remote = ray.remote(num_cpus=0.5)(_write_from_manifest)
+    writer = write_document_shard if cfg.documents else write_shard
+    files = storage.list_files(run.manifest, ".parquet")
+    counts = shard_counts(run)
+    names = list(counts)
+    futures = {
+        name: remote.remote(writer, files, name, run.output, run.downloaded, cfg.download.encode_format,
+                            cfg.output.formats)
+        for name in names if not _shard_done(run.output, name, cfg.output.formats)
+    }
     for name, future in futures.items():
-        ray.get(future)
+        written = ray.get(future)
+        if written != counts[name]:  # the manifest changed under us: never index a partial shard
+            raise RuntimeError(f"output shard {name}: wrote {written} samples, the manifest has {counts[name]}")
         if on_shard:
             on_shard(counts[name])
     index = {

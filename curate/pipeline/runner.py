@@ -21,7 +21,7 @@ from curate.pipeline import storage
 from curate.pipeline.config import ConfigError, CurateConfig
 from curate.pipeline.inputs import InputError, fingerprint, resolve_input_files
 from curate.pipeline.manifest import build_manifest
-from curate.pipeline.output import write_output
+from curate.pipeline.output import shard_counts, write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.process import run_process
 from curate.pipeline.progress import Progress, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows
@@ -184,9 +184,8 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
-    kept = read_kept(run)
-    with progress.step("output", total=kept.num_rows):
-        index = write_output(cfg, run, kept, on_shard=progress.advance)
+    with progress.step("output", total=sum(shard_counts(run).values())):
+        index = write_output(cfg, run, on_shard=progress.advance)
     timings["output"] = round(time.perf_counter() - t, 2)
     summary = compute_summary(run, time.perf_counter() - started)
     summary["step_seconds"] = timings
@@ -216,13 +215,6 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
         console.print(f"[bold red]report failed:[/bold red] {error}; retry with `curate report {run.root}`")
         return
     console.print(f"report: {uri}")
-
-
-def read_kept(run: RunDir) -> pa.Table:
-    import pyarrow.compute as pc
-
-    table = storage.read_parquet(storage.list_files(run.manifest, ".parquet"))
-    return table.filter(pc.equal(table.column("status"), "kept"))
 
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.

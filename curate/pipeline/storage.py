@@ -83,17 +83,19 @@ def write_text(uri: str, text: str) -> None:
     atomic_write(uri, text.encode("utf-8"))
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+def write_parquet(uri: str, table: pa.Table, row_group_size: int | None = None) -> None:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
     atomic_write(uri, buffer.getvalue())
 
 
-def read_parquet(uris: Iterable[str], columns: list[str] | None = None) -> pa.Table:
+def read_parquet(uris: Iterable[str], columns: list[str] | None = None, filters=None) -> pa.Table:
+    """Read and concatenate Parquet files; ``filters`` (a pyarrow expression) skips row groups
+    by their statistics and drops the rows that don't match."""
     tables = []
     for uri in uris:
         fs, path = fs_and_path(uri)
-        tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+        tables.append(pq.read_table(path, columns=columns, filesystem=fs, filters=filters))
     if not tables:
         raise FileNotFoundError("no parquet files to read")
     return pa.concat_tables(tables, promote_options="default")

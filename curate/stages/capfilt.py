@@ -170,13 +170,17 @@ def decisions_sql(available: set[str]) -> str:
     """
 
 
-def decide_all(con, cfg: CurateConfig) -> pa.Table:
-    """The decision for every candidate row, streamed from DuckDB in batches."""
+def decide_all(con, cfg: CurateConfig) -> None:
+    """The decision for every candidate row, into the DuckDB table ``captions_decided``.
+
+    Streamed: batches are read through a cursor and inserted as they are decided, so the
+    driver holds one batch of decisions at a time, not the whole table."""
     available = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE scored)").fetchall()}
     decider = Decider(cfg)
-    reader = con.execute(decisions_sql(available)).arrow()
-    batches = [
-        pa.RecordBatch.from_pylist([decider.decide(row) for row in batch.to_pylist()], schema=DECISION_SCHEMA)
-        for batch in reader
-    ]
-    return pa.Table.from_batches(batches, schema=DECISION_SCHEMA)
+    con.register("decided_batch", DECISION_SCHEMA.empty_table())
+    con.execute("CREATE OR REPLACE TABLE captions_decided AS SELECT * FROM decided_batch")
+    for batch in con.cursor().execute(decisions_sql(available)).arrow():
+        rows = [decider.decide(row) for row in batch.to_pylist()]
+        con.register("decided_batch", pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
+        con.execute("INSERT INTO captions_decided SELECT * FROM decided_batch")
+    con.unregister("decided_batch")
