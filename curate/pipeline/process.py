@@ -79,7 +79,8 @@ def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: froze
     ds = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.map_batches(_read_shards, batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS)
     if skip:
-        ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None,
+                            num_cpus=TASK_CPUS)
     ds = ds.map_batches(
         inspect_batch, fn_kwargs={"filters": cfg.filters, "image_col": image_col},
         batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS,
