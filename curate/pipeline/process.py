@@ -70,6 +70,7 @@ def plan(shards: list[str], done: set[str]) -> tuple[list[str], frozenset[str]]:
 def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: frozenset[str]):
     import ray.data
 
+    from curate.pipeline.progress import stage_counts_dir
     from curate.stages.registry import model_stages
 
     image_col = cfg.download.encode_format
@@ -86,7 +87,7 @@ def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: froze
         batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS,
     )
     for stage in model_stages(cfg):
-        ds = stage.apply(ds, image_col)
+        ds = stage.apply(ds, image_col, stage_counts_dir(run, stage.key))
     return ds.map_batches(
         write_scored, fn_kwargs={"scored_dir": run.scored, "image_col": image_col},
         batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS,
