@@ -181,7 +181,7 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     console.rule("[bold]manifest")
     t = time.perf_counter()
     with progress.step("manifest", total=lambda: rows_in(run.rows)):
-        build_manifest(cfg, run)
+        build_manifest(cfg, run, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
