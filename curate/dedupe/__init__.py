@@ -11,7 +11,7 @@ Building blocks: :func:`exact_groups`, :func:`near_duplicate_pairs`, :func:`dupl
 :func:`load_index`.
 """
 
-from curate.dedupe._faiss import gpu_available
+from curate.dedupe._faiss import Searched, gpu_available, no_report
 from curate.dedupe.clustered import ClusterStats, clustered_pairs, default_n_clusters
 from curate.dedupe.combined import dedupe
 from curate.dedupe.exact import exact_groups
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "ClusterStats",
     "EmbeddingIndex",
+    "Searched",
     "choose_method",
     "choose_survivors",
     "clustered_pairs",
@@ -37,5 +38,6 @@ __all__ = [
     "load_index",
     "match_against",
     "near_duplicate_pairs",
+    "no_report",
     "save_index",
 ]

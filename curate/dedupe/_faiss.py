@@ -15,6 +15,7 @@ propose the same true pairs return bit-identical ``(i, j, sim)`` arrays.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +34,14 @@ GPU_KNN_K = 64
 # (more runnable threads than cores) OpenMP barriers spin, and a many-small-calls workload
 # measured 30x slower with 2 threads than with 1 (bench/dedupe.py on 2 cores).
 SMALL_WORK = 50_000_000
+
+
+# Progress callback of the searches: called with the number of rows whose search just finished.
+Searched = Callable[[int], None]
+
+
+def no_report(rows: int) -> None:
+    """The default Searched: nobody follows this search."""
 
 
 def gpu_available() -> bool:

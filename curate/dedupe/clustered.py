@@ -110,12 +110,15 @@ def clustered_pairs(
     use_ray: bool | None = None,
     use_gpu: bool | None = None,
     seed: int = 0,
+    on_searched: fx.Searched = fx.no_report,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClusterStats]:
     """Like :func:`curate.dedupe.near_duplicate_pairs` (method="clustered"), plus statistics.
 
     ``use_ray`` None: Ray tasks when Ray is initialised (the caller owns ``ray.init``), else all
     cells on a thread pool in this process. ``n_partitions``: groups of cells, one Ray task (or
     pool job) each, default 4 per Ray CPU or 2 per thread; it changes speed, never the result.
+    ``on_searched(rows)``: called as each partition finishes, with its cells' primary rows
+    (the calls add up to N; k-means and the cell plan come before the first call).
     """
     emb = fx.check_embeddings(emb)
     threshold = fx.check_threshold(threshold)
@@ -127,6 +130,7 @@ def clustered_pairs(
     use_ray = _resolve_ray(use_ray)
     radius = threshold - fx.CANDIDATE_MARGIN
     if n < 2:
+        on_searched(n)
         empty = np.empty(0, np.int64)
         stats = ClusterStats(n, 0, max_assign, 0, use_ray, float(n), 0, 0, n, 0.0, 0.0, 0.0, None)
         return empty, empty.copy(), np.empty(0, np.float64), stats
@@ -138,10 +142,12 @@ def clustered_pairs(
     t2 = time.perf_counter()
     n_partitions = int(n_partitions or _default_partitions(use_ray))
     parts = balance_partitions(plan, n_partitions)
+    # Every row is the primary member of one cell, and every cell with rows is in a partition.
+    part_rows = [sum(len(plan.db_rows[c]) for c in cells) for cells in parts]
     if use_ray:
-        a, b, peak = _search_with_ray(emb, plan, parts, radius)
+        a, b, peak = _search_with_ray(emb, plan, parts, radius, part_rows, on_searched)
     else:
-        a, b, peak = _search_in_process(emb, plan, parts, radius)
+        a, b, peak = _search_in_process(emb, plan, parts, radius, part_rows, on_searched)
     i, j, sim = fx.finalize_pairs(emb, a, b, threshold)
     t3 = time.perf_counter()
 
@@ -294,23 +300,32 @@ def _search_cells_task(emb, db_rows, db_off, q_rows, q_off, radius):
         return search_cells(emb, db_rows, db_off, q_rows, q_off, radius)
 
 
-def _search_in_process(emb, plan, parts, radius):
+def _search_in_process(emb, plan, parts, radius, part_rows, on_searched):
     """Partitions on a thread pool (FAISS releases the GIL), one FAISS thread each."""
     from concurrent.futures import ThreadPoolExecutor
 
-    packed = [_pack(plan, cells) for cells in parts]
-    workers = max(1, min(len(packed), faiss.omp_get_max_threads()))
+    def search(p: int):
+        result = _search_cells_task(emb, *_pack(plan, parts[p]), radius)
+        on_searched(part_rows[p])
+        return result
+
+    workers = max(1, min(len(parts), faiss.omp_get_max_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda p: _search_cells_task(emb, *p, radius), packed))
+        results = list(pool.map(search, range(len(parts))))
     return _merge(results, peak=None)
 
 
-def _search_with_ray(emb, plan, parts, radius):
+def _search_with_ray(emb, plan, parts, radius, part_rows, on_searched):
     import ray
 
     task = ray.remote(num_cpus=TASK_NUM_CPUS)(_search_cells_task)
     emb_ref = ray.put(emb)  # once; workers map it read-only from the object store
     futures = [task.remote(emb_ref, *_pack(plan, cells), radius) for cells in parts]
+    rows_of = dict(zip(futures, part_rows))
+    pending = list(futures)
+    while pending:  # report partitions as they finish; the results keep partition order
+        done, pending = ray.wait(pending, num_returns=1)
+        on_searched(rows_of[done[0]])
     results = ray.get(futures)
     del emb_ref
     peaks = [r[2] for r in results if r[2] is not None]

@@ -22,6 +22,7 @@ def dedupe(
     keep: Keep = "clip_score",
     exact_keys: Sequence[str | None] | None = None,
     method: Method = "auto",
+    on_searched: fx.Searched = fx.no_report,
     **near_options,
 ) -> np.ndarray:
     """``duplicate_of`` per row (None = kept) over exact-key and near-duplicate edges.
@@ -35,6 +36,7 @@ def dedupe(
     sample_id), since identical bytes/pixels give the same embedding; this keeps a logo
     repeated 10,000 times from producing 50 million pairs. ``near_options`` go to
     :func:`curate.dedupe.near_duplicate_pairs` (e.g. ``use_ray``, ``n_partitions``).
+    ``on_searched(rows)`` follows progress: the calls add up to N rows.
     """
     ids = check_ids(sample_ids)
     n = len(ids)
@@ -55,10 +57,13 @@ def dedupe(
         if len(emb) != n:
             raise ValueError(f"emb: expected {n} rows, got {len(emb)}")
         reps = np.flatnonzero(exact == np.arange(n))  # first row of each exact group, and nulls
-        i, j, _ = near_duplicate_pairs(emb[order][reps], threshold, method=method, **near_options)
+        on_searched(n - len(reps))  # exact copies are settled: they go with their group's first row
+        i, j, _ = near_duplicate_pairs(emb[order][reps], threshold, method=method, on_searched=on_searched,
+                                       **near_options)
         edge_i.append(reps[i])
         edge_j.append(reps[j])
-
+    else:
+        on_searched(n)  # exact dedupe only: every row is settled by its key
     labels = duplicate_groups(n, (np.concatenate(edge_i), np.concatenate(edge_j)))
     scores_c = None if scores is None else np.asarray(scores, np.float64)[order]
     dup_c = choose_survivors(ids_c, labels, scores_c, keep)

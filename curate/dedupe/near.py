@@ -49,6 +49,7 @@ def near_duplicate_pairs(
     n_partitions: int | None = None,
     use_ray: bool | None = None,
     seed: int = 0,
+    on_searched: fx.Searched = fx.no_report,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, sim)`` with ``i < j`` and cosine ``sim >= threshold``, sorted by (i, j).
 
@@ -68,6 +69,8 @@ def near_duplicate_pairs(
     only): None uses Ray tasks when Ray is initialised, else runs the cells in this process.
     ``seed`` fixes IVF/k-means training samples. Results of the approximate methods depend on
     row order through those samples only; :func:`curate.dedupe.dedupe` sorts by sample_id first.
+    ``on_searched(rows)`` is called as blocks of rows finish their search (progress); the
+    calls add up to N.
     """
     emb = fx.check_embeddings(emb)
     threshold = fx.check_threshold(threshold)
@@ -75,12 +78,13 @@ def near_duplicate_pairs(
     if method == "auto":
         method = choose_method(n)
     if n < 2:
+        on_searched(n)
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
     gpu = fx.resolve_gpu(use_gpu)
     if method == "flat":
-        a, b = _flat_candidates(emb, threshold - fx.CANDIDATE_MARGIN, gpu)
+        a, b = _flat_candidates(emb, threshold - fx.CANDIDATE_MARGIN, gpu, on_searched)
     elif method == "ivf":
-        a, b = _ivf_candidates(emb, threshold - fx.CANDIDATE_MARGIN, nlist, nprobe, seed, gpu)
+        a, b = _ivf_candidates(emb, threshold - fx.CANDIDATE_MARGIN, nlist, nprobe, seed, gpu, on_searched)
     elif method == "clustered":
         from curate.dedupe.clustered import clustered_pairs
 
@@ -93,6 +97,7 @@ def near_duplicate_pairs(
             use_ray=use_ray,
             use_gpu=gpu,
             seed=seed,
+            on_searched=on_searched,
         )
         return i, j, sim
     else:
@@ -113,12 +118,14 @@ def choose_method(n: int) -> str:
 # --- flat -----------------------------------------------------------------------------------
 
 
-def _flat_candidates(emb: np.ndarray, radius: float, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+def _flat_candidates(emb: np.ndarray, radius: float, gpu: bool,
+                     on_searched: fx.Searched) -> tuple[np.ndarray, np.ndarray]:
     d = emb.shape[1]
     if gpu:  # one index, every row against every row; the GPU makes the 2x waste irrelevant
         index = faiss.IndexFlatIP(d)
         index.add(emb)
         q, ids, _ = fx.range_search(index, emb, radius, gpu_index=fx.to_gpu(index))
+        on_searched(len(emb))
         return q, ids
     # CPU: upper block triangle. Row block k queries blocks l >= k; pairs inside the diagonal
     # block come out in both orientations and finalize_pairs folds them.
@@ -135,6 +142,7 @@ def _flat_candidates(emb: np.ndarray, radius: float, gpu: bool) -> tuple[np.ndar
             q, ids, _ = fx.range_search(blocks[l], queries, radius)
             a_parts.append(q + qs)
             b_parts.append(ids + starts[l])
+        on_searched(len(queries))
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
@@ -177,10 +185,11 @@ def build_ivf(
     return index
 
 
-def _ivf_candidates(emb, radius, nlist, nprobe, seed, gpu) -> tuple[np.ndarray, np.ndarray]:
+def _ivf_candidates(emb, radius, nlist, nprobe, seed, gpu, on_searched) -> tuple[np.ndarray, np.ndarray]:
     if gpu:
         index = build_ivf(emb, nlist, nprobe, seed)
         q, ids, _ = fx.range_search(index, emb, radius, gpu_index=fx.to_gpu(index))
+        on_searched(len(emb))
         return q, ids
     # CPU: the queries are the indexed rows themselves, so one quantizer pass (nprobe nearest
     # lists per row) serves both the add (nearest list) and the search (all nprobe lists).
@@ -196,6 +205,7 @@ def _ivf_candidates(emb, radius, nlist, nprobe, seed, gpu) -> tuple[np.ndarray, 
             lims, _, ids = index.range_search_preassigned(emb[sl], radius, lists[sl], sims[sl])
         a_parts.append(start + np.repeat(np.arange(len(emb[sl])), np.diff(lims).astype(np.int64)))
         b_parts.append(ids.astype(np.int64))
+        on_searched(len(emb[sl]))
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 

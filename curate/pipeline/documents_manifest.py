@@ -91,8 +91,9 @@ def images_decided_sql(cfg: CurateConfig) -> str:
     """
 
 
-def decide_images(cfg: CurateConfig, run: RunDir):
-    """A DuckDB connection with ``images``: every image decided up to and including dedupe."""
+def decide_images(cfg: CurateConfig, run: RunDir, progress=None):
+    """A DuckDB connection with ``images``: every image decided up to and including dedupe
+    (``progress``, when given, gets the ``dedupe`` entry)."""
     from curate.pipeline.manifest import open_run_views
     from curate.stages.dedupe_stage import find_duplicates
 
@@ -102,7 +103,7 @@ def decide_images(cfg: CurateConfig, run: RunDir):
     # similarity to its document.
     con.execute("CREATE OR REPLACE VIEW captions_decided AS SELECT sample_id, clip_score AS chosen_clip_score, "
                 "NULL::FLOAT AS chosen_itm_prob FROM decided")
-    con.register("duplicates", find_duplicates(con, cfg, run))
+    con.register("duplicates", find_duplicates(con, cfg, run, progress))
     con.execute("""
         CREATE OR REPLACE TABLE images AS
         SELECT d.* REPLACE (
@@ -199,11 +200,11 @@ def preview_documents(cfg: CurateConfig, run: RunDir) -> tuple[pa.Table, pa.Tabl
             pa.concat_tables([i for _, _, i in parts] or [IMAGES_SCHEMA.empty_table()]))
 
 
-def build_documents_manifest(cfg: CurateConfig, run: RunDir) -> int:
+def build_documents_manifest(cfg: CurateConfig, run: RunDir, progress=None) -> int:
     """Write RUN/manifest/ and RUN/manifest_images/ (one part per input file); returns documents."""
     from curate.stages.dedupe_stage import save_kept_index
 
-    con = decide_images(cfg, run)
+    con = decide_images(cfg, run, progress)
     for directory in (run.manifest, run.manifest_images):
         storage.remove_tree(directory)
     total = 0

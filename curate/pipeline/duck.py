@@ -48,7 +48,11 @@ def create_parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: list[s
     if files:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({sql_list(files)}, union_by_name=true)")
     else:
-        con.register(f"{name}_empty", empty.empty_table())
+        # A table, not a registered Arrow object: those are private to one connection, and
+        # the manifest step reads these views through a cursor too.
+        con.register(f"{name}_arrow", empty.empty_table())
+        con.execute(f"CREATE OR REPLACE TABLE {name}_empty AS SELECT * FROM {name}_arrow")
+        con.unregister(f"{name}_arrow")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_empty")
 
 

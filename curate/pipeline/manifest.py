@@ -10,6 +10,8 @@ rules, then the caption decision of curate.stages.capfilt) -> duplicate -> kept.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
 from curate.pipeline import duck, storage
@@ -18,6 +20,9 @@ from curate.pipeline.inputs import ROWS_SCHEMA
 from curate.pipeline.rundir import RunDir
 from curate.stages.download import BLOCKED_AT_DOWNLOAD
 from curate.stages.registry import model_stages
+
+if TYPE_CHECKING:
+    from curate.pipeline.progress import Progress
 
 MANIFEST_PART_ROWS = 1_000_000
 # Row groups small enough that an output task reading one shard's rows (by output_shard,
@@ -101,15 +106,16 @@ def final_sql(cfg: CurateConfig) -> str:
     """
 
 
-def decide(cfg: CurateConfig, run: RunDir):
-    """A DuckDB connection holding ``manifest_final``: every row decided, deduped, sharded."""
+def decide(cfg: CurateConfig, run: RunDir, progress: Progress | None = None):
+    """A DuckDB connection holding ``manifest_final``: every row decided, deduped, sharded.
+    ``progress`` (when given) gets the ``dedupe`` entry."""
     from curate.stages.capfilt import decide_all
     from curate.stages.dedupe_stage import find_duplicates
 
     con = open_run_views(run, cfg)
     decide_all(con, cfg)
     con.execute(f"CREATE OR REPLACE TABLE decided AS {decided_sql(cfg)}")
-    con.register("duplicates", find_duplicates(con, cfg, run))
+    con.register("duplicates", find_duplicates(con, cfg, run, progress))
     con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {final_sql(cfg)}")
     return con
 
@@ -123,11 +129,11 @@ def preview_manifest(cfg: CurateConfig, run: RunDir) -> pa.Table:
         con.close()
 
 
-def build_manifest(cfg: CurateConfig, run: RunDir) -> int:
+def build_manifest(cfg: CurateConfig, run: RunDir, progress: Progress | None = None) -> int:
     """Decide every row, dedupe the survivors, write RUN/manifest/ and RUN/dedupe_index/."""
     from curate.stages.dedupe_stage import save_kept_index
 
-    con = decide(cfg, run)
+    con = decide(cfg, run, progress)
     storage.remove_tree(run.manifest)
     reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").arrow()
     total, part, pending, pending_rows = 0, 0, [], 0

@@ -71,6 +71,7 @@ def plan(shards: list[str], done: set[str]) -> tuple[list[str], frozenset[str]]:
 def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: frozenset[str]):
     import ray.data
 
+    from curate.pipeline.progress import stage_counts_dir
     from curate.stages.registry import model_stages
 
     image_col = cfg.download.encode_format
@@ -80,13 +81,14 @@ def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: froze
     ds = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.map_batches(_read_shards, batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS)
     if skip:
-        ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None,
+                            num_cpus=TASK_CPUS)
     ds = ds.map_batches(
         inspect_batch, fn_kwargs={"filters": cfg.filters, "image_col": image_col},
         batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS,
     )
     for stage in model_stages(cfg):
-        ds = stage.apply(ds, image_col)
+        ds = stage.apply(ds, image_col, stage_counts_dir(run, stage.key))
     return ds.map_batches(
         write_scored, fn_kwargs={"scored_dir": run.scored, "image_col": image_col},
         batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS,

@@ -66,6 +66,11 @@ class RunDir:
     def summary(self) -> str:
         return self._sub("summary.json")
 
+    @property
+    def progress_counts(self) -> str:
+        """Counter files of the model stages' actors, summed into progress.json per stage."""
+        return self._sub("_progress")
+
     def marker(self, step: str) -> str:
         """A step's done-marker; written last, so its presence means the step finished."""
         return self._sub("_done", step)

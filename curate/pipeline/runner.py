@@ -24,7 +24,9 @@ from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import shard_counts, write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.process import run_process
-from curate.pipeline.progress import Progress, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows
+from curate.pipeline.progress import (
+    Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
+)
 from curate.pipeline.ray_session import start_ray
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
@@ -137,7 +139,13 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     console.rule("[bold]process")
     t = time.perf_counter()
     shards = committed_shards(run.downloaded)
-    with progress.step("process", total=lambda: sum(map(parquet_rows, shards)), count=scored_rows(run)):
+    # Per model stage: rows committed by earlier attempts + what its actors count now. An
+    # earlier attempt's counter files go: the rows it didn't commit run through every stage again.
+    storage.remove_tree(run.progress_counts)
+    committed = scored_rows(run)
+    before = committed()
+    stages = {f"process/{s.key}": StageRows(stage_counts_dir(run, s.key), before) for s in model_stages(cfg)}
+    with progress.step("process", total=lambda: sum(map(parquet_rows, shards)), count=committed, parts=stages):
         run_process(cfg, run, shards)
     timings["process"] = round(time.perf_counter() - t, 2)
     return finish(cfg, run, console, started, timings, progress)
@@ -178,9 +186,9 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
         if cfg.documents:
             from curate.pipeline.documents_manifest import build_documents_manifest
 
-            build_documents_manifest(cfg, run)
+            build_documents_manifest(cfg, run, progress)
         else:
-            build_manifest(cfg, run)
+            build_manifest(cfg, run, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()

@@ -6,11 +6,17 @@ work), and returns ``(sample_id, duplicate_of)`` for the manifest.
 ``curate.dedupe.save_index``) are matched first: a sample that duplicates already-curated
 or held-out evaluation data gets ``duplicate_of:<name>/<sample_id>``. Every run saves the
 embeddings of its kept samples to ``RUN/dedupe_index/`` so later runs can dedupe against it.
+
+Progress (the ``dedupe`` entry of RUN/progress.json): candidates whose search has finished,
+out of all candidates. Rows matched to a reference are done after that match; the others as
+exact groups settle and near-search blocks or partitions finish.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +25,9 @@ from curate import dedupe
 from curate.pipeline import storage
 from curate.pipeline.config import CurateConfig
 from curate.pipeline.rundir import RunDir
+
+if TYPE_CHECKING:
+    from curate.pipeline.progress import Progress
 
 EMPTY = pa.schema([("sample_id", pa.string()), ("duplicate_of", pa.string())])
 # Scores of the sample's training caption (curate.stages.capfilt), so a duplicate group keeps
@@ -75,11 +84,26 @@ def check_dedupe_references(cfg: CurateConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
-def find_duplicates(con, cfg: CurateConfig, run: RunDir) -> pa.Table:
+@contextmanager
+def _followed(progress: Progress | None, candidates: int) -> Iterator[dedupe.Searched]:
+    """``advance(rows)`` of the ``dedupe`` progress entry (a no-op when nobody follows)."""
+    if progress is None:
+        yield dedupe.no_report
+        return
+    with progress.part("dedupe", total=candidates) as advance:
+        yield advance
+
+
+def find_duplicates(con, cfg: CurateConfig, run: RunDir, progress: Progress | None = None) -> pa.Table:
     if not cfg.dedupe.enabled:
         return EMPTY.empty_table()
     near = cfg.dedupe.near and cfg.clip.model is not None
     table = _candidates(con, cfg, near)
+    with _followed(progress, table.num_rows) as searched:
+        return _duplicates(table, cfg, near, searched)
+
+
+def _duplicates(table: pa.Table, cfg: CurateConfig, near: bool, searched: dedupe.Searched) -> pa.Table:
     if table.num_rows == 0:
         return EMPTY.empty_table()
     ids = table.column("sample_id").to_pylist()
@@ -97,12 +121,13 @@ def find_duplicates(con, cfg: CurateConfig, run: RunDir) -> pa.Table:
                 duplicate_of[row] = f"{name}/{matched[row]}"
 
     rest = np.flatnonzero(duplicate_of == None)  # noqa: E711
+    searched(len(ids) - len(rest))  # matched to a reference: no search within the run
     scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
     keys = table.column("exact_key").to_pylist() if cfg.dedupe.exact else None
     within = dedupe.dedupe(
         [ids[r] for r in rest], None if emb is None else emb[rest], scores[rest],
         threshold=threshold, keep=cfg.dedupe.keep, method=cfg.dedupe.method,
-        exact_keys=None if keys is None else [keys[r] for r in rest],
+        exact_keys=None if keys is None else [keys[r] for r in rest], on_searched=searched,
     )
     duplicate_of[rest] = within
     found = np.flatnonzero(duplicate_of != None)  # noqa: E711

@@ -8,6 +8,7 @@ import pyarrow as pa
 from PIL import Image
 
 from curate.pipeline.config import ModelComputeConfig
+from curate.pipeline.progress import RowCounter
 
 
 def choose_device(precision: str) -> tuple[str, str]:
@@ -93,6 +94,33 @@ def actor_pool_args(cfg: ModelComputeConfig) -> dict:
     }
 
 
+def counted(actor: type) -> type:
+    """``actor`` that also counts the rows it finishes into ``counts_dir`` (progress per stage,
+    curate.pipeline.progress.RowCounter). A subclass, named like ``actor`` so that Ray Data's
+    own logs still name the pool after its model."""
+
+    class Counted(actor):
+        def __init__(self, counts_dir: str, **kwargs):
+            super().__init__(**kwargs)
+            self._counter = RowCounter(counts_dir)
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            out = super().__call__(batch)
+            self._counter.add(batch.num_rows)
+            return out
+
+        def __del__(self):
+            # Ray Data calls this when it shuts the pool down gracefully: write the rows
+            # counted since the last flush. Best effort: progress must never fail a run.
+            try:
+                self._counter.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+    Counted.__name__ = actor.__name__
+    return Counted
+
+
 class ModelStage:
     """A model stage of the process step: the config section ``key``, the ``actor`` class Ray
     Data runs in a pool (one model load per actor), the columns it adds to RUN/scored/
@@ -107,7 +135,9 @@ class ModelStage:
     def __init__(self, cfg: ModelComputeConfig):
         self.cfg = cfg
 
-    def apply(self, ds, image_col: str):
+    def apply(self, ds, image_col: str, counts_dir: str):
+        """Run the stage on ``ds``; its actors count finished rows into ``counts_dir``."""
         return ds.map_batches(
-            self.actor, fn_constructor_kwargs={"cfg": self.cfg, "image_col": image_col}, **actor_pool_args(self.cfg)
+            counted(self.actor), fn_constructor_kwargs={"counts_dir": counts_dir, "cfg": self.cfg, "image_col": image_col},
+            **actor_pool_args(self.cfg),
         )
