@@ -131,20 +131,28 @@ def evaluate_run(run_dir: Path) -> dict:
     return evaluate(manifest, pq.read_table(run_dir.parent / "corpus" / "truth.parquet"))
 
 
-def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:
+def serve_and_run(out: Path, corpus, input_name: str, make_config, console: Console):
+    """Write the corpus truth, serve the corpus on 127.0.0.1, write its input table (which
+    needs the server's URL) and run the pipeline on it; returns (config, RunResult)."""
     out = out.resolve()
     corpus_dir, run_dir = out / "corpus", out / "run"
     if run_dir.exists():
         storage.remove_tree(str(run_dir))  # a demo always starts fresh
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"generating a noisy web corpus of {n} image-text pairs (seed {seed})")
-    corpus = make_corpus(n, seed)
     pq.write_table(corpus.truth, corpus_dir / "truth.parquet")
     with CorpusServer(corpus.routes, latency=0.01) as server:
-        pq.write_table(corpus.input_table(server.base_url), corpus_dir / "input.parquet")
+        pq.write_table(corpus.input_table(server.base_url), corpus_dir / input_name)
         console.print(f"serving it at {server.base_url}")
-        cfg = demo_config(corpus_dir, run_dir, overrides)
-        result = run_pipeline(cfg, console)
+        cfg = make_config(corpus_dir / input_name, run_dir)
+        return cfg, run_pipeline(cfg, console)
+
+
+def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:
+    console.print(f"generating a noisy web corpus of {n} image-text pairs (seed {seed})")
+    corpus = make_corpus(n, seed)
+    cfg, result = serve_and_run(out, corpus, "input.parquet",
+                                lambda path, run_dir: demo_config(path.parent, run_dir, overrides), console)
+    run_dir = Path(result.run.root)
     manifest = storage.read_parquet(storage.list_files(result.run.manifest, ".parquet"))
     evaluation = evaluate(manifest, corpus.truth)
     evaluation["variants"] = compare_variants(cfg, result.run, corpus.truth)

@@ -14,18 +14,16 @@ from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from curate.demo import serve_and_run
 from curate.pipeline import storage
 from curate.pipeline.config import apply_overrides, validate
 from curate.pipeline.documents_manifest import preview_documents
 from curate.pipeline.rundir import RunDir
-from curate.pipeline.runner import run_pipeline
 from curate.synth.documents import make_documents
-from curate.synth.http_server import CorpusServer
 
 
 def documents_demo_config(input_path: Path, run_dir: Path, overrides: list[str]):
@@ -96,19 +94,11 @@ def print_documents_evaluation(result: dict, placements: dict[str, dict], consol
 
 
 def run_documents_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:
-    out = out.resolve()
-    corpus_dir, run_dir = out / "corpus", out / "run"
-    if run_dir.exists():
-        storage.remove_tree(str(run_dir))  # a demo always starts fresh
-    corpus_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"generating {n} interleaved web documents (seed {seed})")
     corpus = make_documents(n, seed)
-    pq.write_table(corpus.truth, corpus_dir / "truth.parquet")
-    with CorpusServer(corpus.routes, latency=0.01) as server:
-        pq.write_table(corpus.obelics_table(server.base_url), corpus_dir / "documents.parquet")
-        console.print(f"serving their images at {server.base_url}")
-        cfg = documents_demo_config(corpus_dir / "documents.parquet", run_dir, overrides)
-        result = run_pipeline(cfg, console)
+    cfg, result = serve_and_run(out, corpus, "documents.parquet",
+                                lambda path, run_dir: documents_demo_config(path, run_dir, overrides), console)
+    run_dir = Path(result.run.root)
     manifest = storage.read_parquet(storage.list_files(result.run.manifest, ".parquet"))
     images = storage.read_parquet(storage.list_files(result.run.manifest_images, ".parquet"))
     evaluation = evaluate_documents(manifest, images, corpus.truth)

@@ -65,6 +65,10 @@ class DocumentsCorpus:
             rows.append({"texts": texts, "images": images, "url": f"https://example.test/page/{len(rows)}"})
         return pa.Table.from_pylist(rows)
 
+    def input_table(self, base_url: str) -> pa.Table:
+        """The demo's input: the OBELICS layout."""
+        return self.obelics_table(base_url)
+
     def mmc4_table(self, base_url: str) -> pa.Table:
         """MMC4 layout: ``text_list`` and ``image_info`` (raw_url, matched_text_index)."""
         return pa.Table.from_pylist([
