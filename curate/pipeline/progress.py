@@ -122,7 +122,13 @@ class Progress:
             step["error"] = f"{type(error).__name__}: {error}" if error else None
             self._bars.stop()
             self._bars, self._current = None, None
-            self._save()
+            try:
+                self._save()
+            except OSError:
+                if error is None:
+                    raise
+                # The step is failing already, often for the same reason (disk full, a bucket
+                # refusing writes): its own error, not this bookkeeping write's, is the one to report.
 
     def _poll(self, count: Callable[[], int], stop: threading.Event) -> None:
         while not stop.wait(self.poll_seconds):
