@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
 console = Console()
@@ -14,7 +15,9 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}")
+    # soft_wrap: a path or bucket URI in the message stays whole on one line, to copy or grep;
+    # escape: brackets in it (``[Errno 28]``, S3 keys) are text, not markup.
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 

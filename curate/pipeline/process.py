@@ -37,16 +37,29 @@ def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
     return batch.filter(mask)
 
 
+def _receipt(rows: list[int], errors: list[str | None]) -> pa.Table:
+    return pa.table({"rows": pa.array(rows, pa.int64()), "error": pa.array(errors, pa.string())})
+
+
 def write_scored(batch: pa.Table, scored_dir: str, image_col: str) -> pa.Table:
-    """Commit a batch (minus the image bytes) to RUN/scored/; return a one-row receipt."""
+    """Commit a batch (minus the image bytes) to RUN/scored/; return a one-row receipt.
+
+    A failed commit (disk full, a bucket refusing writes) comes back as the receipt's
+    ``error``, and ``run_process`` raises it: an exception raised here would reach the driver
+    as Ray Data's ``UserCodeException``, which loses its cause on the way, so the run could
+    not tell a write error (stop cleanly, resume later) from a bug.
+    """
     if batch.num_rows == 0:
-        return pa.table({"rows": pa.array([], pa.int64())})
+        return _receipt([], [])
     # Image bytes stay in RUN/downloaded/; a document's texts stay in RUN/documents/.
     table = batch.drop_columns([c for c in (image_col, "doc_texts") if c in batch.column_names])
     ids = table.column("sample_id").to_pylist()
     digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
-    storage.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)
-    return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
+    try:
+        storage.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)
+    except storage.WriteError as error:
+        return _receipt([0], [str(error)])
+    return _receipt([table.num_rows], [None])
 
 
 def committed_ids(run: RunDir) -> set[str]:
@@ -102,4 +115,9 @@ def run_process(cfg: CurateConfig, run: RunDir, shards: list[str]) -> int:
     if not pending:
         return 0
     ds = build_dataset(cfg, run, pending, skip)
-    return sum(row["rows"] for row in ds.iter_rows())
+    committed = 0
+    for receipt in ds.iter_rows():
+        if receipt["error"]:
+            raise storage.WriteError(receipt["error"])  # leaving the loop stops the dataset's tasks
+        committed += receipt["rows"]
+    return committed

@@ -180,7 +180,13 @@ class Progress:
         with self._lock:
             self._bars.stop()
             self._bars, self._current = None, None
-            self._save()
+            try:
+                self._save()
+            except OSError:
+                if error is None:
+                    raise
+                # The step is failing already, often for the same reason (disk full, a bucket
+                # refusing writes): its own error, not this bookkeeping write's, is the one to report.
 
     def _poll(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_seconds):

@@ -75,8 +75,11 @@ def _root_os_error(error: BaseException) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError):
             found = error
+        ray_cause = getattr(error, "cause", None)  # a Ray task error, also an instance of its cause's class
+        if isinstance(error, storage.WriteError) and ray_cause is None:
+            break  # it names the file and its own cause already
         suppressed = getattr(error, "__suppress_context__", False)
-        error = getattr(error, "cause", None) or error.__cause__ or (None if suppressed else error.__context__)
+        error = ray_cause or error.__cause__ or (None if suppressed else error.__context__)
     return found
 
 
@@ -94,8 +97,9 @@ def _stops_cleanly(fn):
             cause = _root_os_error(error)
             if cause is None:
                 raise
+            what = str(cause) if isinstance(cause, storage.WriteError) else f"{cause.__class__.__name__}: {cause}"
             raise RunStopped(
-                f"the run stopped: {cause.__class__.__name__}: {cause}. Work committed so far is kept; "
+                f"the run stopped: {what.rstrip('.')}. Work committed so far is kept; "
                 "fix the cause (free disk space, check the bucket) and run the same command again to resume."
             ) from error
 

@@ -70,13 +70,24 @@ def read_text(uri: str) -> str:
         return handle.read()
 
 
+class WriteError(OSError):
+    """A commit failed (disk full, a bucket refusing writes, ...); names the file it was for.
+    s3fs's errors name only the S3 error (``PermissionError('Access Denied')``), not the key."""
+
+
 def atomic_write(uri: str, data: bytes) -> None:
     fs, path = fs_and_path(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as handle:
-        handle.write(data)
-    fs.mv(tmp, path)
+    try:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        fs.mv(tmp, path)
+    except OSError as error:
+        reason = str(error).rstrip(".") or "no reason given"
+        failed = WriteError(f"cannot write {uri}: {error.__class__.__name__}: {reason}")
+        failed.errno = error.errno  # ENOSPC stays ENOSPC for callers that check
+        raise failed from error
 
 
 def write_text(uri: str, text: str) -> None:

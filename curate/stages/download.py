@@ -83,7 +83,7 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns
         raise DownloadIncomplete(
             f"download: {missing} of {len(parts)} shards could not be written to {out_dir} "
             "(the downloader's error is in the log above: disk full, bucket write error, ...); "
-            "nothing was recorded for their rows. Fix the cause and run the same command again to resume."
+            "nothing was recorded for their rows"  # the run stops: RunStopped says how to resume
         )
 
 
