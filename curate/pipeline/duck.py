@@ -27,16 +27,20 @@ def sql_list(values: list[str]) -> str:
 
 # The manifest step's tables grow with the run; past this much memory DuckDB spills them to
 # a local temporary directory instead of growing the driver.
-SPILL_MEMORY_LIMIT = "1GB"
+SPILL_MEMORY_LIMIT = "256MB"
 
 
 def connect(root: str, spill: bool = False) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
     if spill:
+        # A database file, not an in-memory database: its tables live in the file and only
+        # the buffer pool (memory_limit) stays in memory.
         spill_dir = tempfile.mkdtemp(prefix="curate-duckdb-")
+        con = duckdb.connect(f"{spill_dir}/manifest.duckdb")
         weakref.finalize(con, shutil.rmtree, spill_dir, True)
         con.execute(f"SET memory_limit = '{SPILL_MEMORY_LIMIT}'")
         con.execute(f"SET temp_directory = {sql_string(spill_dir)}")
+    else:
+        con = duckdb.connect()
     if storage.is_remote(root):
         fs, _ = storage.fs_and_path(root)
         con.register_filesystem(fs)

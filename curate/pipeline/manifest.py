@@ -135,23 +135,24 @@ def build_manifest(cfg: CurateConfig, run: RunDir, progress: Progress | None = N
 
     con = decide(cfg, run, progress)
     storage.remove_tree(run.manifest)
-    reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").arrow()
-    total, part, pending, pending_rows = 0, 0, [], 0
-    for batch in reader:
-        pending.append(batch)
-        pending_rows += batch.num_rows
-        if pending_rows >= MANIFEST_PART_ROWS:
-            _write_part(run, part, pending, reader.schema)
-            part, total, pending, pending_rows = part + 1, total + pending_rows, [], 0
-    if pending or part == 0:
-        _write_part(run, part, pending, reader.schema)
-        total += pending_rows
+    reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").fetch_record_batch(MANIFEST_ROW_GROUP)
+    total, part, stream = 0, 0, None
+    for batch in reader:  # streamed: one batch and the compressed part in memory at a time
+        if stream is None:
+            stream = _part(run, part, reader.schema)
+        stream.write(batch)
+        if stream.rows >= MANIFEST_PART_ROWS:
+            stream.commit()
+            part, total, stream = part + 1, total + stream.rows, None
+    if stream is not None or part == 0:
+        stream = stream or _part(run, part, reader.schema)
+        stream.commit()
+        total += stream.rows
     if cfg.clip.model:
         save_kept_index(con, run)
     con.close()
     return total
 
 
-def _write_part(run: RunDir, part: int, batches: list[pa.RecordBatch], schema: pa.Schema) -> None:
-    table = pa.Table.from_batches(batches, schema=schema)
-    storage.write_parquet(storage.join(run.manifest, f"part-{part:05d}.parquet"), table, MANIFEST_ROW_GROUP)
+def _part(run: RunDir, part: int, schema: pa.Schema) -> storage.ParquetStream:
+    return storage.ParquetStream(storage.join(run.manifest, f"part-{part:05d}.parquet"), schema, MANIFEST_ROW_GROUP)

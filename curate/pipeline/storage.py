@@ -100,6 +100,27 @@ def write_parquet(uri: str, table: pa.Table, row_group_size: int | None = None) 
     atomic_write(uri, buffer.getvalue())
 
 
+class ParquetStream:
+    """A Parquet file written batch by batch and committed by ``atomic_write`` on ``commit()``.
+
+    Only the compressed file and the current row group are held in memory, not the rows as
+    Arrow, so a part of a million rows costs its size on disk, not its size in memory."""
+
+    def __init__(self, uri: str, schema: pa.Schema, row_group_size: int):
+        self.uri, self.row_group_size = uri, row_group_size
+        self.buffer = io.BytesIO()
+        self.writer = pq.ParquetWriter(self.buffer, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch, row_group_size=self.row_group_size)
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        self.writer.close()
+        atomic_write(self.uri, self.buffer.getvalue())
+
+
 def read_parquet(uris: Iterable[str], columns: list[str] | None = None, filters=None) -> pa.Table:
     """Read and concatenate Parquet files; ``filters`` (a pyarrow expression) skips row groups
     by their statistics and drops the rows that don't match."""
