@@ -31,7 +31,7 @@ import json
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -73,6 +73,7 @@ class Progress:
         self._current: dict | None = None  # the running step
         self._live: dict[str, _Live] = {}  # the running step and its running parts, by name
         self._bars: Bars | None = None
+        self._fail_quietly = False  # see _failing()
 
     @property
     def uri(self) -> str:
@@ -112,7 +113,8 @@ class Progress:
         try:
             yield lambda rows: self._add(name, rows)
         except BaseException as error:
-            self._end(name, "failed", error)
+            with self._failing():
+                self._end(name, "failed", error)
             raise
         self._end(name, "done")
 
@@ -175,18 +177,24 @@ class Progress:
 
     def _finish(self, state: str, error: BaseException | None = None) -> None:
         """End the running step and the parts still running with it, in the same state."""
-        for name in list(self._live):
-            self._end(name, state, error)
-        with self._lock:
-            self._bars.stop()
-            self._bars, self._current = None, None
-            try:
+        with self._failing() if error is not None else nullcontext():
+            for name in list(self._live):
+                self._end(name, state, error)
+            with self._lock:
+                self._bars.stop()
+                self._bars, self._current = None, None
                 self._save()
-            except OSError:
-                if error is None:
-                    raise
-                # The step is failing already, often for the same reason (disk full, a bucket
-                # refusing writes): its own error, not this bookkeeping write's, is the one to report.
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """While a step or part is failing, a progress.json write that fails is not raised: the
+        step fails often for the same reason (disk full, a bucket refusing writes), and its own
+        error, not this bookkeeping write's, is the one to report."""
+        self._fail_quietly = True
+        try:
+            yield
+        finally:
+            self._fail_quietly = False
 
     def _poll(self, stop: threading.Event) -> None:
         while not stop.wait(self.poll_seconds):
@@ -204,7 +212,11 @@ class Progress:
     def _save(self) -> None:
         state = {"run": self.run.root, "current": self._current["name"] if self._current else None,
                  "updated": _now(), "steps": self.steps}
-        storage.write_text(self.uri, json.dumps(state, indent=2))
+        try:
+            storage.write_text(self.uri, json.dumps(state, indent=2))
+        except OSError:
+            if not self._fail_quietly:
+                raise
 
 
 class CommittedRows:
