@@ -54,6 +54,27 @@ def describe(start: dict, end_load: list[float]) -> str:
     )
 
 
+class Session:
+    """One benchmark invocation: prints the load average at the start; ``end()`` prints the
+    machine, its load at the end and the total time; ``meta`` starts every JSON result."""
+
+    def __init__(self):
+        self.machine = machine()
+        self.began = time.perf_counter()
+        self.load_end: list[float] | None = None
+        print(f"load average at start: {self.machine['loadavg']}", flush=True)
+
+    def end(self, prefix: str = "", suffix: str = "") -> None:
+        self.load_end = list(os.getloadavg())
+        print()
+        print(describe(self.machine, self.load_end))
+        print(f"{prefix}total {(time.perf_counter() - self.began) / 60:.1f} min{suffix}\n")
+
+    @property
+    def meta(self) -> dict:
+        return {"machine": self.machine, "load_end": self.load_end}
+
+
 def fmt_load(load) -> str:
     return "/".join(f"{x:.1f}" for x in load)
 

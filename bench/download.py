@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import describe, machine, markdown_table, run_sub  # noqa: E402
+from _common import Session, markdown_table, run_sub  # noqa: E402
 
 SETTINGS = dict(processes=2, threads=16, image_size=64, resize_mode="border", encode_quality=95, timeout=5, retries=0)
 
@@ -149,9 +148,7 @@ def main(argv=None) -> None:
     from curate.synth.corpus import make_corpus
     from curate.synth.http_server import CorpusServer
 
-    start = machine()
-    print(f"load average at start: {start['loadavg']}", flush=True)
-    started = time.perf_counter()
+    session = Session()
     corpus = make_corpus(args.n, seed=0)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="download-bench-") as work, CorpusServer(corpus.routes, latency=args.latency) as server:
@@ -164,12 +161,9 @@ def main(argv=None) -> None:
                 results.append(res)
                 print(f"  round {r} {method}: {res['seconds']:.1f} s, {res['ok']}/{res['rows']} images, "
                       f"{res['images_per_s']:.1f} images/s", flush=True)
-    end_load = list(os.getloadavg())
     summary = summarise(results, methods, args.rounds)
-    print()
-    print(describe(start, end_load))
-    print(f"N={args.n:,} rows, latency {args.latency} s per request, shard size {args.shard_size}, "
-          f"{args.rounds} round(s), total {(time.perf_counter() - started) / 60:.1f} min\n")
+    session.end(prefix=f"N={args.n:,} rows, latency {args.latency} s per request, shard size {args.shard_size}, "
+                       f"{args.rounds} round(s), ")
     print(markdown_table(["method", "seconds (per round)", "images/s (per round)", "median images/s"], summary["rows"]))
     print()
     for name, ratio in summary["ratios"].items():
@@ -181,7 +175,7 @@ def main(argv=None) -> None:
     if curate_runs:
         print("curate step seconds per round: " + "; ".join(json.dumps(r["step_seconds"]) for r in curate_runs))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": start, "load_end": end_load, "n": args.n,
+        Path(args.json).write_text(json.dumps({**session.meta, "n": args.n,
                                                "latency": args.latency, "results": results, "summary": summary}, indent=2))
 
 

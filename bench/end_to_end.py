@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import describe, machine, markdown_table, run_sub  # noqa: E402
+from _common import Session, markdown_table, run_sub  # noqa: E402
 
 STEPS = ("prepare", "download", "process", "manifest", "output")
 
@@ -67,9 +67,7 @@ def main(argv=None) -> None:
         Path(args.result).write_text(json.dumps(measure(args)))
         return
     sizes = [500, 2000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    start = machine()
-    print(f"load average at start: {start['loadavg']}", flush=True)
-    began = time.perf_counter()
+    session = Session()
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
     results = []
     try:
@@ -81,10 +79,7 @@ def main(argv=None) -> None:
             print(f"  N={n:,}: {wall:.0f} s, {n / wall:.1f} samples/s, steps {res['step_seconds']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    end_load = list(os.getloadavg())
-    print()
-    print(describe(start, end_load))
-    print(f"total {(time.perf_counter() - began) / 60:.1f} min (includes corpus generation)\n")
+    session.end(suffix=" (includes corpus generation)")
     lo, hi = results[0], results[-1]
     rows = []
     for step in STEPS + ("total",):
@@ -102,7 +97,7 @@ def main(argv=None) -> None:
     for r in results:
         print(f"N={r['n']:,}: kept {r['kept']}, load average after {r['load']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": start, "load_end": end_load, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({**session.meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

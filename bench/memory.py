@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TreeMemory, describe, machine, markdown_table, run_sub  # noqa: E402
+from _common import Session, TreeMemory, markdown_table, run_sub  # noqa: E402
 
 SHARD = 10_000
 MIB = 2**20
@@ -99,9 +98,7 @@ def main(argv=None) -> None:
         Path(args.result).write_text(json.dumps(measure(args)))
         return
     sizes = [2000, 20000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    start = machine()
-    print(f"load average at start: {start['loadavg']}", flush=True)
-    began = time.perf_counter()
+    session = Session()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="memory-bench-"))
     from _shards import write_download_free_run
 
@@ -125,10 +122,7 @@ def main(argv=None) -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    end_load = list(os.getloadavg())
-    print()
-    print(describe(start, end_load))
-    print(f"total {(time.perf_counter() - began) / 60:.1f} min\n")
+    session.end()
     keys = [("peak_hwm_sum_bytes", "sum of VmHWM, all processes"), ("peak_rss_sum_bytes", "peak simultaneous RSS sum"),
             ("peak_private_sum_bytes", "peak simultaneous private RSS sum"), ("driver_hwm_bytes", "driver VmHWM")]
     lo, hi = results[0], results[-1]
@@ -151,7 +145,7 @@ def main(argv=None) -> None:
               f"(embedding dim {r['embedding_dim']}); processes seen {r['processes']}; top VmHWM by name "
               + ", ".join(f"{k} {v / MIB:,.0f}" for k, v in r["hwm_by_name_bytes"].items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": start, "load_end": end_load, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({**session.meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -53,7 +52,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import describe, machine, markdown_table, run_sub, tree_cpu_seconds  # noqa: E402
+from _common import Session, markdown_table, run_sub, tree_cpu_seconds  # noqa: E402
 
 CAPTION_ARGS = {"num_captions": 5, "mode": "nucleus", "top_p": 0.9, "max_new_tokens": 20}
 # (small rows, large rows, batch size) per model size; rows include 5% failed downloads.
@@ -217,16 +216,13 @@ def main(argv=None) -> None:
     parser.add_argument("--shard-size", type=int)
     args = parser.parse_args(argv)
     if args.cmd in ("_pipeline", "_bare"):
-        args.models = args.models
         out = measure_pipeline(args) if args.cmd == "_pipeline" else measure_bare(args)
         Path(args.result).write_text(json.dumps(out))
         return
     if args.quick:
         args.models = "tiny"
     plan = QUICK if args.quick else PLAN
-    start = machine()
-    print(f"load average at start: {start['loadavg']}", flush=True)
-    began = time.perf_counter()
+    session = Session()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="model-bench-"))
     from _shards import write_download_free_run
 
@@ -270,10 +266,7 @@ def main(argv=None) -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    end_load = list(os.getloadavg())
-    print()
-    print(describe(start, end_load))
-    print(f"total {(time.perf_counter() - began) / 60:.1f} min\n")
+    session.end()
     table = []
     for r in rows:
         b = r["bare"]
@@ -292,7 +285,7 @@ def main(argv=None) -> None:
                           "pipeline raw images/s at large", "raw ratio", "decode+preprocess ms/image",
                           "model load s"], table))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": start, "load_end": end_load, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({**session.meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import pyarrow as pa
 from rich.console import Console
 
 from curate.pipeline import storage
