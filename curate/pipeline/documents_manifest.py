@@ -94,7 +94,7 @@ def images_decided_sql(cfg: CurateConfig) -> str:
 def decide_images(cfg: CurateConfig, run: RunDir, progress=None):
     """A DuckDB connection with ``images``: every image decided up to and including dedupe
     (``progress``, when given, gets the ``dedupe`` entry)."""
-    from curate.pipeline.manifest import open_run_views
+    from curate.pipeline.manifest import open_run_views, with_duplicates_sql
     from curate.stages.dedupe_stage import find_duplicates
 
     con = open_run_views(run, cfg)
@@ -104,13 +104,7 @@ def decide_images(cfg: CurateConfig, run: RunDir, progress=None):
     con.execute("CREATE OR REPLACE VIEW captions_decided AS SELECT sample_id, clip_score AS chosen_clip_score, "
                 "NULL::FLOAT AS chosen_itm_prob FROM decided")
     con.register("duplicates", find_duplicates(con, cfg, run, progress))
-    con.execute("""
-        CREATE OR REPLACE TABLE images AS
-        SELECT d.* REPLACE (
-            CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate' ELSE d.status END AS status,
-            CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate_of:' || dup.duplicate_of ELSE d.reason END AS reason)
-        FROM decided d LEFT JOIN duplicates dup USING (sample_id)
-    """)
+    con.execute(f"CREATE OR REPLACE TABLE images AS {with_duplicates_sql()}")
     return con
 
 
@@ -123,21 +117,28 @@ def _document(doc: dict, image_rows: list[dict]) -> interleave.Document:
     return interleave.Document(doc["sample_id"], doc["texts"] or [], images, doc["doc_error"])
 
 
-def _manifest_row(doc: interleave.Document, source: dict, rows_by_id: dict[str, dict]) -> dict:
-    texts, ids, urls, shards = [], [], [], []
+def _sequence_columns(doc: interleave.Document, rows_by_id: dict[str, dict]) -> dict[str, list | None]:
+    """A kept document's sequence as aligned lists, a text or an image per position (all NULL
+    for a dropped document)."""
+    names = ("texts", "image_ids", "image_urls", "image_download_shards")
+    if not doc.sequence:
+        return dict.fromkeys(names)
+    columns: dict[str, list] = {name: [] for name in names}
     for kind, item in doc.sequence:
-        image = rows_by_id[item.sample_id] if kind == "image" else None
-        texts.append(item if kind == "text" else None)
-        ids.append(image["sample_id"] if image else None)
-        urls.append(image["url"] if image else None)
-        shards.append(image["download_shard"] if image else None)
+        image = rows_by_id[item.sample_id] if kind == "image" else {}
+        columns["texts"].append(item if kind == "text" else None)
+        columns["image_ids"].append(image.get("sample_id"))
+        columns["image_urls"].append(image.get("url"))
+        columns["image_download_shards"].append(image.get("download_shard"))
+    return columns
+
+
+def _manifest_row(doc: interleave.Document, source: dict, rows_by_id: dict[str, dict]) -> dict:
     return {
         "sample_id": doc.sample_id, "input_file": source["input_file"], "input_row": source["input_row"],
         "status": doc.status, "reason": doc.reason, "n_texts": len(doc.texts), "n_words": doc.words,
-        "n_images_in": source["n_images_in"], "n_images_kept": len(doc.placed),
-        "texts": texts if doc.sequence else None, "image_ids": ids if doc.sequence else None,
-        "image_urls": urls if doc.sequence else None, "metadata": source["metadata"],
-        "image_download_shards": shards if doc.sequence else None, "output_shard": None,
+        "n_images_in": source["n_images_in"], "n_images_kept": len(doc.placed), "metadata": source["metadata"],
+        **_sequence_columns(doc, rows_by_id), "output_shard": None,
     }
 
 

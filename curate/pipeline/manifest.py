@@ -87,17 +87,23 @@ def decided_sql(cfg: CurateConfig) -> str:
     """
 
 
+def with_duplicates_sql() -> str:
+    """Table ``decided`` with the dedupe stage's verdicts (view ``duplicates``: sample_id,
+    duplicate_of) applied: a duplicate's status and reason replace its earlier ones."""
+    return """
+        SELECT decided.* REPLACE (
+            CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate' ELSE decided.status END AS status,
+            CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate_of:' || dup.duplicate_of
+                 ELSE decided.reason END AS reason)
+        FROM decided LEFT JOIN duplicates dup USING (sample_id)
+    """
+
+
 def final_sql(cfg: CurateConfig) -> str:
-    """Apply duplicates (view ``duplicates``: sample_id, duplicate_of) and assign output shards."""
+    """Apply duplicates and assign output shards."""
     n = cfg.output.samples_per_shard
     return f"""
-        WITH d AS (
-            SELECT decided.* REPLACE (
-                CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate' ELSE decided.status END AS status,
-                CASE WHEN dup.duplicate_of IS NOT NULL THEN 'duplicate_of:' || dup.duplicate_of
-                     ELSE decided.reason END AS reason)
-            FROM decided LEFT JOIN duplicates dup USING (sample_id)
-        )
+        WITH d AS ({with_duplicates_sql()})
         SELECT *,
                CASE WHEN status = 'kept' THEN
                    printf('%05d', (row_number() OVER (PARTITION BY status = 'kept' ORDER BY sample_id) - 1) // {n})

@@ -127,8 +127,9 @@ def _write_from_manifest(writer, manifest_files: list[str], name: str, *args) ->
     return writer(rows.sort_by("sample_id"), name, *args)
 
 
-def write_output(cfg: CurateConfig, run: RunDir, on_shard=None) -> dict:
-    """Write every output shard of the manifest's kept rows, then the index."""
+def write_output(cfg: CurateConfig, run: RunDir, counts: dict[str, int], on_shard=None) -> dict:
+    """Write every output shard of the manifest's kept rows (``counts``: ``shard_counts(run)``),
+    then the index."""
     import ray
 
     from curate.pipeline.documents_output import write_document_shard
@@ -138,7 +139,6 @@ def write_output(cfg: CurateConfig, run: RunDir, on_shard=None) -> dict:
     remote = ray.remote(num_cpus=0.5)(_write_from_manifest)
     writer = write_document_shard if cfg.documents else write_shard
     files = storage.list_files(run.manifest, ".parquet")
-    counts = shard_counts(run)
     names = list(counts)
     futures = {
         name: remote.remote(writer, files, name, run.output, run.downloaded, cfg.download.encode_format,

@@ -285,7 +285,12 @@ class RowCounter:
     def add(self, rows: int) -> None:
         self.rows += rows
         if self._flushed is None or time.monotonic() - self._flushed >= COUNTER_FLUSH_SECONDS:
-            self.flush()
+            try:
+                self.flush()
+            except OSError:
+                # Progress must never fail a batch: a disk or bucket that refuses this write
+                # refuses the batch's commit too, and that write stops the run cleanly.
+                self._flushed = time.monotonic()
 
     def flush(self) -> None:
         storage.write_text(self.uri, json.dumps({"rows": self.rows}))

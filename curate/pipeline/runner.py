@@ -195,8 +195,9 @@ def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, tim
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
-    with progress.step("output", total=sum(shard_counts(run).values())):
-        index = write_output(cfg, run, on_shard=progress.advance)
+    counts = shard_counts(run)
+    with progress.step("output", total=sum(counts.values())):
+        index = write_output(cfg, run, counts, on_shard=progress.advance)
     timings["output"] = round(time.perf_counter() - t, 2)
     summary = compute_summary(run, time.perf_counter() - started)
     summary["step_seconds"] = timings
@@ -230,7 +231,8 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
 REFILTER_KEYS = (
-    "clip.min_score", "itm.min_prob", "capfilt.", "interleaved.", "dedupe.", "output.formats", "output.samples_per_shard", "report.",
+    "clip.min_score", "itm.min_prob", "capfilt.", "interleaved.", "dedupe.",
+    "output.formats", "output.samples_per_shard", "report.",
 )
 
 
