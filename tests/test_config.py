@@ -80,3 +80,41 @@ def test_shipped_example_configs_are_valid(repo_root):
         # input path is filled in by `curate demo`)
         cfg = load_config(path, ["input.format=parquet"])
         assert cfg.input.path and cfg.output.path
+
+
+def _started_with(tmp_path, cfg, drop: str | None = None):
+    """A run directory whose config.yaml is ``cfg``'s, minus the key ``drop`` (a key that an
+    older version of curate did not have, so did not write)."""
+    import yaml
+
+    from curate.pipeline.rundir import RunDir
+
+    data = cfg.model_dump(mode="json")
+    if drop:
+        section, key = drop.split(".")
+        del data[section][key]
+    run = RunDir(str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(data))
+    return run
+
+
+def test_a_run_resumes_when_only_keys_this_version_added_are_missing(tmp_path):
+    from curate.pipeline.runner import _check_resumable
+
+    cfg = validate(base(dedupe={"threshold": 0.97}))
+    run = _started_with(tmp_path, cfg, drop="dedupe.method")
+    _check_resumable(cfg, run, {})  # the stored config gets the new key's default: no change
+
+
+def test_resuming_with_another_config_names_each_changed_key(tmp_path):
+    from curate.pipeline.runner import _check_resumable
+
+    run = _started_with(tmp_path, validate(base()))
+    changed = validate(base(clip={"min_score": 0.3}, output={"formats": ["parquet"]}))
+    with pytest.raises(ConfigError) as error:
+        _check_resumable(changed, run, {})
+    message = str(error.value)
+    assert "clip.min_score: None -> 0.3" in message
+    assert "output.formats: ['webdataset', 'parquet'] -> ['parquet']" in message
+    assert "was started with another config" in message and "use a new --out" in message

@@ -350,6 +350,33 @@ def validate(data: dict) -> CurateConfig:
         raise ConfigError(format_validation_error(error)) from None
 
 
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(stored_yaml: str, cfg: CurateConfig) -> list[str]:
+    """What ``cfg`` changes from a run's stored config.yaml, as ``key: old -> new`` lines.
+
+    The stored config is validated again first: a key that this version of curate added
+    takes its default on both sides, so a run started by an older version resumes. (A key
+    this version no longer knows is compared as stored, and shows up as a change.)"""
+    old = yaml.safe_load(stored_yaml) or {}
+    try:
+        old = validate(old).model_dump(mode="json")
+    except ConfigError:
+        pass
+    before, after = _flat(old), _flat(cfg.model_dump(mode="json"))
+    shown = lambda side, key: repr(side[key]) if key in side else "(absent)"  # noqa: E731
+    return [f"{key}: {shown(before, key)} -> {shown(after, key)}" for key in sorted(before.keys() | after.keys())
+            if key not in before or key not in after or before[key] != after[key]]
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> CurateConfig:
     data: dict = {}
     if path is not None:

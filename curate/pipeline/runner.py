@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from curate.pipeline import storage
-from curate.pipeline.config import ConfigError, CurateConfig
+from curate.pipeline.config import ConfigError, CurateConfig, config_changes
 from curate.pipeline.inputs import InputError, fingerprint, resolve_input_files
 from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import shard_counts, write_output
@@ -44,9 +44,11 @@ class RunResult:
 
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
     """A RUN may only be resumed with the same config and input it was started with."""
-    if storage.exists(run.config) and storage.read_text(run.config) != cfg.to_yaml():
+    changes = config_changes(storage.read_text(run.config), cfg) if storage.exists(run.config) else []
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ConfigError(
-            f"{run.root} was started with another config (see {run.config}); "
+            f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
     if storage.exists(run.state) and json.loads(storage.read_text(run.state)) != state:
