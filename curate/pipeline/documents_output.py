@@ -13,13 +13,11 @@ commit-by-rename and index.json as pair runs.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pyarrow as pa
 
-from curate.pipeline import storage
-from curate.pipeline.output import images_for, json_value
+from curate.pipeline.output import CHUNK_ROWS, ShardFiles, ShardImages, json_value
 
 # Manifest columns about where the bytes are or why, not what the document is.
 _LOCATION_COLUMNS = ("image_download_shards", "output_shard", "status", "reason")
@@ -48,38 +46,37 @@ def _sequence(record: dict, image_col: str) -> tuple[list[dict], dict[str, str]]
     return items, members
 
 
-def _tar_bytes(records: list[dict], images: dict[str, bytes], image_col: str) -> bytes:
-    import webdataset as wds
-
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer) as sink:
-        for record in records:
-            items, members = _sequence(record, image_col)
-            meta = {k: json_value(v) for k, v in record.items() if k not in ("texts", "image_ids", "image_urls")}
-            if meta.get("metadata"):  # the input's own columns, as an object rather than a string
-                meta["metadata"] = json.loads(meta["metadata"])
-            sample = {"__key__": record["sample_id"],
-                      "json": json.dumps({**meta, "sequence": items}, ensure_ascii=False).encode("utf-8")}
-            sample.update({member: images[sample_id] for member, sample_id in members.items()})
-            sink.write(sample)
-    return buffer.getvalue()
+def _tar_sample(record: dict, images: dict[str, bytes], image_col: str) -> dict:
+    items, members = _sequence(record, image_col)
+    meta = {k: json_value(v) for k, v in record.items() if k not in ("texts", "image_ids", "image_urls")}
+    if meta.get("metadata"):  # the input's own columns, as an object rather than a string
+        meta["metadata"] = json.loads(meta["metadata"])
+    sample = {"__key__": record["sample_id"],
+              "json": json.dumps({**meta, "sequence": items}, ensure_ascii=False).encode("utf-8")}
+    sample.update({member: images[sample_id] for member, sample_id in members.items()})
+    return sample
 
 
-def _parquet_table(meta: pa.Table, images: dict[str, bytes]) -> pa.Table:
+def _parquet_chunk(meta: pa.RecordBatch, images: dict[str, bytes], schema: pa.Schema) -> pa.Table:
     image_bytes = [[None if i is None else images[i] for i in ids] for ids in meta.column("image_ids").to_pylist()]
-    return meta.append_column("images", pa.array(image_bytes, pa.list_(pa.binary())))
+    return pa.Table.from_batches([meta]).append_column("images", pa.array(image_bytes, pa.list_(pa.binary()))).cast(schema)
 
 
 def write_document_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, image_col: str,
                          formats: list[str]) -> int:
-    """Write one output shard of documents in every format; returns its document count."""
-    images = images_for(_image_locations(rows), downloaded_dir, image_col)
-    wanted = {i for ids in rows.column("image_ids").to_pylist() for i in ids if i is not None}
-    if wanted - images.keys():
-        raise RuntimeError(f"output shard {name}: image bytes not found for {sorted(wanted - images.keys())[:5]}")
+    """Write one output shard of documents in every format, CHUNK_ROWS documents at a time;
+    returns its document count."""
+    images = ShardImages(name, _image_locations(rows), downloaded_dir, image_col)
     meta = rows.drop_columns([c for c in _LOCATION_COLUMNS if c in rows.column_names])
-    if "webdataset" in formats:
-        storage.atomic_write(storage.join(out_dir, f"{name}.tar"), _tar_bytes(meta.to_pylist(), images, image_col))
-    if "parquet" in formats:
-        storage.write_parquet(storage.join(out_dir, f"{name}.parquet"), _parquet_table(meta, images))
+    schema = meta.schema.append(pa.field("images", pa.list_(pa.binary())))
+    with ShardFiles(out_dir, name, formats, schema) as files:
+        for chunk in meta.to_batches(max_chunksize=CHUNK_ROWS):
+            records = chunk.to_pylist()
+            # Read each image once for both formats, in document order (see ShardImages).
+            data = {i: images[i] for r in records for i in r["image_ids"] if i is not None}
+            if files.tar is not None:
+                for record in records:
+                    files.tar.write(_tar_sample(record, data, image_col))
+            if files.parquet is not None:
+                files.parquet.write_table(_parquet_chunk(chunk, data, schema))
     return rows.num_rows

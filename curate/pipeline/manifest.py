@@ -141,7 +141,7 @@ def build_manifest(cfg: CurateConfig, run: RunDir, progress: Progress | None = N
 
     con = decide(cfg, run, progress)
     storage.remove_tree(run.manifest)
-    reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").fetch_record_batch(MANIFEST_ROW_GROUP)
+    reader = con.execute("SELECT * FROM manifest_final ORDER BY sample_id").to_arrow_reader(MANIFEST_ROW_GROUP)
     total, part, stream = 0, 0, None
     for batch in reader:  # streamed: one batch and the compressed part in memory at a time
         if stream is None:

@@ -10,10 +10,13 @@ and a refilter (another manifest) replaces them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
+import tarfile
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,50 +55,147 @@ def _training_record(row: dict) -> dict:
     return record
 
 
-def images_for(rows: pa.Table, downloaded_dir: str, image_col: str) -> dict[str, bytes]:
-    images: dict[str, bytes] = {}
-    for shard in sorted(set(rows.column("download_shard").to_pylist())):
-        ids = pc.filter(rows.column("sample_id"), pc.equal(rows.column("download_shard"), shard))
-        fs, path = storage.fs_and_path(storage.join(downloaded_dir, f"{shard}.parquet"))
-        table = pq.read_table(
-            path, columns=["sample_id", image_col], filesystem=fs, filters=pc.field("sample_id").isin(ids)
-        )
-        images.update(zip(table.column("sample_id").to_pylist(), table.column(image_col).to_pylist()))
-    return images
+# Rows turned into Python records and written at a time: a write task holds one chunk's
+# records, not a whole shard's (a shard of 10,000 samples with captions is ~100 MB of dicts).
+CHUNK_ROWS = 1_000
 
 
-def _tar_bytes(records: list[dict], images: dict[str, bytes], image_col: str) -> bytes:
-    import webdataset as wds
+class ShardImages:
+    """Image bytes by sample_id for one output shard, read one download shard at a time.
 
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer) as sink:
-        for record in records:
-            sink.write({
-                "__key__": record["sample_id"],
-                image_col: images[record["sample_id"]],
-                "txt": record["caption_chosen"] or "",
-                "json": json.dumps(record, ensure_ascii=False).encode("utf-8"),
-            })
-    return buffer.getvalue()
+    A shard's rows are written in sample_id order and a download shard holds consecutive
+    sample_ids (prepare cuts the input in order), so each download shard is read once and
+    only the images this output shard keeps from it are held: a write task's memory is
+    bounded by a download shard, not by the output shard it writes. (Out of order, it is
+    still correct: a shard is read again when it comes back.)"""
+
+    def __init__(self, name: str, locations: pa.Table, downloaded_dir: str, image_col: str):
+        self.name, self.downloaded_dir, self.image_col = name, downloaded_dir, image_col
+        ids, shards = locations.column("sample_id").to_pylist(), locations.column("download_shard").to_pylist()
+        self.shard_of = dict(zip(ids, shards))
+        self.wanted: dict[str, list[str]] = {}
+        for sample_id, shard in zip(ids, shards):
+            self.wanted.setdefault(shard, []).append(sample_id)
+        self.loaded: str | None = None
+        self.images: dict[str, bytes] = {}
+        self.reads = 0  # download shard reads (one per shard when rows come in order)
+
+    def __getitem__(self, sample_id: str) -> bytes:
+        shard = self.shard_of[sample_id]
+        if shard != self.loaded:
+            self.images = {}  # drop the previous shard's bytes before reading the next
+            self.images = self._read(shard)
+            self.loaded = shard
+        return self.images[sample_id]
+
+    def _read(self, shard: str) -> dict[str, bytes]:
+        ids = self.wanted[shard]
+        fs, path = storage.fs_and_path(storage.join(self.downloaded_dir, f"{shard}.parquet"))
+        table = pq.read_table(path, columns=["sample_id", self.image_col], filesystem=fs,
+                              filters=pc.field("sample_id").isin(ids))
+        self.reads += 1
+        images = dict(zip(table.column("sample_id").to_pylist(), table.column(self.image_col).to_pylist()))
+        missing = set(ids) - images.keys()
+        if missing:
+            raise RuntimeError(f"output shard {self.name}: image bytes not found for {sorted(missing)[:5]}")
+        return images
 
 
-def _parquet_table(records: list[dict], images: dict[str, bytes], image_col: str) -> pa.Table:
-    table = pa.Table.from_pylist(records)
-    return table.append_column(image_col, pa.array([images[r["sample_id"]] for r in records], pa.binary()))
+class TarShard:
+    """A WebDataset tar: the members ``KEY.EXT`` of each sample, in sorted order of EXT,
+    USTAR, mode 0444, owner ``bigdata``, exactly as ``webdataset.TarWriter`` writes them.
+
+    Written with the standard library's tarfile rather than webdataset's writer because
+    ``import webdataset`` imports torch: ~450 MB in every output task's process, for a
+    class that wraps tarfile (bench/memory.py: write tasks of 0.85-1.0 GB each with it).
+    The tests read every shard back with ``webdataset.WebDataset``."""
+
+    def __init__(self, fileobj):
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict) -> None:
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            data = data.encode("utf-8") if isinstance(data, str) else data
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), time.time(), 0o444
+            info.uname = info.gname = "bigdata"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class ShardFiles:
+    """The files of one output shard, written chunk by chunk and committed together.
+
+    Each format streams to a temporary name (storage.atomic_open): a write task never holds
+    a whole shard's tar or Parquet file. All are renamed into place only when every chunk
+    is written; on an error none is, and the temporaries are removed."""
+
+    def __init__(self, out_dir: str, name: str, formats: list[str], parquet_schema: pa.Schema):
+        self.uris = {f: storage.join(out_dir, name + _SUFFIX[f]) for f in formats}
+        self.schema = parquet_schema
+        self.tar = self.parquet = None
+
+    def __enter__(self) -> "ShardFiles":
+        self.stack = contextlib.ExitStack()
+        with self.stack as stack:
+            if "webdataset" in self.uris:
+                self.tar = TarShard(stack.enter_context(storage.atomic_open(self.uris["webdataset"])))
+            if "parquet" in self.uris:
+                handle = stack.enter_context(storage.atomic_open(self.uris["parquet"]))
+                self.parquet = pq.ParquetWriter(handle, self.schema, compression="zstd")
+            self.stack = stack.pop_all()
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if kind is None:
+            try:  # each file's end (tar end blocks, Parquet footer) before its handle commits it
+                for writer in (self.tar, self.parquet):
+                    if writer is not None:
+                        writer.close()
+            except BaseException as failed:
+                self.stack.__exit__(type(failed), failed, failed.__traceback__)  # discards the files
+                raise
+        return self.stack.__exit__(kind, error, tb)
+
+
+def _parquet_schema(meta: pa.Schema, image_col: str) -> pa.Schema:
+    """The Parquet shard's schema: the manifest's columns as a trainer sees them (captions
+    without the kept/reason fields, as in _training_record) plus the image bytes. Fixed once
+    per shard, so every chunk is written with the same types."""
+    fields = []
+    for field in meta:
+        if field.name == "captions":
+            item = field.type.value_type
+            kept = [f for f in item if f.name not in ("kept", "reason")]
+            field = field.with_type(pa.list_(pa.struct(kept)))
+        fields.append(field)
+    return pa.schema(fields + [pa.field(image_col, pa.binary())])
 
 
 def write_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, image_col: str, formats: list[str]) -> int:
-    """Write one output shard in every format; returns its sample count."""
-    images = images_for(rows, downloaded_dir, image_col)
-    missing = set(rows.column("sample_id").to_pylist()) - images.keys()
-    if missing:
-        raise RuntimeError(f"output shard {name}: image bytes not found for {sorted(missing)[:5]}")
+    """Write one output shard in every format, CHUNK_ROWS rows at a time; returns its count."""
+    images = ShardImages(name, rows.select(["sample_id", "download_shard"]), downloaded_dir, image_col)
     meta = rows.drop_columns([c for c in _LOCATION_COLUMNS if c in rows.column_names])
-    records = [_training_record(r) for r in meta.to_pylist()]
-    if "webdataset" in formats:
-        storage.atomic_write(storage.join(out_dir, f"{name}.tar"), _tar_bytes(records, images, image_col))
-    if "parquet" in formats:
-        storage.write_parquet(storage.join(out_dir, f"{name}.parquet"), _parquet_table(records, images, image_col))
+    schema = _parquet_schema(meta.schema, image_col)
+    with ShardFiles(out_dir, name, formats, schema) as files:
+        for chunk in meta.to_batches(max_chunksize=CHUNK_ROWS):
+            records = [_training_record(r) for r in chunk.to_pylist()]
+            data = [images[r["sample_id"]] for r in records]
+            if files.tar is not None:
+                for record, image in zip(records, data):
+                    files.tar.write({
+                        "__key__": record["sample_id"],
+                        image_col: image,
+                        "txt": record["caption_chosen"] or "",
+                        "json": json.dumps(record, ensure_ascii=False).encode("utf-8"),
+                    })
+            if files.parquet is not None:
+                table = pa.Table.from_pylist([{**r, image_col: d} for r, d in zip(records, data)], schema=schema)
+                files.parquet.write_table(table)
     return rows.num_rows
 
 

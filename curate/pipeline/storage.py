@@ -8,6 +8,7 @@ one code path for both.)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import uuid
@@ -75,19 +76,80 @@ class WriteError(OSError):
     s3fs's errors name only the S3 error (``PermissionError('Access Denied')``), not the key."""
 
 
-def atomic_write(uri: str, data: bytes) -> None:
+def _write_error(uri: str, error: OSError) -> WriteError:
+    reason = str(error).rstrip(".") or "no reason given"
+    failed = WriteError(f"cannot write {uri}: {error.__class__.__name__}: {reason}")
+    failed.errno = error.errno  # ENOSPC stays ENOSPC for callers that check
+    return failed
+
+
+class _Sink(io.RawIOBase):
+    """The handle ``atomic_open`` yields: a write that fails names the file it was for, so a
+    read error in the same block (a missing input) is never reported as a write error."""
+
+    def __init__(self, handle, uri: str):
+        self.handle, self.uri = handle, uri
+        # Set when the file is thrown away: later writes go nowhere, so a writer's finaliser
+        # (tarfile's stream flushes when garbage-collected) can't fail on a removed file.
+        self.discarded = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.discarded:
+            return len(data)
+        try:
+            self.handle.write(data)
+        except OSError as error:
+            raise _write_error(self.uri, error) from error
+        return len(data)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+@contextlib.contextmanager
+def atomic_open(uri: str):
+    """A binary handle whose bytes appear under ``uri`` only if the block ends cleanly.
+
+    They stream to a temporary name (a local file, or a multipart upload in a bucket), so a
+    large file is never held in memory; the rename is the commit. On an error the temporary
+    is removed (best effort: ``remove_temporaries`` finds any left behind)."""
     fs, path = fs_and_path(uri)
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
     try:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-        with fs.open(tmp, "wb") as handle:
-            handle.write(data)
+        handle = fs.open(tmp, "wb")
+    except OSError as error:
+        raise _write_error(uri, error) from error
+    sink = _Sink(handle, uri)
+    try:
+        yield sink
+    except BaseException:
+        sink.discarded = True
+        _discard(fs, handle, tmp)
+        raise
+    try:
+        handle.close()
         fs.mv(tmp, path)
     except OSError as error:
-        reason = str(error).rstrip(".") or "no reason given"
-        failed = WriteError(f"cannot write {uri}: {error.__class__.__name__}: {reason}")
-        failed.errno = error.errno  # ENOSPC stays ENOSPC for callers that check
-        raise failed from error
+        sink.discarded = True
+        _discard(fs, handle, tmp)
+        raise _write_error(uri, error) from error
+
+
+def _discard(fs, handle, tmp: str) -> None:
+    for undo in (handle.close, lambda: fs.rm(tmp)):
+        try:
+            undo()
+        except Exception:  # noqa: BLE001 - the error being raised is the one to report
+            pass
+
+
+def atomic_write(uri: str, data: bytes) -> None:
+    with atomic_open(uri) as handle:
+        handle.write(data)
 
 
 def write_text(uri: str, text: str) -> None:

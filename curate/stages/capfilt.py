@@ -182,7 +182,7 @@ def decide_all(con, cfg: CurateConfig) -> None:
     decider = Decider(cfg)
     con.register("decided_batch", DECISION_SCHEMA.empty_table())
     con.execute("CREATE OR REPLACE TABLE captions_decided AS SELECT * FROM decided_batch")
-    for batch in con.cursor().execute(decisions_sql(available)).fetch_record_batch(DECIDE_BATCH_ROWS):
+    for batch in con.cursor().execute(decisions_sql(available)).to_arrow_reader(DECIDE_BATCH_ROWS):
         rows = [decider.decide(row) for row in batch.to_pylist()]
         con.register("decided_batch", pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
         con.execute("INSERT INTO captions_decided SELECT * FROM decided_batch")

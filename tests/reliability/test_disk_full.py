@@ -30,17 +30,6 @@ SETTINGS = FAST_SETTINGS + ["download.shard_size=6", "download.threads=4", "outp
                             "ray.num_cpus=2"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); needs root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def _fill(mount: Path) -> Path:
     """Write zeros until the filesystem refuses: ENOSPC from here on."""
     filler = mount / "filler"
