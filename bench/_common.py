@@ -126,6 +126,15 @@ def _status(pid: int) -> dict | None:
             "shared": (int(fields.get("RssFile", 0)) + int(fields.get("RssShmem", 0))) * 1024}
 
 
+def _title(pid: int) -> str:
+    """The process title: Ray renames its workers ``ray::Class.method`` / ``ray::task``."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:70]
+
+
 class TreeMemory:
     """Polls the process tree under ``pid`` (this process by default: the driver, and the
     Ray head, raylet and workers it started, which are its descendants).
@@ -144,11 +153,15 @@ class TreeMemory:
         self.by_label: dict[str, dict] = {}
         self.hwm: dict[int, tuple[str, int]] = {}
         self.peak_rss_sum = self.peak_private_sum = 0
+        self.at_peak: list[dict] = []  # the processes at the moment of peak_rss_sum
+        self.phase_at_peak = None
+        self._last: str | None = None  # the last phase label seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         rss = private = 0
+        procs = []
         for p in _tree(self.pid):
             s = _status(p)
             if s is None:
@@ -156,19 +169,34 @@ class TreeMemory:
             self.hwm[p] = (s["name"], max(s["hwm"], self.hwm.get(p, ("", 0))[1]))
             rss += s["rss"]
             private += s["rss"] - s["shared"]
+            procs.append((p, s))
+        name = self._phase()
+        if rss > self.peak_rss_sum:
+            self.phase_at_peak = name
+            self.at_peak = [{"title": _title(p), "rss_bytes": s["rss"], "private_bytes": s["rss"] - s["shared"]}
+                            for p, s in sorted(procs, key=lambda ps: -ps[1]["rss"])]
         self.peak_rss_sum = max(self.peak_rss_sum, rss)
         self.peak_private_sum = max(self.peak_private_sum, private)
         if self.label:
-            try:
-                name = self.label() or "-"
-            except Exception:  # noqa: BLE001 - a label read while a file is being replaced
-                name = "-"
             peak = self.by_label.setdefault(name, {"rss_sum_bytes": 0, "private_sum_bytes": 0, "driver_rss_bytes": 0})
             peak["rss_sum_bytes"] = max(peak["rss_sum_bytes"], rss)
             peak["private_sum_bytes"] = max(peak["private_sum_bytes"], private)
             own = _status(self.pid)
             if own:
                 peak["driver_rss_bytes"] = max(peak["driver_rss_bytes"], own["rss"])
+
+    def _phase(self) -> str:
+        """The label now; between two labelled phases, "after <the last one>"."""
+        if not self.label:
+            return "-"
+        try:
+            name = self.label()
+        except Exception:  # noqa: BLE001 - a label read while a file is being replaced
+            name = None
+        if name:
+            self._last = name
+            return name
+        return f"after {self._last}" if self._last else "-"
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -196,6 +224,8 @@ class TreeMemory:
             "processes": len(self.hwm),
             "hwm_by_name_bytes": dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:8]),
             "peaks_by_phase": self.by_label,
+            "processes_at_peak": self.at_peak,
+            "phase_at_peak": self.phase_at_peak,
         }
 
 

@@ -54,7 +54,7 @@ def measure(run_root: str) -> dict:
     con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {m.final_sql(cfg)}")
     out["manifest_final table"] = _mem()
     rows = sum(b.num_rows for b in con.execute("SELECT * FROM manifest_final ORDER BY sample_id")
-               .fetch_record_batch(m.MANIFEST_ROW_GROUP))
+               .to_arrow_reader(m.MANIFEST_ROW_GROUP))
     out["read back"] = _mem()
     return {"rows": rows, "mib": out}
 

@@ -144,6 +144,11 @@ def main(argv=None) -> None:
         print(f"N={r['n']:,}: steps {r['step_seconds']}; kept {r['kept']}; dedupe index {r['dedupe_index_bytes'] / MIB:.1f} MiB "
               f"(embedding dim {r['embedding_dim']}); processes seen {r['processes']}; top VmHWM by name "
               + ", ".join(f"{k} {v / MIB:,.0f}" for k, v in r["hwm_by_name_bytes"].items()))
+    for r in results:
+        print(f"\nN={r['n']:,}: processes at the tree's peak ({r['peak_rss_sum_bytes'] / MIB:,.0f} MiB, during "
+              f"{r['phase_at_peak']}), RSS / private MiB:")
+        for p in r["processes_at_peak"]:
+            print(f"  {p['rss_bytes'] / MIB:6,.0f} / {p['private_bytes'] / MIB:6,.0f}  {p['title']}")
     if args.json:
         Path(args.json).write_text(json.dumps({**session.meta, "results": results}, indent=2))
 
