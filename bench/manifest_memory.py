@@ -2,12 +2,19 @@
 
     .venv/bin/python bench/manifest_memory.py RUN [RUN ...]
 
-RUN is a scored run directory (for example one that ``bench/memory.py --workdir DIR`` or a
-``curate run`` left behind). For each RUN, in a fresh process, it runs the manifest step's
-parts in order (curate.pipeline.manifest: open the views, the caption decision, the
-``decided`` table, dedupe, ``manifest_final``, reading it back in row groups) and prints
-the driver's RSS and peak RSS (VmHWM) after each, so a growth can be pinned on its part.
-Two runs of 10x different size side by side give the ratio per part.
+    .venv/bin/python bench/manifest_memory.py --replicate 10,100 RUN   # RUN's rows x10 and x100, no dedupe
+
+RUN is a scored run directory (for example one that ``bench/memory.py --workdir DIR
+--keep-runs`` or a ``curate run`` left behind). For each RUN, in a fresh process, it runs
+the manifest step's parts in order (curate.pipeline.manifest: open the views, the caption
+decision, the ``decided`` table, dedupe, ``manifest_final``, reading it back in row
+groups) and prints the driver's RSS and peak RSS (VmHWM) after each, so a growth can be
+pinned on its part. Two runs of 10x different size side by side give the ratio per part.
+
+``--replicate 10,100``: instead, measure copies of RUN with its rows/ and scored/ parts
+repeated 10 and 100 times under new sample_ids (no images, no model: seconds to make),
+with dedupe off, so only the DuckDB parts grow. This reaches 1M rows where a real
+process step would take half an hour here.
 """
 
 from __future__ import annotations
@@ -59,11 +66,47 @@ def measure(run_root: str) -> dict:
     return {"rows": rows, "mib": out}
 
 
+def replicate(src: Path, dst: Path, copies: int) -> Path:
+    """``dst``: ``src``'s rows/ and scored/ parts ``copies`` times, sample_ids prefixed with
+    the copy number (order kept), and its config with dedupe off."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import yaml
+
+    for sub in ("rows", "scored"):
+        (dst / sub).mkdir(parents=True)
+        for part in sorted((src / sub).glob("*.parquet")):
+            table = pq.read_table(part)
+            ids = table.column("sample_id")
+            for copy in range(copies):
+                renamed = pc.binary_join_element_wise(pa.scalar(f"{copy:03d}"), ids, "")
+                pq.write_table(table.set_column(table.column_names.index("sample_id"), "sample_id", renamed),
+                               dst / sub / f"{copy:03d}-{part.name}")
+    cfg = yaml.safe_load((src / "config.yaml").read_text())
+    cfg["output"]["path"] = str(dst)
+    cfg["dedupe"]["enabled"] = False
+    (dst / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return dst
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_measure"]:  # _measure RUN --result FILE (bench/_common.run_sub)
         Path(sys.argv[4]).write_text(json.dumps(measure(sys.argv[2])))
         return
-    results = [run_sub(__file__, "_measure", root) for root in sys.argv[1:]]
+    roots, copies = sys.argv[1:], []
+    if roots[:1] == ["--replicate"]:
+        import shutil
+        import tempfile
+
+        copies, src = [int(c) for c in roots[1].split(",")], Path(roots[2])
+        work = Path(tempfile.mkdtemp(prefix="manifest-memory-"))
+        roots = [str(replicate(src, work / f"x{c}", c)) for c in copies]
+    try:
+        results = [run_sub(__file__, "_measure", root) for root in roots]
+    finally:
+        if copies:
+            shutil.rmtree(work, ignore_errors=True)
     header = "| after | " + " | ".join(f"{r['rows']:,} rows: RSS / peak MiB" for r in results) + " |"
     print(header)
     print("|---|" + "---|" * len(results))

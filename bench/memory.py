@@ -3,6 +3,7 @@
     .venv/bin/python bench/memory.py              # 10k vs 100k rows (8.6 min here with a quiet machine)
     .venv/bin/python bench/memory.py --quick      # 2k vs 20k rows (about 4 min)
     .venv/bin/python bench/memory.py --sizes 10000,100000 --json out.json
+    .venv/bin/python bench/memory.py --sizes 10000 --workdir DIR --keep-runs   # DIR/run-10000 for manifest_memory.py
 
 Download-free path: img2dataset-format shards (64 px JPEGs, 5% failed downloads) are
 written straight into RUN/downloaded/ with their _stats.json commit markers and the
@@ -64,7 +65,8 @@ def measure(args) -> dict:
     out.update(n=args.n, wall_seconds=wall, step_seconds=result.summary["step_seconds"],
                kept=result.summary.get("kept"), dedupe_index_bytes=_size(run / "dedupe_index"),
                embedding_dim=_dim(run))
-    shutil.rmtree(run, ignore_errors=True)
+    if not args.keep_runs:
+        shutil.rmtree(run, ignore_errors=True)
     return out
 
 
@@ -89,11 +91,15 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="2k vs 20k rows")
     parser.add_argument("--json")
     parser.add_argument("--workdir")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="leave WORKDIR/run-N behind (scored runs for bench/manifest_memory.py); needs --workdir")
     for a in ("--template", "--work", "--result"):
         parser.add_argument(a)
     parser.add_argument("--n", type=int)
     parser.add_argument("--shard-size", type=int)
     args = parser.parse_args(argv)
+    if args.keep_runs and not args.workdir and args.cmd != "_measure":
+        parser.error("--keep-runs needs --workdir (the runs are left there)")
     if args.cmd == "_measure":
         Path(args.result).write_text(json.dumps(measure(args)))
         return
@@ -112,7 +118,7 @@ def main(argv=None) -> None:
                 write_download_free_run(template / "run", n, shard_size=shard)
             gen = time.perf_counter() - t
             res = run_sub(__file__, "_measure", "--template", str(template), "--work", str(work), "--n", str(n),
-                          "--shard-size", str(shard))
+                          "--shard-size", str(shard), *(["--keep-runs"] if args.keep_runs else []))
             res["generate_seconds"] = gen
             shutil.rmtree(template, ignore_errors=True)
             results.append(res)

@@ -60,5 +60,25 @@ def create_parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: list[s
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_empty")
 
 
+def create_first_copy_view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema) -> None:
+    """View ``name`` over Parquet parts that may hold a row twice: one row per sample_id.
+
+    A batch retried after its write can be committed twice, in two files with identical
+    rows; the copy in the first file (by name) is kept. This joins on the file chosen per
+    sample_id, an aggregate of two narrow columns that spills, while the rest streams. (A
+    ``QUALIFY row_number() OVER (PARTITION BY sample_id)`` window holds every column of the
+    rows it partitions: at 1M scored rows, embeddings included, it ran out of the 256 MB
+    limit, bench/manifest_memory.py --replicate.)"""
+    if not files:
+        create_parquet_view(con, name, files, empty)
+        return
+    parts = f"read_parquet({sql_list(files)}, union_by_name=true, filename=true)"
+    con.execute(f"""
+        CREATE OR REPLACE VIEW {name} AS
+        SELECT p.* EXCLUDE (filename) FROM {parts} p
+        JOIN (SELECT sample_id, min(filename) AS filename FROM {parts} GROUP BY sample_id) f USING (sample_id, filename)
+    """)
+
+
 def fetch_table(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     return con.execute(sql).arrow().read_all()

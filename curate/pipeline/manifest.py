@@ -55,12 +55,7 @@ def open_run_views(run: RunDir, cfg: CurateConfig):
     schema = SCORED_BASE_SCHEMA
     for stage in model_stages(cfg):
         schema = pa.unify_schemas([schema, stage.scored_schema])
-    duck.create_parquet_view(con, "scored_all", storage.list_files(run.scored, ".parquet"), schema)
-    # A batch retried after its write may be committed twice; its rows are identical.
-    con.execute(
-        "CREATE OR REPLACE VIEW scored AS SELECT * FROM scored_all "
-        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY key) = 1"
-    )
+    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet"), schema)
     return con
 
 

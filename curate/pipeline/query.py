@@ -52,12 +52,7 @@ def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
 def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
     from curate.pipeline.manifest import SCORED_BASE_SCHEMA
 
-    duck.create_parquet_view(con, "scored_parts", storage.list_files(run.scored, ".parquet"), SCORED_BASE_SCHEMA)
-    # A batch retried after its write may be committed twice, with identical rows.
-    con.execute(
-        "CREATE VIEW scored AS SELECT * FROM scored_parts "
-        "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY key) = 1"
-    )
+    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet"), SCORED_BASE_SCHEMA)
 
 
 def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:

@@ -1,0 +1,31 @@
+"""DuckDB views over a run's Parquet parts (curate.pipeline.duck)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.pipeline import duck
+
+SCHEMA = pa.schema([("sample_id", pa.string()), ("key", pa.string()), ("emb", pa.list_(pa.float32()))])
+
+
+def test_first_copy_view_keeps_one_row_per_sample_from_the_first_file(tmp_path):
+    # part-b is a retried batch committed after part-a: two of its rows are already in part-a
+    # (marked here by another key, to see which copy the view keeps).
+    pq.write_table(pa.table({"sample_id": ["s1", "s2", "s3"], "key": ["a", "a", "a"],
+                             "emb": [[1.0], [2.0], [3.0]]}, schema=SCHEMA), tmp_path / "part-a.parquet")
+    pq.write_table(pa.table({"sample_id": ["s2", "s3", "s4"], "key": ["b", "b", "b"],
+                             "emb": [[2.0], [3.0], [4.0]]}, schema=SCHEMA), tmp_path / "part-b.parquet")
+    con = duck.connect(str(tmp_path))
+    duck.create_first_copy_view(con, "scored", sorted(str(p) for p in tmp_path.glob("*.parquet")), SCHEMA)
+    rows = con.execute("SELECT * FROM scored ORDER BY sample_id").fetchall()
+    assert rows == [("s1", "a", [1.0]), ("s2", "a", [2.0]), ("s3", "a", [3.0]), ("s4", "b", [4.0])]
+    assert [d[0] for d in con.execute("SELECT * FROM scored").description] == ["sample_id", "key", "emb"]
+
+
+def test_first_copy_view_of_no_parts_is_empty_with_the_schema(tmp_path):
+    con = duck.connect(str(tmp_path))
+    duck.create_first_copy_view(con, "scored", [], SCHEMA)
+    assert con.execute("SELECT count(*) FROM scored").fetchone() == (0,)
+    assert [d[0] for d in con.execute("SELECT * FROM scored").description] == ["sample_id", "key", "emb"]
