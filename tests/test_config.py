@@ -118,3 +118,9 @@ def test_resuming_with_another_config_names_each_changed_key(tmp_path):
     assert "clip.min_score: None -> 0.3" in message
     assert "output.formats: ['webdataset', 'parquet'] -> ['parquet']" in message
     assert "was started with another config" in message and "use a new --out" in message
+
+
+def test_manifest_memory_limit_is_a_size():
+    assert validate(base(manifest={"memory_limit": "4GB"})).manifest.memory_limit == "4GB"
+    with pytest.raises(ConfigError, match="manifest.memory_limit"):
+        validate(base(manifest={"memory_limit": "lots"}))

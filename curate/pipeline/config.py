@@ -232,6 +232,15 @@ class StorageConfig(_Section):
         return {k: v for k, v in env.items() if v}
 
 
+class ManifestConfig(_Section):
+    # The manifest step's DuckDB spills its tables to a local temporary directory past this
+    # much memory, but its joins still need memory that grows with the rows. Measured with
+    # bench/manifest_memory.py --replicate (no dedupe): 128MB fails at 1M rows, 256MB builds
+    # 1M, 1GB builds 10M (driver peak 2.2 GB).
+    memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+                              description="DuckDB memory_limit of the manifest step, e.g. 512MB, 4GB")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="an existing cluster; None starts Ray locally")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to give Ray")
@@ -250,6 +259,7 @@ class CurateConfig(_Section):
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()
     storage: StorageConfig = StorageConfig()
+    manifest: ManifestConfig = ManifestConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

@@ -25,19 +25,17 @@ def sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]"
 
 
-# The manifest step's tables grow with the run; past this much memory DuckDB spills them to
-# a local temporary directory instead of growing the driver.
-SPILL_MEMORY_LIMIT = "256MB"
-
-
-def connect(root: str, spill: bool = False) -> duckdb.DuckDBPyConnection:
-    if spill:
+def connect(root: str, spill_over: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection for a run at ``root``; with ``spill_over`` (a DuckDB memory_limit such as
+    "1GB", the config's manifest.memory_limit) its tables live in a database file and DuckDB
+    spills to a local temporary directory past that much memory."""
+    if spill_over:
         # A database file, not an in-memory database: its tables live in the file and only
         # the buffer pool (memory_limit) stays in memory.
         spill_dir = tempfile.mkdtemp(prefix="curate-duckdb-")
         con = duckdb.connect(f"{spill_dir}/manifest.duckdb")
         weakref.finalize(con, shutil.rmtree, spill_dir, True)
-        con.execute(f"SET memory_limit = '{SPILL_MEMORY_LIMIT}'")
+        con.execute(f"SET memory_limit = {sql_string(spill_over)}")
         con.execute(f"SET temp_directory = {sql_string(spill_dir)}")
     else:
         con = duckdb.connect()

@@ -50,7 +50,7 @@ ROWS_WITH_PRECHECK = ROWS_SCHEMA.append(pa.field("blocked_reason", pa.string()))
 
 def open_run_views(run: RunDir, cfg: CurateConfig):
     """A DuckDB connection with views ``rows`` and ``scored`` (one row per sample_id)."""
-    con = duck.connect(run.root, spill=True)
+    con = duck.connect(run.root, spill_over=cfg.manifest.memory_limit)
     duck.create_parquet_view(con, "rows", storage.list_files(run.rows, ".parquet"), ROWS_WITH_PRECHECK)
     schema = SCORED_BASE_SCHEMA
     for stage in model_stages(cfg):
