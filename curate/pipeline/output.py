@@ -78,7 +78,6 @@ class ShardImages:
             self.wanted.setdefault(shard, []).append(sample_id)
         self.loaded: str | None = None
         self.images: dict[str, bytes] = {}
-        self.reads = 0  # download shard reads (one per shard when rows come in order)
 
     def __getitem__(self, sample_id: str) -> bytes:
         shard = self.shard_of[sample_id]
@@ -93,7 +92,6 @@ class ShardImages:
         fs, path = storage.fs_and_path(storage.join(self.downloaded_dir, f"{shard}.parquet"))
         table = pq.read_table(path, columns=["sample_id", self.image_col], filesystem=fs,
                               filters=pc.field("sample_id").isin(ids))
-        self.reads += 1
         images = dict(zip(table.column("sample_id").to_pylist(), table.column(self.image_col).to_pylist()))
         missing = set(ids) - images.keys()
         if missing:
@@ -131,8 +129,10 @@ class ShardFiles:
     """The files of one output shard, written chunk by chunk and committed together.
 
     Each format streams to a temporary name (storage.atomic_open): a write task never holds
-    a whole shard's tar or Parquet file. All are renamed into place only when every chunk
-    is written; on an error none is, and the temporaries are removed."""
+    a whole shard's tar or Parquet file. They are renamed into place, one after the other,
+    only once every chunk is written; on an error the temporaries are removed. A shard is
+    done only when all its files are there (``_shard_done``), so a resume rewrites a shard
+    that stopped between two renames."""
 
     def __init__(self, out_dir: str, name: str, formats: list[str], parquet_schema: pa.Schema):
         self.uris = {f: storage.join(out_dir, name + _SUFFIX[f]) for f in formats}
