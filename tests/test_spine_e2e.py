@@ -110,3 +110,29 @@ def test_query_cli_json_and_csv(finished_run, cli_env):
     assert out.stdout.splitlines()[0] == "status,n"
     bad = subprocess.run(["curate", "query", run_root, "SELECT nope FROM manifest"], capture_output=True, text=True, env=cli_env)
     assert bad.returncode == 2 and "query failed" in bad.stderr
+
+
+def test_manifest_out_of_memory_stops_cleanly_and_resumes_with_a_larger_limit(tmp_path, ray_session, finished_run):
+    """DuckDB running out of manifest.memory_limit: a clear stop naming the key, nothing of the
+    manifest written; the same run resumes with a larger limit (a resource key, not a result
+    key) and equals an uninterrupted run."""
+    from curate.pipeline.runner import RunStopped
+
+    _, _, want_root = finished_run
+    with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}) as server:
+        write_input(corpus_rows(server), tmp_path / "input.parquet")
+        overrides = [f"input.path={tmp_path / 'input.parquet'}", "download.shard_size=7", "output.samples_per_shard=2"]
+
+        def run(*more):
+            cfg = load_config(None, FAST_SETTINGS + overrides + list(more), out=str(tmp_path / "run"))
+            cfg.download.allow_private_hosts = True
+            return run_pipeline(cfg)
+
+        with pytest.raises(RunStopped, match=r"needs more memory than manifest.memory_limit \(1MB\).*"
+                                             r"--set manifest.memory_limit=4GB\) to resume"):
+            run("manifest.memory_limit=1MB")
+        assert not list((tmp_path / "run" / "manifest").glob("*.parquet"))
+        run()  # the default limit
+    got, want = read_manifest(str(tmp_path / "run")), read_manifest(want_root)
+    # Same rows and verdicts; URLs differ only by the server's port.
+    assert got.drop_columns(["url", "input_file"]).equals(want.drop_columns(["url", "input_file"]))

@@ -8,6 +8,7 @@ up where a killed run stopped and produces the same manifest and output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -42,9 +43,15 @@ class RunResult:
     timings: dict = field(default_factory=dict)
 
 
+# Keys that set resources, not results: a run may resume with other values (more memory
+# after the manifest step ran out of it, another Ray cluster).
+RESOURCE_KEYS = ("manifest.memory_limit", "ray.")
+
+
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
     """A RUN may only be resumed with the same config and input it was started with."""
     changes = config_changes(storage.read_text(run.config), cfg) if storage.exists(run.config) else []
+    changes = [c for c in changes if not c.startswith(RESOURCE_KEYS)]
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ConfigError(
@@ -181,13 +188,30 @@ def check_actor_fit(cfg: CurateConfig) -> None:
         )
 
 
+@contextlib.contextmanager
+def _manifest_memory(cfg: CurateConfig):
+    """DuckDB running out of manifest.memory_limit stops the run with what to raise, not a
+    traceback; a resume with a larger limit starts again at the manifest step."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.OutOfMemoryException as error:
+        detail = str(error).splitlines()[0]
+        raise RunStopped(
+            f"the run stopped: the manifest step needs more memory than manifest.memory_limit "
+            f"({cfg.manifest.memory_limit}); DuckDB said: {detail}. Work committed so far is kept; run the same "
+            "command again with a larger limit (e.g. --set manifest.memory_limit=4GB) to resume."
+        ) from error
+
+
 def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict,
            progress: Progress | None = None) -> RunResult:
     """Manifest, output shards, summary and report from stored results (also used by refilter)."""
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    with progress.step("manifest", total=lambda: rows_in(run.rows)):
+    with progress.step("manifest", total=lambda: rows_in(run.rows)), _manifest_memory(cfg):
         if cfg.documents:
             from curate.pipeline.documents_manifest import build_documents_manifest
 
@@ -234,7 +258,7 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
 REFILTER_KEYS = (
     "clip.min_score", "itm.min_prob", "capfilt.", "interleaved.", "dedupe.",
-    "output.formats", "output.samples_per_shard", "report.",
+    "output.formats", "output.samples_per_shard", "report.", "manifest.memory_limit",
 )
 
 
