@@ -3,6 +3,7 @@
     .venv/bin/python bench/manifest_memory.py RUN [RUN ...]
 
     .venv/bin/python bench/manifest_memory.py --replicate 10,100 RUN   # RUN's rows x10 and x100, no dedupe
+    .venv/bin/python bench/manifest_memory.py --memory-limit 128MB --replicate 100 RUN   # at another manifest.memory_limit
 
 RUN is a scored run directory (for example one that ``bench/memory.py --workdir DIR
 --keep-runs`` or a ``curate run`` left behind). For each RUN, in a fresh process, it runs
@@ -37,6 +38,7 @@ def _mem() -> tuple[int, int]:
 
 
 def measure(run_root: str) -> dict:
+    import duckdb
     import ray
     import yaml
 
@@ -49,26 +51,39 @@ def measure(run_root: str) -> dict:
     run = RunDir(run_root)
     cfg = validate(yaml.safe_load(Path(run.config).read_text()))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+    rows = con = None
+    parts = {
+        "views": lambda: m.open_run_views(run, cfg),
+        "caption decision": lambda: decide_all(con, cfg),
+        "decided table": lambda: con.execute(f"CREATE OR REPLACE TABLE decided AS {m.decided_sql(cfg)}"),
+        "dedupe": lambda: con.register("duplicates", find_duplicates(con, cfg, run)),
+        "manifest_final table": lambda: con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {m.final_sql(cfg)}"),
+        "read back": lambda: sum(b.num_rows for b in con.execute("SELECT * FROM manifest_final ORDER BY sample_id")
+                                 .to_arrow_reader(m.MANIFEST_ROW_GROUP)),
+    }
     out = {"start": _mem()}
-    con = m.open_run_views(run, cfg)
-    out["views"] = _mem()
-    decide_all(con, cfg)
-    out["caption decision"] = _mem()
-    con.execute(f"CREATE OR REPLACE TABLE decided AS {m.decided_sql(cfg)}")
-    out["decided table"] = _mem()
-    con.register("duplicates", find_duplicates(con, cfg, run))
-    out["dedupe"] = _mem()
-    con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {m.final_sql(cfg)}")
-    out["manifest_final table"] = _mem()
-    rows = sum(b.num_rows for b in con.execute("SELECT * FROM manifest_final ORDER BY sample_id")
-               .to_arrow_reader(m.MANIFEST_ROW_GROUP))
-    out["read back"] = _mem()
-    return {"rows": rows, "mib": out}
+    for part, run_part in parts.items():
+        try:
+            result = run_part()
+        except duckdb.OutOfMemoryException:  # past manifest.memory_limit: the run would stop here
+            out[part] = None
+            break
+        con = result if part == "views" else con
+        rows = result if part == "read back" else rows
+        out[part] = _mem()
+    return {"rows": rows if rows is not None else _rows(run), "limit": cfg.manifest.memory_limit, "mib": out}
 
 
-def replicate(src: Path, dst: Path, copies: int) -> Path:
+def _rows(run) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(run.rows).glob("*.parquet"))
+
+
+def replicate(src: Path, dst: Path, copies: int, memory_limit: str | None = None) -> Path:
     """``dst``: ``src``'s rows/ and scored/ parts ``copies`` times, sample_ids prefixed with
-    the copy number (order kept), and its config with dedupe off."""
+    the copy number (order kept), and its config with dedupe off (and ``memory_limit`` as
+    manifest.memory_limit when given)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -86,6 +101,8 @@ def replicate(src: Path, dst: Path, copies: int) -> Path:
     cfg = yaml.safe_load((src / "config.yaml").read_text())
     cfg["output"]["path"] = str(dst)
     cfg["dedupe"]["enabled"] = False
+    if memory_limit:
+        cfg.setdefault("manifest", {})["memory_limit"] = memory_limit
     (dst / "config.yaml").write_text(yaml.safe_dump(cfg))
     return dst
 
@@ -94,24 +111,28 @@ def main() -> None:
     if sys.argv[1:2] == ["_measure"]:  # _measure RUN --result FILE (bench/_common.run_sub)
         Path(sys.argv[4]).write_text(json.dumps(measure(sys.argv[2])))
         return
-    roots, copies = sys.argv[1:], []
+    roots, copies, limit = sys.argv[1:], [], None
+    if roots[:1] == ["--memory-limit"]:
+        limit, roots = roots[1], roots[2:]
     if roots[:1] == ["--replicate"]:
         import shutil
         import tempfile
 
         copies, src = [int(c) for c in roots[1].split(",")], Path(roots[2])
         work = Path(tempfile.mkdtemp(prefix="manifest-memory-"))
-        roots = [str(replicate(src, work / f"x{c}", c)) for c in copies]
+        roots = [str(replicate(src, work / f"x{c}", c, limit)) for c in copies]
     try:
         results = [run_sub(__file__, "_measure", root) for root in roots]
     finally:
         if copies:
             shutil.rmtree(work, ignore_errors=True)
-    header = "| after | " + " | ".join(f"{r['rows']:,} rows: RSS / peak MiB" for r in results) + " |"
+    header = "| after | " + " | ".join(f"{r['rows']:,} rows ({r['limit']}): RSS / peak MiB" for r in results) + " |"
     print(header)
     print("|---|" + "---|" * len(results))
-    for part in results[0]["mib"]:
-        print(f"| {part} | " + " | ".join("{:,} / {:,}".format(*r["mib"][part]) for r in results) + " |")
+    for part in max((r["mib"] for r in results), key=len):
+        cells = [r["mib"].get(part, "not run") for r in results]
+        print(f"| {part} | " + " | ".join(c if isinstance(c, str) else "out of memory" if c is None
+                                          else "{:,} / {:,}".format(*c) for c in cells) + " |")
 
 
 if __name__ == "__main__":
