@@ -236,7 +236,7 @@ class ManifestConfig(_Section):
     # The manifest step's DuckDB spills its tables to a local temporary directory past this
     # much memory, but its joins still need memory that grows with the rows. Measured with
     # bench/manifest_memory.py --replicate (no dedupe): 128MB fails at 1M rows, 256MB builds
-    # 1M, 1GB builds 10M (driver peak 2.2 GB).
+    # 1M, 1GB builds 10M (driver peak 2.3 GB).
     memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
                               description="DuckDB memory_limit of the manifest step, e.g. 512MB, 4GB")
 
