@@ -370,8 +370,9 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(stored_yaml: str, cfg: CurateConfig) -> list[str]:
-    """What ``cfg`` changes from a run's stored config.yaml, as ``key: old -> new`` lines.
+def config_changes(stored_yaml: str, cfg: CurateConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What ``cfg`` changes from a run's stored config.yaml, as ``key: old -> new`` lines,
+    leaving out keys that start with one of ``ignore``.
 
     The stored config is validated again first: a key that this version of curate added
     takes its default on both sides, so a run started by an older version resumes. (A key
@@ -384,7 +385,7 @@ def config_changes(stored_yaml: str, cfg: CurateConfig) -> list[str]:
     before, after = _flat(old), _flat(cfg.model_dump(mode="json"))
     shown = lambda side, key: repr(side[key]) if key in side else "(absent)"  # noqa: E731
     return [f"{key}: {shown(before, key)} -> {shown(after, key)}" for key in sorted(before.keys() | after.keys())
-            if key not in before or key not in after or before[key] != after[key]]
+            if not key.startswith(ignore) and (key not in before or key not in after or before[key] != after[key])]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> CurateConfig:

@@ -50,8 +50,7 @@ RESOURCE_KEYS = ("manifest.memory_limit", "ray.")
 
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
     """A RUN may only be resumed with the same config and input it was started with."""
-    changes = config_changes(storage.read_text(run.config), cfg) if storage.exists(run.config) else []
-    changes = [c for c in changes if not c.startswith(RESOURCE_KEYS)]
+    changes = config_changes(storage.read_text(run.config), cfg, ignore=RESOURCE_KEYS) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ConfigError(
