@@ -51,27 +51,25 @@ def measure(run_root: str) -> dict:
     run = RunDir(run_root)
     cfg = validate(yaml.safe_load(Path(run.config).read_text()))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
-    rows = con = None
+    out = {"start": _mem()}
+    con = m.open_run_views(run, cfg)
+    out["views"] = _mem()
     parts = {
-        "views": lambda: m.open_run_views(run, cfg),
         "caption decision": lambda: decide_all(con, cfg),
         "decided table": lambda: con.execute(f"CREATE OR REPLACE TABLE decided AS {m.decided_sql(cfg)}"),
         "dedupe": lambda: con.register("duplicates", find_duplicates(con, cfg, run)),
         "manifest_final table": lambda: con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {m.final_sql(cfg)}"),
         "read back": lambda: sum(b.num_rows for b in con.execute("SELECT * FROM manifest_final ORDER BY sample_id")
-                                 .to_arrow_reader(m.MANIFEST_ROW_GROUP)),
+                                 .to_arrow_reader(m.MANIFEST_ROW_GROUP)),  # one batch at a time, as the step does
     }
-    out = {"start": _mem()}
     for part, run_part in parts.items():
         try:
-            result = run_part()
+            run_part()
         except duckdb.OutOfMemoryException:  # past manifest.memory_limit: the run would stop here
             out[part] = None
             break
-        con = result if part == "views" else con
-        rows = result if part == "read back" else rows
         out[part] = _mem()
-    return {"rows": rows if rows is not None else _rows(run), "limit": cfg.manifest.memory_limit, "mib": out}
+    return {"rows": _rows(run), "limit": cfg.manifest.memory_limit, "mib": out}
 
 
 def _rows(run) -> int:
