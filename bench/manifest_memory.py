@@ -43,8 +43,8 @@ def measure(run_root: str) -> dict:
     import yaml
 
     from curate.pipeline import manifest as m
-    from curate.pipeline.config import validate
-    from curate.pipeline.rundir import RunDir
+    from curate.core.config import validate
+    from curate.core.rundir import RunDir
     from curate.stages.capfilt import decide_all
     from curate.stages.dedupe_stage import find_duplicates
 

@@ -179,7 +179,7 @@ def measure_bare(args) -> dict:
                 model(input_ids=tok.input_ids, pixel_values=pixels[s:e], attention_mask=tok.attention_mask,
                       use_itm_head=True)
         else:
-            from curate.pipeline.config import CaptionConfig
+            from curate.core.config import CaptionConfig
             from curate.stages.blip_caption import generation_kwargs
 
             kwargs = generation_kwargs(CaptionConfig(model=args.ref, **CAPTION_ARGS))

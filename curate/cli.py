@@ -30,7 +30,7 @@ def run(
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
     from curate.models.references import ModelReferenceError
-    from curate.pipeline.config import ConfigError, load_config
+    from curate.core.config import ConfigError, load_config
     from curate.pipeline.inputs import InputError
     from curate.pipeline.runner import RunStopped, run_pipeline
 
@@ -51,7 +51,7 @@ def refilter(
 ) -> None:
     """Re-decide a finished run at new thresholds from stored scores (no model runs);
     rewrites the manifest, the output shards and the summary."""
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
     from curate.pipeline.runner import refilter as do_refilter
 
     try:
@@ -122,7 +122,7 @@ def demo(
         "--interleaved", help="a documents run: web pages with images, placed next to their sentences")] = False,
 ) -> None:
     """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     try:
         if interleaved:

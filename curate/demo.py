@@ -18,10 +18,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from curate.pipeline import storage
-from curate.pipeline.config import apply_overrides, validate
+from curate.core import storage
+from curate.core.config import apply_overrides, validate
 from curate.pipeline.manifest import preview_manifest
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.pipeline.runner import run_pipeline
 from curate.synth import domain
 from curate.synth.corpus import make_corpus

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.demo import serve_and_run
-from curate.pipeline import storage
-from curate.pipeline.config import apply_overrides, validate
+from curate.core import storage
+from curate.core.config import apply_overrides, validate
 from curate.pipeline.documents_manifest import preview_documents
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.synth.documents import make_documents
 
 

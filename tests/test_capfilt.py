@@ -16,7 +16,7 @@ from PIL import Image
 from corpus import image_bytes, mixed_corpus
 from curate.models import blip
 from curate.models.references import ModelReferenceError
-from curate.pipeline.config import CaptionConfig, ConfigError, ItmConfig, load_config, validate
+from curate.core.config import CaptionConfig, ConfigError, ItmConfig, load_config, validate
 from curate.pipeline.runner import refilter, run_pipeline
 from curate.stages.blip_caption import Captioner, clean_captions
 from curate.stages.blip_itm import ItmScorer

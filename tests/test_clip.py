@@ -14,7 +14,7 @@ from PIL import Image
 from corpus import image_bytes, mixed_corpus
 from curate.models import clip
 from curate.models.references import ModelReferenceError
-from curate.pipeline.config import ClipConfig, load_config
+from curate.core.config import ClipConfig, load_config
 from curate.pipeline.runner import refilter, run_pipeline
 from curate.stages.clip_score import ClipScorer
 from curate.synth.http_server import CorpusServer
@@ -122,7 +122,7 @@ def test_pipeline_with_clip_then_refilter_without_the_model(tmp_path, ray_sessio
 
 
 def test_refilter_refuses_keys_that_need_a_model(tmp_path):
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     (tmp_path / "manifest").mkdir()
     (tmp_path / "config.yaml").write_text("input: {path: a.parquet}\noutput: {path: x}\n")

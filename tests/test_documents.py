@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.pipeline import storage
-from curate.pipeline.config import ConfigError, DocumentsInputConfig, InterleavedConfig, load_config
+from curate.core import storage
+from curate.core.config import ConfigError, DocumentsInputConfig, InterleavedConfig, load_config
 from curate.pipeline.documents_input import parse_mmc4, parse_obelics
 from curate.pipeline.inputs import InputError
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.pipeline.runner import refilter, run_pipeline
 from curate.stages import interleave
 from curate.synth import domain

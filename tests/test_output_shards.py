@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.pipeline import output, storage
+from curate.core import storage
+from curate.pipeline import output
 from curate.stages.capfilt import CAPTION_STRUCT
 
 

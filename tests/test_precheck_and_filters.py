@@ -1,7 +1,7 @@
 import pytest
 
 from corpus import blocked_rows
-from curate.pipeline.config import FilterConfig
+from curate.core.config import FilterConfig
 from curate.stages.cheap_filters import caption_reject, image_reject, junk_kind
 from curate.stages.download import download_reason
 from curate.stages.precheck import check_url

@@ -16,12 +16,12 @@ import yaml
 from rich.console import Console
 
 from curate.dedupe import dedupe
-from curate.pipeline import storage
-from curate.pipeline.config import validate
-from curate.pipeline.progress import (
+from curate.core import storage
+from curate.core.config import validate
+from curate.core.progress import (
     CommittedRows, Progress, RowCounter, StageRows, parquet_rows, rows_in, stage_counts_dir,
 )
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.pipeline.runner import run_pipeline
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.pipeline import storage
+from curate.core import storage
 from curate.pipeline.query import open_views
 from curate.report import stats
 from curate.report.build import write_report

@@ -24,8 +24,8 @@ import json
 
 import pyarrow as pa
 
-from curate.pipeline import storage
-from curate.pipeline.config import DocumentsInputConfig, InputConfig
+from curate.core import storage
+from curate.core.config import DocumentsInputConfig, InputConfig
 from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
 
 # A row beyond these is not a web page (OBELICS keeps pages of at most 30 images): it is

@@ -15,11 +15,11 @@ from collections import Counter
 
 import pyarrow as pa
 
-from curate.pipeline import duck, storage
-from curate.pipeline.config import CurateConfig
+from curate.core import duck, storage
+from curate.core.config import CurateConfig
 from curate.pipeline.documents_input import DOCUMENTS_SCHEMA
 from curate.pipeline.manifest import MANIFEST_ROW_GROUP
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.schemas.status import fmt_threshold
 from curate.stages import interleave
 from curate.stages.download import BLOCKED_AT_DOWNLOAD

@@ -21,8 +21,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig, InputConfig
+from curate.core import storage
+from curate.core.config import CurateConfig, InputConfig
 
 EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv",), "tsv": (".tsv",), "jsonl": (".jsonl", ".json")}
 

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from curate.pipeline import duck, storage
-from curate.pipeline.config import CurateConfig
+from curate.core import duck, storage
+from curate.core.config import CurateConfig
 from curate.pipeline.inputs import ROWS_SCHEMA
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.stages.download import BLOCKED_AT_DOWNLOAD
 from curate.stages.registry import model_stages
 
 if TYPE_CHECKING:
-    from curate.pipeline.progress import Progress
+    from curate.core.progress import Progress
 
 MANIFEST_PART_ROWS = 1_000_000
 # Row groups small enough that an output task reading one shard's rows (by output_shard,

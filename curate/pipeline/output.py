@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import CurateConfig
+from curate.core.rundir import RunDir
 
 # Manifest columns that say where the bytes are or why, not what the sample is.
 _LOCATION_COLUMNS = ("download_shard", "download_key", "output_shard", "status", "reason")

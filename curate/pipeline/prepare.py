@@ -11,10 +11,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig, DownloadConfig
+from curate.core import storage
+from curate.core.config import CurateConfig, DownloadConfig
 from curate.pipeline.inputs import InputFile, read_input_file
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.stages.precheck import check_url
 
 DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]

@@ -16,9 +16,9 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import CurateConfig
+from curate.core.rundir import RunDir
 from curate.stages.inspect import inspect_batch
 
 # Light tasks take a fraction of a CPU so they always fit beside the model actors
@@ -84,7 +84,7 @@ def plan(shards: list[str], done: set[str]) -> tuple[list[str], frozenset[str]]:
 def build_dataset(cfg: CurateConfig, run: RunDir, shards: list[str], skip: frozenset[str]):
     import ray.data
 
-    from curate.pipeline.progress import stage_counts_dir
+    from curate.core.progress import stage_counts_dir
     from curate.stages.registry import model_stages
 
     image_col = cfg.download.encode_format

@@ -21,8 +21,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from curate.pipeline import duck, storage
-from curate.pipeline.rundir import RunDir
+from curate.core import duck, storage
+from curate.core.rundir import RunDir
 
 
 class QueryError(ValueError):

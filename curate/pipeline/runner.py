@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from curate.pipeline import storage
-from curate.pipeline.config import ConfigError, CurateConfig, config_changes
+from curate.core import storage
+from curate.core.config import ConfigError, CurateConfig, config_changes
 from curate.pipeline.inputs import InputError, fingerprint, resolve_input_files
 from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import shard_counts, write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.process import run_process
-from curate.pipeline.progress import (
+from curate.core.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
 )
-from curate.pipeline.ray_session import start_ray
-from curate.pipeline.rundir import RunDir
+from curate.core.ray_session import start_ray
+from curate.core.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
 from curate.stages.dedupe_stage import check_dedupe_references
@@ -265,7 +265,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
     """Re-decide a finished run at new thresholds from its stored scores; no model runs."""
     import yaml
 
-    from curate.pipeline.config import apply_overrides, parse_override, validate
+    from curate.core.config import apply_overrides, parse_override, validate
 
     console = console or Console()
     run = RunDir(run_root.rstrip("/"))

@@ -7,8 +7,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from curate.pipeline import duck, storage
-from curate.pipeline.rundir import RunDir
+from curate.core import duck, storage
+from curate.core.rundir import RunDir
 
 
 def compute_summary(run: RunDir, wall_seconds: float) -> dict:

@@ -11,9 +11,9 @@ import json
 
 import yaml
 
-from curate.pipeline import storage
+from curate.core import storage
 from curate.pipeline.query import open_views
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.report import html, plots, samples, stats
 from curate.report.thumbnails import load_thumbnails
 

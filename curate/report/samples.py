@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import duckdb
 
-from curate.pipeline import duck
+from curate.core import duck
 from curate.report.stats import score_columns
 
 BASE_COLUMNS = ("sample_id", "url", "caption", "caption_chosen", "status", "reason",

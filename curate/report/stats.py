@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from curate.pipeline import duck
+from curate.core import duck
 
 # Score columns are found by name so that stages added later (ITM: itm_prob) are covered.
 SCORE_SUFFIXES = ("_score", "_prob")

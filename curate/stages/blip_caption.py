@@ -19,7 +19,7 @@ import hashlib
 
 import pyarrow as pa
 
-from curate.pipeline.config import CaptionConfig
+from curate.core.config import CaptionConfig
 from curate.stages.model_actor import ModelStage
 
 SCORED_SCHEMA = pa.schema([("synthetic_captions", pa.list_(pa.string()))])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curate.pipeline.config import ItmConfig
+from curate.core.config import ItmConfig
 from curate.stages.model_actor import ModelStage
 
 SCORED_SCHEMA = pa.schema([

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from curate.pipeline.config import CurateConfig
+from curate.core.config import CurateConfig
 from curate.schemas.status import fmt_threshold, reason
 from curate.stages.cheap_filters import caption_reject
 

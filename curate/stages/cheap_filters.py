@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from curate.pipeline.config import FilterConfig
+from curate.core.config import FilterConfig
 from curate.schemas.status import fmt_threshold, reason
 
 _IMAGE_EXT = r"(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"

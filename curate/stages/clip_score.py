@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.pipeline.config import ClipConfig
+from curate.core.config import ClipConfig
 from curate.stages.model_actor import ModelStage
 
 TEXT_CHUNK = 512  # texts per text-tower call

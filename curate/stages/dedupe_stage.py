@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 from curate import dedupe
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import CurateConfig
+from curate.core.rundir import RunDir
 
 if TYPE_CHECKING:
-    from curate.pipeline.progress import Progress
+    from curate.core.progress import Progress
 
 EMPTY = pa.schema([("sample_id", pa.string()), ("duplicate_of", pa.string())])
 # Scores of the sample's training caption (curate.stages.capfilt), so a duplicate group keeps
@@ -73,7 +73,7 @@ def _reference(entry: str) -> tuple[str, dedupe.EmbeddingIndex]:
 
 def check_dedupe_references(cfg: CurateConfig) -> None:
     """Fail at start, naming the entry, if a dedupe.against reference can't be read."""
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     if cfg.dedupe.against and not cfg.clip.model:
         raise ConfigError("dedupe.against: matching against other runs needs CLIP embeddings; set clip.model")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 import signal
 
-from curate.pipeline import storage
-from curate.pipeline.config import DownloadConfig
+from curate.core import storage
+from curate.core.config import DownloadConfig
 from curate.schemas.status import reason
 from curate.stages.safe_fetch import MARK, FetchPolicy
 

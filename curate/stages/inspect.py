@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate.pipeline.config import FilterConfig
+from curate.core.config import FilterConfig
 from curate.stages.cheap_filters import caption_reject, image_reject
 from curate.stages.download import download_reason
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from curate.pipeline.config import InterleavedConfig
+from curate.core.config import InterleavedConfig
 from curate.schemas.status import reason
 
 

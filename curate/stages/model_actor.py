@@ -7,8 +7,8 @@ import io
 import pyarrow as pa
 from PIL import Image
 
-from curate.pipeline.config import ModelComputeConfig
-from curate.pipeline.progress import RowCounter
+from curate.core.config import ModelComputeConfig
+from curate.core.progress import RowCounter
 
 
 def choose_device(precision: str) -> tuple[str, str]:
@@ -96,7 +96,7 @@ def actor_pool_args(cfg: ModelComputeConfig) -> dict:
 
 def counted(actor: type) -> type:
     """``actor`` that also counts the rows it finishes into ``counts_dir`` (progress per stage,
-    curate.pipeline.progress.RowCounter). A subclass, named like ``actor`` so that Ray Data's
+    curate.core.progress.RowCounter). A subclass, named like ``actor`` so that Ray Data's
     own logs still name the pool after its model."""
 
     class Counted(actor):

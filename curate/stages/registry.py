@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curate.pipeline.config import CurateConfig
+from curate.core.config import CurateConfig
 
 
 def model_stages(cfg: CurateConfig) -> list:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pipeline.config import load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import run_pipeline
 from curate.synth.corpus import make_corpus
 from curate.synth.http_server import CorpusServer

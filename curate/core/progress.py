@@ -38,8 +38,8 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bars, TaskID, TextColumn, TimeElapsedColumn
 
-from curate.pipeline import storage
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.rundir import RunDir
 
 POLL_SECONDS = 1.0
 # A model actor rewrites its counter file at most this often: one small write per second
