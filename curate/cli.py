@@ -31,7 +31,7 @@ def run(
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
     from curate.models.references import ModelReferenceError
     from curate.core.config import ConfigError, load_config
-    from curate.pipeline.inputs import InputError
+    from curate.core.inputs import InputError
     from curate.pipeline.runner import RunStopped, run_pipeline
 
     overrides = list(set_ or [])
@@ -67,7 +67,8 @@ def query(
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
 ) -> None:
     """Run a DuckDB query over a run's manifest and print the result."""
-    from curate.pipeline.query import QueryError, print_result, run_query
+    from curate.core.views import QueryError, run_query
+    from curate.pipeline.query import print_result
 
     if format not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {format!r}")
@@ -85,7 +86,8 @@ def stats(
 ) -> None:
     """Ready quality queries: counts per status and reason, score and caption-length quantiles,
     top domains, kept fraction per input file."""
-    from curate.pipeline.query import QueryError, print_stats
+    from curate.core.views import QueryError
+    from curate.pipeline.query import print_stats
 
     if format not in ("table", "json"):
         _fail(f"--format must be table or json, not {format!r}")
@@ -101,7 +103,7 @@ def report(
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, max=500, help="thumbnails per grid")] = None,
 ) -> None:
     """Write RUN/report/index.html: one self-contained page with plots and sample grids (docs/report.md)."""
-    from curate.pipeline.query import QueryError
+    from curate.core.views import QueryError
     from curate.report.build import write_report
 
     try:
@@ -109,6 +111,31 @@ def report(
     except QueryError as error:
         _fail(str(error))
     console.print(f"report: {uri}")
+
+
+@app.command()
+def describe(
+    config: Annotated[Path, typer.Argument(help="a run config (YAML); see docs/config.md")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+) -> None:
+    """Print the run a config would make: its enabled stages in order, what each reads and
+    writes, its resources and rules, and the decision. Nothing runs."""
+    from curate.core.config import ConfigError, load_config
+    from curate.flow.plan import make_plan
+    from curate.pipeline.describe import print_description
+
+    if format not in ("text", "json"):
+        _fail(f"--format must be text or json, not {format!r}")
+    try:
+        # A config may leave the paths to the command line: describe reads neither.
+        cfg = load_config(config, list(set_ or []),
+                          fill_missing={"input.path": "input.parquet", "output.path": "(not needed)"})
+        plan = make_plan(cfg)
+        plan.kind.check(plan)
+    except ConfigError as error:
+        _fail(str(error))
+    print_description(plan, format, console)
 
 
 @app.command()

@@ -27,7 +27,7 @@ from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixtu
 
 # The demo config runs all three model stages (captioner first) and near-dedupe.
 MODEL_STAGES = ["caption", "clip", "itm"]
-RUN_STEPS = ["prepare", "download", "process", *[f"process/{k}" for k in MODEL_STAGES],
+RUN_STEPS = ["prepare", "download", "score", *[f"score/{k}" for k in MODEL_STAGES],
              "manifest", "dedupe", "output", "report"]
 
 
@@ -44,9 +44,9 @@ def test_a_finished_run_reports_every_step_done(finished_run):  # noqa: F811
     assert all(s["state"] == "done" and s["error"] is None and s["finished"] >= s["started"] for s in steps.values())
     assert steps["download"]["total"] == steps["download"]["done"] == rows_in(run.download_list) == ROWS
     downloaded = sum(parquet_rows(u) for u in storage.list_files(run.downloaded, ".parquet"))
-    assert steps["process"]["total"] == steps["process"]["done"] == downloaded
+    assert steps["score"]["total"] == steps["score"]["done"] == downloaded
     for key in MODEL_STAGES:
-        stage = steps[f"process/{key}"]
+        stage = steps[f"score/{key}"]
         assert stage["total"] == stage["done"] == downloaded
         # The actors did count: at least their first batch is always written, never more rows
         # than there are (the last second's rows may still be unwritten if Ray was slow to
@@ -151,10 +151,10 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     run_pipeline(cfg, Console(record=True, width=120))
 
     steps = {s["name"]: s for s in _state(run)["steps"]}
-    downloaded = steps["process"]["total"]
+    downloaded = steps["score"]["total"]
     assert not storage.exists(stale) and 0 < rescored < downloaded
     for key in MODEL_STAGES:
-        stage = steps[f"process/{key}"]
+        stage = steps[f"score/{key}"]
         assert stage["state"] == "done" and stage["done"] == stage["total"] == downloaded
         assert 0 < StageRows(stage_counts_dir(run, key), 0)() <= rescored
     assert steps["dedupe"]["state"] == "done" and steps["dedupe"]["done"] == steps["dedupe"]["total"] > 0

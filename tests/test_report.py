@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from curate.core import storage
-from curate.pipeline.query import open_views
+from curate.core.views import open_views
 from curate.report import stats
 from curate.report.build import write_report
 from e2e import read_manifest

@@ -10,9 +10,9 @@ poller never reads half a file:
 A step may have parts: entries of their own, listed after the step, with their own bar,
 that end with it (``step(parts=...)``) or earlier (``part()``):
 
-- ``process/caption``, ``process/clip``, ``process/itm``: rows each enabled model stage has
-  finished, out of the process step's rows. The stages run at once on Ray Data, so an earlier
-  stage is usually ahead of a later one and all of them ahead of ``process`` (rows committed).
+- ``score/caption``, ``score/clip``, ``score/itm``: rows each enabled model stage has
+  finished, out of the score step's rows. The stages run at once on Ray Data, so an earlier
+  stage is usually ahead of a later one and all of them ahead of ``score`` (rows committed).
 - ``dedupe`` (inside ``manifest``): samples that passed every filter (the dedupe candidates)
   whose duplicate search has finished.
 

@@ -1,12 +1,5 @@
-"""``curate query``: DuckDB over a run's tables, printed for people or for scripts.
-
-Views (see docs/queries.md):
-- ``manifest``: RUN/manifest/, one row per input row (the source of truth);
-- ``scored``: RUN/scored/, one row per downloaded sample with its scores and CLIP image
-  embeddings (a batch committed twice is counted once, as when the manifest is built);
-- ``output``: RUN/output/index.json, one row per output shard (name, count, files).
-Local and bucket (s3://, gs://) runs alike: DuckDB reads through the pipeline's fsspec.
-"""
+"""``curate query`` and ``curate stats``: a run's views (curate.core.views) printed for people
+or for scripts."""
 
 from __future__ import annotations
 
@@ -21,56 +14,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from curate.core import duck, storage
-from curate.core.rundir import RunDir
-
-
-class QueryError(ValueError):
-    pass
-
-
-OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files", pa.list_(pa.string()))])
-
-
-def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
-    """A connection with the views ``manifest``, ``scored`` and ``output`` of a run (and
-    ``manifest_images`` for a documents run)."""
-    run = RunDir(run_root.rstrip("/"))
-    files = storage.list_files(run.manifest, ".parquet")
-    if not files:
-        raise QueryError(f"{run_root} has no manifest (RUN/manifest/*.parquet); is it a finished curate run?")
-    con = duck.connect(run.root)
-    con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({duck.sql_list(files)})")
-    images = storage.list_files(run.manifest_images, ".parquet")
-    if images:  # documents runs: one row per image of every document
-        con.execute(f"CREATE VIEW manifest_images AS SELECT * FROM read_parquet({duck.sql_list(images)})")
-    _scored_view(con, run)
-    _output_view(con, run)
-    return con
-
-
-def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    from curate.pipeline.manifest import SCORED_BASE_SCHEMA
-
-    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet"), SCORED_BASE_SCHEMA)
-
-
-def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    index_uri = storage.join(run.output, "index.json")
-    shards = json.loads(storage.read_text(index_uri))["shards"] if storage.exists(index_uri) else []
-    rows = [{"name": s["name"], "count": s["count"], "files": s["files"]} for s in shards]
-    con.register("output_index", pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA))
-    con.execute("CREATE VIEW output AS SELECT * FROM output_index")
-
-
-def run_query(run_root: str, sql: str) -> pa.Table:
-    con = open_views(run_root)
-    try:
-        return duck.fetch_table(con, sql)
-    except duckdb.Error as error:
-        raise QueryError(f"query failed: {error}") from None
-    finally:
-        con.close()
+from curate.core.views import QueryError, open_views
 
 
 def _json_default(value):

@@ -20,7 +20,7 @@ import signal
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
-from curate.schemas.status import reason
+from curate.schemas.reasons import reason
 from curate.stages.safe_fetch import MARK, FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
@@ -61,9 +61,9 @@ def download_reason(status: str | None, error_message: str | None) -> str | None
     return reason("download_error", message[:80] or status or "unknown")
 
 
-def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns: tuple[str, ...] = ()) -> None:
+def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
     """Download every part of ``list_dir`` into ``out_dir`` (one img2dataset shard per part);
-    ``extra_columns`` of the list are carried into the downloaded shards."""
+    the ``carried`` columns of the list (beyond url and caption) go into the downloaded shards."""
     from img2dataset import download  # heavy import (cv2, albumentations, wandb): only when used
 
     from curate.stages.safe_downloader import downloader_with_policy
@@ -74,7 +74,7 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         with downloader_with_policy(FetchPolicy.from_config(cfg)):
-            _download(download, list_dir, out_dir, cfg, extra_columns)
+            _download(download, list_dir, out_dir, cfg, carried)
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
@@ -87,13 +87,13 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns
         )
 
 
-def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns: tuple[str, ...]) -> None:
+def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
     download(
         url_list=list_dir,
         input_format="parquet",
         url_col="url",
         caption_col="caption",
-        save_additional_columns=["sample_id", "caption_bad_encoding", *extra_columns],
+        save_additional_columns=list(carried),
         output_folder=out_dir,
         output_format="parquet",
         image_size=cfg.image_size,

@@ -33,7 +33,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 
-from curate.schemas.status import reason
+from curate.schemas.reasons import reason
 from curate.stages.precheck import ALLOWED_SCHEMES, AddressPolicy
 
 _CHUNK = 64 * 1024
