@@ -191,6 +191,19 @@ class CaptionConfig(ModelComputeConfig):
         return self
 
 
+class AestheticConfig(ModelComputeConfig):
+    """The aesthetic stage (curate.stages.aesthetic): LAION's improved aesthetic predictor."""
+
+    model: str | None = Field(
+        None, description="a .pth/.safetensors state dict of LAION's improved-aesthetic-predictor layout, or "
+        "curate:tiny-aesthetic; None: stage off (needs clip.model: it reads the CLIP image embeddings)"
+    )
+    min_score: float | None = Field(None, description="filter: aesthetic_score below this is filtered (LAION-Aesthetics: 5, 6, 6.5)")
+    # Five matrix products per batch: a small share of a CPU and large batches.
+    batch_size: int = Field(1024, ge=1)
+    num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor")
+
+
 class CapfiltConfig(_Section):
     mode: Literal["capfilt", "filter_only", "caption_only"] = Field(
         "capfilt", description="capfilt: filter original and synthetic captions; filter_only: no captioner; "
@@ -256,6 +269,7 @@ class CurateConfig(_Section):
     itm: ItmConfig = ItmConfig()
     caption: CaptionConfig = CaptionConfig()
     capfilt: CapfiltConfig = CapfiltConfig()
+    aesthetic: AestheticConfig = AestheticConfig()
     interleaved: InterleavedConfig = InterleavedConfig()
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()

@@ -76,6 +76,7 @@ CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_capt
                                                "than filters.max_caption_chars")
 # -- filtered: model scores -----------------------------------------------------------------
 CLIP_SCORE_BELOW = Code("clip_score_below", F, "clip_score below clip.min_score")
+AESTHETIC_SCORE_BELOW = Code("aesthetic_score_below", F, "aesthetic_score below aesthetic.min_score")
 ITM_PROB_BELOW = Code("itm_prob_below", F, "itm_prob below itm.min_prob (capfilt.synthetic_min_prob for synthetic captions)")
 # -- filtered: the caption decision (CapFilt) -------------------------------------------------
 NO_CAPTION_PASSED = Code("no_caption_passed", F, "neither the original nor any synthetic caption passed")

@@ -7,6 +7,7 @@ otherwise in this order, which is also the order of their rules.
 
 from __future__ import annotations
 
+from curate.stages.aesthetic import AestheticStage
 from curate.stages.blip_caption import CaptionStage
 from curate.stages.blip_itm import ItmStage
 from curate.stages.caption_rules import CaptionRulesStage
@@ -20,5 +21,6 @@ STAGES = (
     CaptionRulesStage,
     ClipStage,
     ItmStage,
+    AestheticStage,
     DedupeStage,
 )
