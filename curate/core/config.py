@@ -222,6 +222,9 @@ class DedupeConfig(_Section):
     enabled: bool = True
     exact: bool = Field(True, description="identical bytes (sha256) or identical decoded pixels")
     near: bool = Field(True, description="CLIP image-embedding cosine >= threshold (needs the CLIP stage)")
+    phash: bool = Field(False, description="64-bit perceptual hashes within phash_distance bits (the phash stage; no CLIP needed)")
+    phash_distance: int = Field(10, ge=0, le=64, description="largest Hamming distance of two pHashes of one picture "
+                                "(10: Krawetz 2011, 'Looks Like It'); docs/dedupe.md")
     threshold: float | None = Field(None, gt=0, le=1, description="None: the documented default (docs/dedupe.md)")
     keep: str = Field("clip_score", description="the copy of a duplicate group that is kept: the highest score of "
                       "clip_score | itm | resolution | first (the smallest sample_id), or a score a stage offers")

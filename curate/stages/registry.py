@@ -14,9 +14,11 @@ from curate.stages.caption_rules import CaptionRulesStage
 from curate.stages.clip_score import ClipStage
 from curate.stages.dedupe_stage import DedupeStage
 from curate.stages.inspect import InspectStage
+from curate.stages.phash import PhashStage
 
 STAGES = (
     InspectStage,
+    PhashStage,
     CaptionStage,
     CaptionRulesStage,
     ClipStage,
