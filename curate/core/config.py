@@ -202,6 +202,7 @@ class AestheticConfig(ModelComputeConfig):
     # Five matrix products per batch: a small share of a CPU and large batches.
     batch_size: int = Field(1024, ge=1)
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor")
+    num_gpus: float | None = Field(0, ge=0, description="GPUs per actor: 0, the head runs with numpy")
 
 
 class CapfiltConfig(_Section):
