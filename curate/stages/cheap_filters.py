@@ -22,7 +22,6 @@ _BOILERPLATE = {
     "add to cart", "view product", "see more", "default", "featured image", "image not found",
 }
 _BOILERPLATE_PREFIXES = ("click here", "buy now", "shop now", "add to cart", "free shipping", "sale ")
-JUNK_KINDS = ("file_name", "url", "boilerplate", "mostly_symbols")
 
 
 def normalize_caption(caption: str) -> str:
@@ -36,7 +35,7 @@ def count_words(text: str) -> int:
 
 
 def junk_kind(caption: str) -> str | None:
-    """Why a (normalised, non-empty) caption is junk (one of JUNK_KINDS), or None."""
+    """Why a (normalised, non-empty) caption is junk (file_name, url, boilerplate, mostly_symbols), or None."""
     lowered = caption.lower().strip(" .!:-_|")
     if _FILE_NAME.match(caption) or _CAMERA_NAME.match(caption):
         return "file_name"
