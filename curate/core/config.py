@@ -53,10 +53,24 @@ class InputConfig(_Section):
     format: InputFormat | None = Field(None, description="inferred from the extension when omitted")
     url_col: str = "url"
     caption_col: str = "caption"
+    encoding: str = Field(
+        "utf-8", description="text inputs (csv, tsv, jsonl): their encoding, e.g. cp1252; a UTF-16/32 byte-order mark wins"
+    )
     kind: Literal["pairs", "documents"] = Field(
         "pairs", description="pairs: one image and its alt-text per row; documents: interleaved web documents"
     )
     documents: DocumentsInputConfig = DocumentsInputConfig()
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (a Python codec name: utf-8, cp1252, latin-1, utf-16, shift_jis...)") from None
+        return value
 
 
 class InterleavedConfig(_Section):
@@ -306,13 +320,15 @@ class CurateConfig(_Section):
 
 
 def infer_format(path: str) -> InputFormat:
-    lowered = path.rstrip("/").lower()
+    from curate.core.input_decoding import split_compression
+
+    lowered = split_compression(path.rstrip("/").lower())[0]  # urls.csv.gz is csv
     for extension, fmt in _EXTENSION_FORMATS.items():
         if lowered.endswith(extension) or lowered.endswith(f"*{extension}"):
             return fmt
     raise ConfigError(
         f"input.format: cannot infer the format of {path!r} from its extension; "
-        f"set input.format to one of parquet, csv, tsv, jsonl"
+        f"set input.format to one of parquet, csv, tsv, jsonl (compressed: .gz, .bz2, .zst after the format's extension)"
     )
 
 

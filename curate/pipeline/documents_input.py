@@ -24,8 +24,8 @@ import json
 
 import pyarrow as pa
 
-from curate.core import storage
 from curate.core.config import DocumentsInputConfig, InputConfig
+from curate.core.input_decoding import open_input
 from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
 
 # A row beyond these is not a web page (OBELICS keeps pages of at most 30 images): it is
@@ -118,16 +118,15 @@ def _required_columns(cfg: DocumentsInputConfig) -> list[tuple[str, str]]:
     return pairs + [("input.documents.keep_columns", c) for c in cfg.keep_columns]
 
 
-def _jsonl_rows(uri: str) -> list[dict | ValueError]:
+def _jsonl_rows(uri: str, encoding: str = "utf-8") -> list[dict | ValueError]:
     """Each line of a jsonl file as a dict, or the ValueError that says why it isn't one.
 
     Parsed with the json module, not pyarrow's JSON reader: that reader corrupts list columns
     whose lists start with null (apache/arrow#51305), common in OBELICS rows, and one odd
     row would otherwise fail the type inference of the whole file.
     """
-    fs, path = storage.fs_and_path(uri)
     rows: list[dict | ValueError] = []
-    with fs.open(path, "rb") as handle:
+    with open_input(uri, encoding) as handle:  # decompressed, UTF-8
         for line in handle:
             if not line.strip():
                 continue
@@ -142,7 +141,7 @@ def _jsonl_rows(uri: str) -> list[dict | ValueError]:
 
 def _read_rows(item: InputFile, cfg: InputConfig) -> list[dict | ValueError]:
     try:
-        rows = _jsonl_rows(item.uri) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
+        rows = _jsonl_rows(item.uri, cfg.encoding) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
     columns = {c for row in rows if isinstance(row, dict) for c in row}
