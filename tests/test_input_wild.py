@@ -76,3 +76,43 @@ def test_a_run_started_by_the_previous_version_resumes(tmp_path):
     del old["input"]["encoding"], old["download"]["max_decode_bytes"]
     assert old["download"]["encode_quality"] == 95
     assert config_changes(yaml.safe_dump(old), cfg) == []
+
+
+# -- URLs with raw non-ASCII characters (img2dataset #195/#318) ---------------------------
+
+
+@pytest.mark.parametrize("given,fetched", [
+    ("http://h.test/static/東京.jpg", "http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg"),
+    ("http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg", "http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg"),  # as given
+    ("http://h.test/q.jpg?name=東京&size=a b", "http://h.test/q.jpg?name=%E6%9D%B1%E4%BA%AC&size=a%20b"),
+    ("http://h.test/a photo.jpg", "http://h.test/a%20photo.jpg"),
+    ("https://bücher.test/café.jpg", "https://xn--bcher-kva.test/caf%C3%A9.jpg"),  # IDNA host, UTF-8 path
+    ("http://h.test/naïve/../x.jpg", "http://h.test/x.jpg"),  # encoded as a browser does: dot segments go
+    ("http://h.test/x/../y.jpg", "http://h.test/x/../y.jpg"),  # ASCII: fetched byte for byte, as before
+    ("http://１２７.0.0.1/x.jpg", "http://127.0.0.1/x.jpg"),  # full-width digits ARE 127.0.0.1 to a browser
+    ("HTTP://H.test/Ü.jpg", "http://h.test/%C3%9C.jpg"),
+])
+def test_browser_url_encodes_what_http_cannot_carry(given, fetched):
+    from curate.stages.browser_url import browser_url
+
+    assert browser_url(given) == fetched
+
+
+@pytest.mark.parametrize("given", [None, "", "not a url", "ftp://h.test/ü.jpg", "http://h.test/a\tü.jpg",
+                                   "http://exa mple.test/ü.jpg", "http://h.test:99999/ü.jpg"])
+def test_browser_url_leaves_the_precheck_cases_alone(given):
+    from curate.stages.browser_url import browser_url
+
+    assert browser_url(given) == given
+
+
+def test_bytes_that_were_not_utf8_make_a_url_invalid_not_fetched():
+    from curate.core.config import DownloadConfig
+    from curate.pipeline.prepare import _with_precheck
+    import pyarrow as pa
+
+    rows = pa.table({"url": ["http://h.test/caf\ufffd.jpg", "http://１２７.0.0.1/x.jpg", "http://h.test/東京.jpg", None]})
+    checked, fetch = _with_precheck(rows, DownloadConfig())
+    assert checked.column("blocked_reason").to_pylist() == ["url_invalid", "private_host:127.0.0.1", None, "url_missing"]
+    assert checked.column("url").to_pylist() == rows.column("url").to_pylist()  # rows/ keep the URL as given
+    assert fetch.to_pylist()[2] == "http://h.test/%E6%9D%B1%E4%BA%AC.jpg"

@@ -277,11 +277,14 @@ def test_jsonl_that_is_not_utf8_names_the_offset(tmp_path):
         _read(path, "jsonl")
 
 
-def test_a_url_cell_that_is_not_utf8_is_decoded_with_replacement(tmp_path):
+def test_a_url_cell_that_is_not_utf8_is_never_fetched(tmp_path):
+    from curate.stages.browser_url import browser_url
+
     path = tmp_path / "urls.csv"
     path.write_bytes(b"url,caption\nhttp://x.org/caf\xe9.jpg,one caption\nhttp://x.org/ok.jpg,na\xc3\xafve caption\n")
     urls = _read(path, "csv").column("url").to_pylist()
     assert urls == ["http://x.org/caf\ufffd.jpg", "http://x.org/ok.jpg"]
+    assert [browser_url(u) for u in urls] == [None, "http://x.org/ok.jpg"]  # None: url_invalid
 
 
 # -- Parquet string columns holding invalid UTF-8 (some writers produce them) -------------

@@ -15,6 +15,8 @@ from curate.core import storage
 from curate.core.config import CurateConfig, DownloadConfig
 from curate.pipeline.inputs import InputFile, read_input_file
 from curate.core.rundir import RunDir
+from curate.schemas.status import reason
+from curate.stages.browser_url import browser_url
 from curate.stages.precheck import check_url
 
 DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]
@@ -22,10 +24,14 @@ DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]
 DOCUMENT_DOWNLOAD_COLUMNS = DOWNLOAD_COLUMNS + ["doc_texts"]
 
 
-def _with_precheck(rows: pa.Table, download: DownloadConfig) -> pa.Table:
+def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, pa.Array]:
+    """(rows with ``blocked_reason``, the URL to fetch for each row). The check judges the
+    URL as a browser would request it (curate.stages.browser_url); rows keep the input's."""
     allow, networks = download.allow_private_hosts, tuple(download.allowed_networks)
-    reasons = [check_url(u, allow, networks) for u in rows.column("url").to_pylist()]
-    return rows.append_column("blocked_reason", pa.array(reasons, pa.string()))
+    fetch = [browser_url(u) for u in rows.column("url").to_pylist()]
+    reasons = [reason("url_invalid") if f is None and u else check_url(f, allow, networks)
+               for u, f in zip(rows.column("url").to_pylist(), fetch)]
+    return rows.append_column("blocked_reason", pa.array(reasons, pa.string())), pa.array(fetch, pa.string())
 
 
 class _DownloadListWriter:
@@ -74,9 +80,10 @@ def prepare(cfg: CurateConfig, run: RunDir, files: list[InputFile]) -> dict:
     columns = DOCUMENT_DOWNLOAD_COLUMNS if cfg.documents else DOWNLOAD_COLUMNS
     total = blocked = 0
     for item in files:
-        rows = _with_precheck(_read(item, cfg, run), cfg.download)
+        rows, fetch_urls = _with_precheck(_read(item, cfg, run), cfg.download)
         storage.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
-        to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
+        fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
+        to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason")))
         writer.add(to_fetch.select(columns))
         total += rows.num_rows
         blocked += rows.num_rows - to_fetch.num_rows
