@@ -116,3 +116,25 @@ def test_bytes_that_were_not_utf8_make_a_url_invalid_not_fetched():
     assert checked.column("blocked_reason").to_pylist() == ["url_invalid", "private_host:127.0.0.1", None, "url_missing"]
     assert checked.column("url").to_pylist() == rows.column("url").to_pylist()  # rows/ keep the URL as given
     assert fetch.to_pylist()[2] == "http://h.test/%E6%9D%B1%E4%BA%AC.jpg"
+
+
+# -- reasons are stable codes, never an exception's text ----------------------------------
+
+
+@pytest.mark.parametrize("status,message,code", [
+    ("failed_to_download", "'ascii' codec can't encode characters in position 12-13: ordinal not in range(128)", "invalid_request"),
+    ("failed_to_download", "URL can't contain control characters. '/a b' (found at least ' ')", "invalid_request"),
+    ("failed_to_download", "nonnumeric port: '99x'", "invalid_request"),
+    ("failed_to_download", "unknown url type: 'htp'", "invalid_request"),
+    ("failed_to_download", "IncompleteRead(10 bytes read, 90 more expected)", "incomplete_body"),
+    ("failed_to_download", "got more than 65536 bytes when reading header line", "bad_http_response"),
+    ("failed_to_download", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", "tls_error"),
+    ("failed_to_download", "'HTTP/1.1 2xx [/bold] evil'", "download_error"),  # a BadStatusLine: the server's own text
+    ("failed_to_download", "something odd: happened", "download_error"),
+    ("failed_to_resize", "OpenCV(4.14.0) error: (-215:Assertion failed) !ssize.empty()", "resize_error"),
+    ("failed_to_download", None, "download_error"),
+])
+def test_downloader_errors_map_to_stable_codes(status, message, code):
+    from curate.stages.download import download_reason
+
+    assert download_reason(status, message) == code
