@@ -138,3 +138,89 @@ def test_downloader_errors_map_to_stable_codes(status, message, code):
     from curate.stages.download import download_reason
 
     assert download_reason(status, message) == code
+
+
+# -- Content-Encoding on an image body (curl #2422) ---------------------------------------
+
+
+def _jpeg(size=(96, 80), seed=1) -> bytes:
+    from corpus import image_bytes
+
+    return image_bytes("JPEG", size=size, seed=seed)
+
+
+def _encoded(data: bytes, codec: str) -> bytes:
+    import gzip
+    import zlib
+
+    import pyarrow as pa
+
+    if codec == "gzip":
+        return gzip.compress(data)
+    if codec == "deflate":
+        return zlib.compress(data)
+    if codec == "raw-deflate":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, {"br": "brotli"}.get(codec, codec)) as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def content_encoding_routes(jpeg: bytes) -> dict:
+    """path -> Route: an image/jpeg body under each Content-Encoding a server may send."""
+    import gzip
+
+    from curate.synth.http_server import Route
+
+    def route(body: bytes, encoding: str) -> Route:
+        return Route(body, headers=(("Content-Encoding", encoding),))
+
+    return {
+        "/enc/gzip.jpg": route(_encoded(jpeg, "gzip"), "gzip"),
+        "/enc/x-gzip.jpg": route(_encoded(jpeg, "gzip"), "x-gzip"),
+        "/enc/deflate.jpg": route(_encoded(jpeg, "deflate"), "deflate"),
+        "/enc/raw-deflate.jpg": route(_encoded(jpeg, "raw-deflate"), "deflate"),
+        "/enc/br.jpg": route(_encoded(jpeg, "br"), "br"),
+        "/enc/zstd.jpg": route(_encoded(jpeg, "zstd"), "zstd"),
+        "/enc/twice.jpg": route(gzip.compress(_encoded(jpeg, "br")), "br, gzip"),
+        "/enc/identity.jpg": route(jpeg, "identity"),
+        "/enc/not-gzip.jpg": route(jpeg, "gzip"),  # says gzip, sends the JPEG: browsers fail too
+        "/enc/truncated.jpg": route(_encoded(jpeg, "gzip")[:-40], "GZIP"),
+        "/enc/compress.jpg": route(jpeg, "compress"),
+        "/enc/made-up.jpg": route(jpeg, "x-[/bold]-curate-refused"),
+        "/enc/bomb.jpg": route(gzip.compress(b"\0" * (8 * 2**20)), "gzip"),
+    }
+
+
+CONTENT_ENCODING_EXPECTED = {
+    "/enc/gzip.jpg": None, "/enc/x-gzip.jpg": None, "/enc/deflate.jpg": None, "/enc/raw-deflate.jpg": None,
+    "/enc/br.jpg": None, "/enc/zstd.jpg": None, "/enc/twice.jpg": None, "/enc/identity.jpg": None,
+    "/enc/not-gzip.jpg": "content_encoding_invalid:gzip",
+    "/enc/truncated.jpg": "content_encoding_invalid:gzip",
+    "/enc/compress.jpg": "content_encoding_unsupported:compress",
+    "/enc/made-up.jpg": "content_encoding_unsupported:other",
+    "/enc/bomb.jpg": "body_too_large:1048576",
+}
+
+
+def test_content_encoded_bodies_are_decoded_capped_and_refused_by_code():
+    import urllib.request
+
+    from curate.stages.precheck import AddressPolicy
+    from curate.stages.safe_fetch import FetchPolicy, FetchRefused, build_opener
+    from curate.synth.http_server import CorpusServer
+
+    jpeg = _jpeg()
+    policy = FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",)), max_body_bytes=2**20)
+    with CorpusServer(content_encoding_routes(jpeg)) as server:
+        for path, expected in CONTENT_ENCODING_EXPECTED.items():
+            try:
+                with build_opener(policy).open(urllib.request.Request(server.url(path)), timeout=5) as response:
+                    body, got = response.read(), None
+            except FetchRefused as refused:
+                body, got = None, refused.reason
+            assert got == expected, path
+            if expected is None:
+                assert body == jpeg, path

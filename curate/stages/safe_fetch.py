@@ -34,6 +34,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from curate.schemas.status import reason
+from curate.stages.content_encoding import decode_content
 from curate.stages.precheck import ALLOWED_SCHEMES, AddressPolicy
 
 _CHUNK = 64 * 1024
@@ -133,7 +134,8 @@ class CappedResponse(http.client.HTTPResponse):
             self._check_deadline()
             chunk = self.read1(_CHUNK)  # read1: one recv, so a trickle can't block it for long
             if not chunk:
-                return b"".join(chunks)
+                # gzip etc. sent anyway (img2dataset asks for none): decoded, capped again
+                return decode_content(b"".join(chunks), self.getheader("Content-Encoding"), self.policy.max_body_bytes)
             total += len(chunk)
             if total > self.policy.max_body_bytes:
                 self.close()
