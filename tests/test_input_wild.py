@@ -224,3 +224,235 @@ def test_content_encoded_bodies_are_decoded_capped_and_refused_by_code():
             assert got == expected, path
             if expected is None:
                 assert body == jpeg, path
+
+
+# -- images: EXIF orientation, 16-bit, alpha, a memory budget per decode ------------------
+
+
+def _resizer(max_decode_bytes: int = 512 * 2**20, resize_mode: str = "no", image_size: int = 256):
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset.resizer import Resizer
+
+    from curate.stages.image_decode import UprightResizer
+
+    inner = Resizer(image_size=image_size, resize_mode=resize_mode, resize_only_if_bigger=False,
+                    encode_format="png", encode_quality=3)  # lossless: stored pixels can be compared
+    return UprightResizer(inner, max_decode_bytes)
+
+
+def _run(resizer, data: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    encoded, width, height, original_width, original_height, error = resizer(io.BytesIO(data))
+    pixels = None if encoded is None else np.asarray(Image.open(io.BytesIO(encoded)))
+    return pixels, (width, height, original_width, original_height), error
+
+
+def marked_photo(orientation: int, size=(300, 150)) -> bytes:
+    """A JPEG stored `size` wide and tall, red with a blue block at its stored top-left,
+    with EXIF Orientation `orientation` (a phone photo: the camera stores it sideways)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", size, (220, 30, 30))
+    image.paste((30, 30, 220), (0, 0, 40, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def _blue_corner(pixels) -> str:
+    """Which corner of an RGB array holds the blue block."""
+    h, w = pixels.shape[:2]
+    corners = {"top-left": pixels[5, 5], "top-right": pixels[5, w - 6], "bottom-left": pixels[h - 6, 5],
+               "bottom-right": pixels[h - 6, w - 6]}
+    return next(name for name, p in corners.items() if p[2] > 150 and p[0] < 100)
+
+
+# Orientation -> (displayed size, where the stored top-left block is displayed)
+ORIENTATIONS = {
+    1: ((300, 150), "top-left"), 2: ((300, 150), "top-right"), 3: ((300, 150), "bottom-right"),
+    4: ((300, 150), "bottom-left"), 5: ((150, 300), "top-left"), 6: ((150, 300), "top-right"),
+    7: ((150, 300), "bottom-right"), 8: ((150, 300), "bottom-left"),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied_and_sizes_are_as_displayed(orientation):
+    (width, height), corner = ORIENTATIONS[orientation]
+    pixels, sizes, error = _run(_resizer(), marked_photo(orientation))
+    assert error is None
+    assert sizes == (width, height, width, height)
+    assert pixels.shape == (height, width, 3) and _blue_corner(pixels) == corner
+
+
+def test_exif_orientation_also_under_img2dataset_resizing():
+    pixels, sizes, _ = _run(_resizer(resize_mode="border", image_size=64), marked_photo(6))
+    assert sizes == (64, 64, 150, 300)  # original size as displayed, then border-resized
+    assert _blue_corner(pixels[:, 16:48]) == "top-right"  # the upright image, padded left and right
+
+
+def _png(array, mode=None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, "PNG")
+    return out.getvalue()
+
+
+def _png16(rows, channels: int) -> bytes:
+    """A 16-bit PNG (greyscale, RGB, RGBA) from big-endian samples, written chunk by chunk
+    (Pillow writes 16-bit greyscale only)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    samples = np.asarray(rows, dtype=">u2")
+    height, width = samples.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\x00" + samples[y].tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits():
+    """The issue's image: 160x120, 0x8000 with a 0xF000 square. cv2 stored it all white."""
+    import numpy as np
+
+    samples = np.full((120, 160), 0x8000, np.uint16)
+    samples[30:60, 40:80] = 0xF000
+    pixels, sizes, error = _run(_resizer(), _png(samples))
+    assert error is None and sizes == (160, 120, 160, 120)
+    assert pixels.ndim == 2 and pixels[0, 0] == 0x80 and pixels[40, 50] == 0xF0  # the high byte
+    assert set(np.unique(pixels)) == {0x80, 0xF0}
+
+
+def test_sixteen_bit_colour_and_alpha_are_scaled_too():
+    import numpy as np
+
+    rgb = np.zeros((8, 10, 3), np.uint16)
+    rgb[...] = (0x8000, 0x4000, 0xFFFF)
+    pixels, _, error = _run(_resizer(), _png16(rgb, 3))
+    assert error is None and tuple(pixels[0, 0]) == (0x80, 0x40, 0xFF)
+    rgba = np.zeros((8, 10, 4), np.uint16)
+    rgba[...] = (0, 0, 0, 0)  # fully transparent black: white once composited
+    rgba[:, :5] = (0xFFFF, 0, 0, 0xFFFF)  # opaque red
+    pixels, _, _ = _run(_resizer(), _png16(rgba, 4))
+    assert tuple(pixels[0, 0]) == (255, 0, 0) and tuple(pixels[0, 9]) == (255, 255, 255)
+
+
+def test_alpha_is_composited_on_white_as_img2dataset_did_without_float64():
+    import numpy as np
+
+    from img2dataset.resizer import Resizer
+
+    rgba = np.zeros((64, 96, 4), np.uint8)
+    rgba[:, :, :3] = (200, 40, 10)
+    rgba[:, :, 3] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]  # every alpha level
+    data = _png(rgba, "RGBA")
+    pixels, _, error = _run(_resizer(), data)
+    old, _, _ = _run(Resizer(image_size=256, resize_mode="no", resize_only_if_bigger=False,
+                             encode_format="png", encode_quality=3), data)
+    assert error is None and pixels.shape == (64, 96, 3)
+    assert np.abs(pixels.astype(int) - old.astype(int)).max() <= 1  # img2dataset's matting, in uint8
+    assert tuple(pixels[0, 0]) == (255, 255, 255) and tuple(pixels[0, 95]) == (200, 40, 10)
+
+
+def _paletted(size=(40, 30)):
+    """A palette image: index 1 (the left half) opaque green, index 0 to be saved as transparent."""
+    from PIL import Image
+
+    image = Image.new("P", size, 0)
+    image.putpalette([0, 0, 0, 0, 90, 0] + [0] * (254 * 3))
+    image.paste(1, (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+@pytest.mark.parametrize("kind", ["LA png", "palette png", "palette gif"])
+def test_other_kinds_of_transparency_are_composited_too(kind):
+    """Left half opaque dark, right half fully transparent (white once composited)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    if kind == "LA png":
+        image = Image.new("LA", (40, 30), (0, 0))
+        image.paste((60, 255), (0, 0, 20, 30))
+        image.save(out, "PNG")
+    else:
+        _paletted().save(out, "GIF" if kind.endswith("gif") else "PNG", transparency=0)
+    pixels, _, error = _run(_resizer(), out.getvalue())
+    assert error is None
+    pixels = pixels if pixels.ndim == 3 else np.stack([pixels] * 3, axis=-1)
+    assert tuple(pixels[15, 35]) == (255, 255, 255)
+    assert max(pixels[15, 5]) < 100
+
+
+def test_plain_images_reach_cv2_as_fetched():
+    """8-bit, opaque, upright: the Resizer gets the body untouched (same bytes, same path as before)."""
+    from corpus import image_bytes
+
+    from curate.stages.image_decode import prepare
+
+    for data in (image_bytes("JPEG"), image_bytes("PNG"), image_bytes("JPEG", mode="CMYK"), marked_photo(1)):
+        assert prepare(data, 512 * 2**20) == (None, None)
+
+
+def test_decoded_bytes_reads_channels_and_depth_from_the_header():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curate.stages.image_decode import decoded_bytes
+
+    def opened(data):
+        return Image.open(io.BytesIO(data))
+
+    assert decoded_bytes(opened(marked_photo(1))) == 300 * 150 * 3
+    assert decoded_bytes(opened(_png(np.zeros((10, 20), np.uint16)))) == 200 * 1 * 2
+    assert decoded_bytes(opened(_png16(np.zeros((10, 20, 4), np.uint16), 4))) == 200 * 4 * 2
+    assert decoded_bytes(opened(_png(np.zeros((10, 20, 4), np.uint8), "RGBA"))) == 200 * 4
+    out = io.BytesIO()
+    _paletted((20, 10)).save(out, "PNG", transparency=0)
+    assert decoded_bytes(opened(out.getvalue())) == 200 * 4
+
+
+def test_an_image_over_the_decode_budget_is_refused_before_decoding():
+    """The issue's shape, small: a PNG of a few KB that decodes to 6000x6000 RGBA (144 MB;
+    img2dataset's float64 matting peaked at 3.2 GB for it)."""
+    import numpy as np
+
+    from curate.stages.download import download_reason
+
+    data = _png(np.zeros((6000, 6000, 4), np.uint8), "RGBA")
+    assert len(data) < 1_000_000
+    _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4 - 1), data)
+    assert download_reason("failed_to_resize", error) == "image_too_large:max_decode_bytes"
+    _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4), data)
+    assert error is None
+
+
+def test_a_body_pillow_cannot_identify_is_not_an_image():
+    from curate.stages.download import download_reason
+
+    for body in (b"<html>not an image</html>", b"\x00" * 100, b"GIF89a"):
+        _, _, error = _run(_resizer(), body)
+        assert download_reason("failed_to_resize", error) == "not_an_image"

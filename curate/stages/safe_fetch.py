@@ -57,6 +57,7 @@ class FetchPolicy:
     max_fetch_seconds: float = 60.0
     max_redirects: int = 5
     max_image_pixels: int = 178_956_970
+    max_decode_bytes: int = 512 * 2**20  # see curate.stages.image_decode
 
     @classmethod
     def from_config(cls, cfg) -> "FetchPolicy":
@@ -68,6 +69,7 @@ class FetchPolicy:
             max_fetch_seconds=cfg.max_fetch_seconds,
             max_redirects=cfg.max_redirects,
             max_image_pixels=cfg.max_image_pixels,
+            max_decode_bytes=cfg.max_decode_bytes,
         )
 
     def candidates(self, host: str, port: int) -> list[tuple[int, tuple]]:
