@@ -456,3 +456,34 @@ def test_a_body_pillow_cannot_identify_is_not_an_image():
     for body in (b"<html>not an image</html>", b"\x00" * 100, b"GIF89a"):
         _, _, error = _run(_resizer(), body)
         assert download_reason("failed_to_resize", error) == "not_an_image"
+
+
+# -- CJK captions: words per script ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,words", [
+    ("a photo of a red bicycle", 6),
+    ("一只红色的自行车靠在墙上", 8),  # Chinese: 一只/红色/的/自行/车/靠在/墙/上
+    ("東京の夜景の写真", 5),  # Japanese: 東京/の/夜景/の/写真
+    ("แมวนอนอยู่บนโซฟา", 5),  # Thai: แมว/นอน/อยู่/บน/โซฟา
+    ("고양이가 소파에서 자고 있다", 4),  # Korean puts spaces between words
+    ("iPhone 15 发布会现场", 5),
+    ("「猫」", 1),
+    ("IMG_1234.JPG - a b", 4),  # other scripts: whitespace tokens, as before
+    ("", 0),
+])
+def test_count_words_per_script(text, words):
+    from curate.stages.cheap_filters import count_words
+
+    assert count_words(text) == words
+
+
+def test_caption_rules_count_cjk_words():
+    from curate.core.config import FilterConfig
+    from curate.stages.cheap_filters import caption_reject
+
+    cfg = FilterConfig()  # min 2 words, max 256
+    assert caption_reject("一只红色的自行车靠在墙上", False, cfg) is None  # was caption_too_short:2
+    assert caption_reject("東京の夜景の写真", False, cfg) is None
+    assert caption_reject("猫", False, cfg) == "caption_too_short:2"
+    assert caption_reject("红色" * 300, False, cfg) == "caption_too_long:256"

@@ -8,7 +8,10 @@ be kept with a synthetic caption, so the final decision is taken in the manifest
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
+
+import regex
 
 from curate.core.config import FilterConfig
 from curate.schemas.status import fmt_threshold, reason
@@ -38,6 +41,35 @@ def image_reject(width: int | None, height: int | None, cfg: FilterConfig) -> st
     if long / max(short, 1) > cfg.max_aspect_ratio:
         return reason("aspect_ratio_above", fmt_threshold(cfg.max_aspect_ratio))
     return None
+
+
+# Scripts written without spaces between words: a whitespace split sees one "word" per
+# sentence. ICU's word segmenter knows their words (dictionaries for Chinese, Japanese,
+# Thai, Lao, Khmer, Burmese). Korean puts spaces between words: the split is right there.
+_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
+_segmenters = threading.local()
+
+
+def _segmented_words(token: str) -> int:
+    """Words ICU's (UAX #29 + dictionary) word segmenter finds in ``token``, punctuation left out."""
+    breaker = getattr(_segmenters, "word", None)
+    if breaker is None:
+        import icu  # PyICU
+
+        breaker = _segmenters.word = icu.BreakIterator.createWordInstance(icu.Locale.getRoot())
+    breaker.setText(token)
+    words = 0
+    for _ in breaker:
+        words += breaker.getRuleStatus() != 0  # status 0 (UBRK_WORD_NONE): spaces, punctuation
+    return max(words, 1)
+
+
+def count_words(text: str) -> int:
+    """Words in ``text``, per script: whitespace-separated tokens, except that a token with
+    letters of a script written without spaces (Han, Hiragana, Katakana, Thai, Lao, Khmer,
+    Myanmar) counts the words ICU's word segmenter finds in it (``一只红色的自行车靠在墙上``
+    is 8 words: 一只/红色/的/自行/车/靠在/墙/上). ``iPhone 15 发布会`` is 4."""
+    return sum(_segmented_words(token) if _UNSPACED.search(token) else 1 for token in text.split())
 
 
 def normalize_caption(caption: str) -> str:
@@ -73,7 +105,7 @@ def caption_reject(caption: str | None, bad_encoding: bool, cfg: FilterConfig) -
         kind = junk_kind(text)
         if kind:
             return reason("caption_junk", kind)
-    words = len(text.split())
+    words = count_words(text)
     if words < cfg.min_caption_words:
         return reason("caption_too_short", cfg.min_caption_words)
     if words > cfg.max_caption_words:
