@@ -487,3 +487,97 @@ def test_caption_rules_count_cjk_words():
     assert caption_reject("東京の夜景の写真", False, cfg) is None
     assert caption_reject("猫", False, cfg) == "caption_too_short:2"
     assert caption_reject("红色" * 300, False, cfg) == "caption_too_long:256"
+
+
+# -- whole runs: real HTTP server, real Ray, real img2dataset -----------------------------
+
+GOOD = "a photo of a red bicycle leaning on a wall"
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 answering every request with fixed bytes chosen by path:
+    responses no HTTP library would send (a body shorter than its Content-Length, a
+    header line longer than http.client accepts)."""
+
+    def __init__(self, answers: dict[str, bytes]):
+        import socket
+        import threading
+
+        self.answers = answers
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    request = conn.recv(65536).decode("latin-1")
+                    path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+                    conn.sendall(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def _raw_answers(jpeg: bytes) -> dict[str, bytes]:
+    return {
+        "/short-body.jpg": b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                           % (len(jpeg) + 1000) + jpeg,
+        "/long-header.jpg": b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n",
+    }
+
+
+def _rgba_half_transparent(size=(96, 80)) -> bytes:
+    import numpy as np
+
+    rgba = np.zeros((size[1], size[0], 4), np.uint8)
+    rgba[:, : size[0] // 2] = (20, 60, 200, 255)  # left: opaque blue; right: transparent
+    return _png(rgba, "RGBA")
+
+
+def _sixteen_bit_grey() -> bytes:
+    import numpy as np
+
+    samples = np.full((120, 160), 0x8000, np.uint16)
+    samples[30:60, 40:80] = 0xF000
+    return _png(samples)
+
+
+def _bad(text: bytes):
+    return text  # a cell as raw bytes: written into a string-typed Parquet column unchecked
+
+
+def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
+    """CappedResponse reads with read1, which ends quietly at EOF: a body cut short used to
+    be accepted (a progressive JPEG's prefix still decodes)."""
+    import http.client
+    import urllib.request
+
+    from curate.stages.download import download_reason
+    from curate.stages.precheck import AddressPolicy
+    from curate.stages.safe_fetch import FetchPolicy, build_opener
+
+    raw = RawServer(_raw_answers(_jpeg()))
+    try:
+        opener = build_opener(FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",))))
+        with pytest.raises(http.client.IncompleteRead) as caught:
+            with opener.open(urllib.request.Request(raw.url("/short-body.jpg")), timeout=5) as response:
+                response.read()
+    finally:
+        raw.close()
+    assert download_reason("failed_to_download", str(caught.value)) == "incomplete_body"

@@ -136,6 +136,8 @@ class CappedResponse(http.client.HTTPResponse):
             self._check_deadline()
             chunk = self.read1(_CHUNK)  # read1: one recv, so a trickle can't block it for long
             if not chunk:
+                if self.length:  # closed before Content-Length bytes came: never a cut image
+                    raise http.client.IncompleteRead(b"".join(chunks), self.length)
                 # gzip etc. sent anyway (img2dataset asks for none): decoded, capped again
                 return decode_content(b"".join(chunks), self.getheader("Content-Encoding"), self.policy.max_body_bytes)
             total += len(chunk)
