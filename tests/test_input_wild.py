@@ -581,3 +581,53 @@ def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
     finally:
         raw.close()
     assert download_reason("failed_to_download", str(caught.value)) == "incomplete_body"
+
+
+def test_excel_csv_gz_stops_with_nothing_written_then_runs_with_input_encoding(tmp_path, ray_session):
+    """The issue's Excel export (cp1252), gzipped: the first run stops before anything is
+    written (an --out folder that existed keeps its other files), and the same command
+    with input.encoding then runs instead of being refused as another run's resume."""
+    import gzip
+
+    from corpus import image_bytes
+    from curate.pipeline.inputs import InputError
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS, read_manifest
+
+    routes = {"/café.jpg": Route(image_bytes("JPEG", seed=31)), **{f"/{i}.jpg": Route(image_bytes("JPEG", seed=32 + i))
+                                                                  for i in range(4)}}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with CorpusServer(routes) as server:
+        rows = [(server.url("/café.jpg"), "café crème au lait, une photo"), (server.url("/0.jpg"), "NA"),
+                (server.url("/1.jpg"), "NaN"), (server.url("/2.jpg"), ""), (server.url("/3.jpg"), '"null" island, a map')]
+        text = "url,caption,crédit\n" + "".join(f'{u},"{c.replace(chr(34), chr(34) * 2)}",Jérôme\n' for u, c in rows)
+        (tmp_path / "excel.csv.gz").write_bytes(gzip.compress(text.encode("cp1252")))
+        settings = FAST_SETTINGS + ["dedupe.enabled=false", f"input.path={tmp_path / 'excel.csv.gz'}"]
+        with pytest.raises(InputError, match=r"excel.csv.gz is not utf-8: byte 0xE9 at offset 14 \(line 1\).*cp1252"):
+            run_pipeline(load_config(None, settings, out=str(out)))
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+        run_pipeline(load_config(None, settings + ["input.encoding=cp1252"], out=str(out)))
+    manifest = read_manifest(str(out)).to_pylist()
+    assert [m["url"] for m in manifest] == [u for u, _ in rows]  # as given (é decoded from cp1252)
+    assert [m["caption"] for m in manifest] == ["café crème au lait, une photo", "NA", "NaN", None, '"null" island, a map']
+    assert [(m["status"], m["reason"]) for m in manifest] == [
+        ("kept", None), ("filtered", "caption_junk:boilerplate"), ("filtered", "caption_too_short:2"),
+        ("filtered", "caption_empty"), ("kept", None)]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_pool_that_cannot_fit_stops_with_nothing_written(tmp_path, ray_session):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.pipeline.runner import run_pipeline
+
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": [GOOD]}), tmp_path / "in.parquet")
+    settings = [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip", "clip.actors=3"]
+    with pytest.raises(ConfigError, match="the model stages need"):
+        run_pipeline(load_config(None, settings, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+    run_pipeline(load_config(None, settings[:2], out=str(tmp_path / "run")))  # the corrected command runs
