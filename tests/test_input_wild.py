@@ -583,6 +583,148 @@ def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
     assert download_reason("failed_to_download", str(caught.value)) == "incomplete_body"
 
 
+@pytest.fixture(scope="module")
+def wild_run(tmp_path_factory, ray_session):
+    """Every image/URL/body row of the issue in one run, configured from a YAML file that
+    says `resize_mode: no` and `encode_format: png` (unquoted, no quality)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS
+
+    tmp = tmp_path_factory.mktemp("wild")
+    jpeg = image_bytes("JPEG", seed=21)
+    routes = {
+        "/static/東京.jpg": Route(image_bytes("JPEG", seed=22)),
+        "/q.jpg": Route(image_bytes("JPEG", seed=23)),
+        "/idn.jpg": Route(image_bytes("JPEG", seed=24)),
+        "/a photo.jpg": Route(image_bytes("JPEG", seed=25)),
+        "/exif-6.jpg": Route(marked_photo(6)), "/exif-3.jpg": Route(marked_photo(3)), "/exif-8.jpg": Route(marked_photo(8)),
+        "/grey16.png": Route(_sixteen_bit_grey(), content_type="image/png"),
+        "/rgba.png": Route(_rgba_half_transparent(), content_type="image/png"),
+        "/gzip.jpg": Route(_encoded(jpeg, "gzip"), headers=(("Content-Encoding", "gzip"),)),
+        "/br.jpg": Route(_encoded(image_bytes("JPEG", seed=26), "br"), headers=(("Content-Encoding", "br"),)),
+        "/says-gzip.jpg": Route(image_bytes("JPEG", seed=27), headers=(("Content-Encoding", "gzip"),)),
+        "/budget.png": Route(_png(__import__("numpy").zeros((600, 600, 4), "uint8"), "RGBA"), content_type="image/png"),
+        "/plain.jpg": Route(image_bytes("JPEG", seed=28)),
+        "/chinese.jpg": Route(image_bytes("JPEG", seed=29)),
+    }
+    raw = RawServer(_raw_answers(jpeg))
+    with CorpusServer(routes) as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        u = server.url
+        rows = [  # (url, caption, status, reason)
+            (u("/static/東京.jpg"), GOOD, "kept", None),
+            (u("/q.jpg") + "?name=東京&size=a b", GOOD, "kept", None),
+            (f"http://bücher.test:{port}/idn.jpg", GOOD, "kept", None),
+            (u("/a photo.jpg"), GOOD, "kept", None),
+            (u("/exif-6.jpg"), GOOD, "kept", None),
+            (u("/exif-3.jpg"), GOOD, "kept", None),
+            (u("/exif-8.jpg"), GOOD, "kept", None),
+            (u("/grey16.png"), GOOD, "kept", None),
+            (u("/rgba.png"), GOOD, "kept", None),
+            (u("/gzip.jpg"), GOOD, "kept", None),
+            (u("/br.jpg"), GOOD, "kept", None),
+            (u("/says-gzip.jpg"), GOOD, "download_failed", "content_encoding_invalid:gzip"),
+            (u("/budget.png"), GOOD, "download_failed", "image_too_large:max_decode_bytes"),
+            (u("/plain.jpg"), _bad(b"caf\xe9 au lait, a photo"), "filtered", "caption_bad_encoding"),
+            (_bad(u("/caf").encode() + b"\xe9.jpg"), GOOD, "blocked", "url_invalid"),
+            (u("/chinese.jpg"), "一只红色的自行车靠在墙上", "kept", None),
+            (raw.url("/short-body.jpg"), GOOD, "download_failed", "incomplete_body"),
+            (raw.url("/long-header.jpg"), GOOD, "download_failed", "bad_http_response"),
+        ]
+        cell = lambda v: v if isinstance(v, bytes) else v.encode()  # noqa: E731
+        table = pa.table({  # string-typed columns, some holding bytes that are not UTF-8
+            "url": pa.array([cell(r[0]) for r in rows], pa.binary()).view(pa.string()),
+            "caption": pa.array([cell(r[1]) for r in rows], pa.binary()).view(pa.string()),
+        })
+        pq.write_table(table, tmp / "in.parquet")
+        config = tmp / "config.yaml"
+        config.write_text(f"input: {{path: {tmp / 'in.parquet'}}}\n"
+                          "download:\n  resize_mode: no\n  encode_format: png\n")
+        overrides = FAST_SETTINGS + ["dedupe.enabled=false", "download.max_decode_bytes=1000000",
+                                     "download.resolve={'xn--bcher-kva.test': '127.0.0.1'}"]
+        cfg = load_config(config, overrides, out=str(tmp / "run"))
+        result = run_pipeline(cfg)
+        requests = list(server.requests)
+    raw.close()
+    return rows, result, str(tmp / "run"), requests
+
+
+def _stored_images(run_root: str, result) -> dict:
+    """sample_id -> stored pixels (RGB or grey array), from the output Parquet shards."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    files = [f"{run_root}/output/{s['name']}.parquet" for s in result.index["shards"]]
+    table = pq.ParquetDataset(files).read(columns=["sample_id", "png"])
+    return {sid: np.asarray(Image.open(io.BytesIO(data)))
+            for sid, data in zip(table.column("sample_id").to_pylist(), table.column("png").to_pylist())}
+
+
+def test_wild_rows_get_their_status_and_reason(wild_run):
+    from e2e import read_manifest
+
+    rows, _, run_root, _ = wild_run
+    manifest = read_manifest(run_root).to_pylist()
+    assert len(manifest) == len(rows)
+    got = [(m["status"], m["reason"]) for m in manifest]
+    assert got == [(status, reason) for _, _, status, reason in rows]
+
+
+def test_manifest_keeps_urls_and_captions_as_given(wild_run):
+    from e2e import read_manifest
+
+    rows, _, run_root, requests = wild_run
+    manifest = read_manifest(run_root).to_pylist()
+    as_text = lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v  # noqa: E731
+    assert [m["url"] for m in manifest] == [as_text(r[0]) for r in rows]
+    assert [m["caption"] for m in manifest] == [as_text(r[1]) for r in rows]
+    assert "/static/%E6%9D%B1%E4%BA%AC.jpg" in requests  # fetched as a browser would ask
+    assert "/q.jpg?name=%E6%9D%B1%E4%BA%AC&size=a%20b" in requests and "/a%20photo.jpg" in requests
+    chinese = next(m for m in manifest if m["url"].endswith("/chinese.jpg"))
+    assert chinese["caption_chosen"] == "一只红色的自行车靠在墙上"
+
+
+def test_stored_images_are_upright_eight_bit_and_composited(wild_run):
+    from e2e import read_manifest
+
+    rows, result, run_root, _ = wild_run
+    manifest = {m["url"].rsplit("/", 1)[-1]: m for m in read_manifest(run_root).to_pylist()}
+    images = _stored_images(run_root, result)
+    for name, (size, corner) in {"exif-6.jpg": ORIENTATIONS[6], "exif-3.jpg": ORIENTATIONS[3],
+                                 "exif-8.jpg": ORIENTATIONS[8]}.items():
+        m = manifest[name]
+        assert (m["original_width"], m["original_height"]) == size == (m["width"], m["height"])  # resize_mode: no
+        assert _blue_corner(images[m["sample_id"]]) == corner
+    grey = images[manifest["grey16.png"]["sample_id"]]
+    assert grey.shape == (120, 160) and grey[0, 0] == 0x80 and grey[40, 50] == 0xF0
+    rgba = images[manifest["rgba.png"]["sample_id"]]
+    assert tuple(rgba[40, 10]) == (20, 60, 200) and tuple(rgba[40, 90]) == (255, 255, 255)
+
+
+def test_gzip_encoded_image_is_stored_as_the_image(wild_run):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from corpus import image_bytes
+    from e2e import read_manifest
+
+    rows, result, run_root, _ = wild_run
+    m = next(m for m in read_manifest(run_root).to_pylist() if m["url"].endswith("/gzip.jpg"))
+    stored = _stored_images(run_root, result)[m["sample_id"]]
+    served = np.asarray(Image.open(io.BytesIO(image_bytes("JPEG", seed=21))).convert("RGB"))
+    assert stored.shape == served.shape and np.abs(stored.astype(int) - served.astype(int)).mean() < 2
+
+
 def test_excel_csv_gz_stops_with_nothing_written_then_runs_with_input_encoding(tmp_path, ray_session):
     """The issue's Excel export (cp1252), gzipped: the first run stops before anything is
     written (an --out folder that existed keeps its other files), and the same command
