@@ -22,7 +22,7 @@ class Status(str, Enum):
 # Reason codes, grouped by the status they go with. Documented in docs/manifest.md.
 BLOCKED_REASONS = {
     "url_missing": "the url cell is NULL or empty",
-    "url_invalid": "the url cannot be parsed or has no host",
+    "url_invalid": "the url cannot be parsed, has no host or control characters, or held bytes that were not UTF-8",
     "scheme_not_allowed": "only http and https are fetched (detail: the scheme)",
     "private_host": "the host is loopback/private/link-local/reserved (detail: the address)",
     "redirect_to_private_host": "a redirect led to a non-public address; not followed (detail: the address)",
@@ -33,10 +33,18 @@ DOWNLOAD_REASONS = {
     "connection_error": "the host could not be resolved or the connection failed",
     "too_many_redirects": "a redirect loop or too long a redirect chain",
     "not_an_image": "the body could not be decoded as an image (HTML, SVG, random bytes)",
-    "image_too_large": "declared pixel count above download.max_image_pixels (decompression bomb)",
-    "body_too_large": "the body exceeds download.max_body_bytes (declared or streamed; detail: the cap)",
+    "image_too_large": "declared pixel count above download.max_image_pixels (decompression bomb); "
+    "detail max_decode_bytes: its decoded pixels would exceed download.max_decode_bytes",
+    "body_too_large": "the body exceeds download.max_body_bytes (declared, streamed or decoded; detail: the cap)",
+    "incomplete_body": "the connection ended before Content-Length bytes came",
+    "content_encoding_invalid": "the body does not decode as its Content-Encoding says (detail: the encoding)",
+    "content_encoding_unsupported": "a Content-Encoding other than gzip, deflate, br, zstd (detail: compress or other)",
+    "bad_http_response": "the answer is not valid HTTP (a header line too long, too many headers)",
+    "invalid_request": "urllib refused to send the request (a URL it can't encode, a bad port)",
+    "tls_error": "a TLS or certificate failure",
+    "resize_error": "the image decoded but img2dataset's resizer (cv2) failed on it",
     "opted_out": "the server sent an X-Robots-Tag forbidding AI training use",
-    "download_error": "any other download error (detail: the downloader's message)",
+    "download_error": "any other download error (no detail: the message is in RUN/downloaded's error_message)",
     "missing_from_downloader": "the downloader returned no row for this sample",
 }
 FILTER_REASONS = {
