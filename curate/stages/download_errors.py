@@ -23,7 +23,8 @@ _KNOWN = (
     # urllib/http.client refusing the request itself: no request was sent.
     ("invalid_request", ("codec can't encode", "can't contain control characters", "nonnumeric port",
                          "unknown url type", "no host given", "invalid url")),
-    ("tls_error", ("ssl", "certificate", "tls")),
+    ("tls_error", ("[ssl", "ssl:", "certificate verify", "tlsv1", "wrong version number",
+                   "eof occurred in violation of protocol")),
 )
 # img2dataset's status for an error raised while decoding or resizing a fetched body.
 _RESIZE_STATUS = "failed_to_resize"
