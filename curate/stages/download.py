@@ -21,6 +21,7 @@ import signal
 from curate.core import storage
 from curate.core.config import DownloadConfig
 from curate.schemas.reasons import reason
+from curate.stages.download_errors import download_error_code
 from curate.stages.safe_fetch import MARK, FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
@@ -58,7 +59,7 @@ def download_reason(status: str | None, error_message: str | None) -> str | None
         return reason("not_an_image")
     if "urlopen error" in lowered or "connection" in lowered or "remote end closed" in lowered:
         return reason("connection_error")
-    return reason("download_error", message[:80] or status or "unknown")
+    return download_error_code(status, message)  # a stable code, never the message
 
 
 def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:

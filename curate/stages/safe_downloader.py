@@ -12,6 +12,7 @@ import importlib
 
 from img2dataset.downloader import Downloader
 
+from curate.stages.image_decode import UprightResizer
 from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install
 
 
@@ -19,7 +20,9 @@ class SafeDownloader(Downloader):
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)
         self.fetch_policy = fetch_policy
-        self.resizer = PixelCappedResizer(self.resizer, fetch_policy.max_image_pixels)
+        # header pixel cap, then our decode (upright, 8-bit, alpha on white, memory budget), then cv2
+        upright = UprightResizer(self.resizer, fetch_policy.max_decode_bytes)
+        self.resizer = PixelCappedResizer(upright, fetch_policy.max_image_pixels)
 
     def __call__(self, row):
         install(self.fetch_policy)  # runs in the worker process, before this shard's first fetch

@@ -34,6 +34,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from curate.schemas.reasons import reason
+from curate.stages.content_encoding import ContentRefused, decode_content
 from curate.stages.precheck import ALLOWED_SCHEMES, AddressPolicy
 
 _CHUNK = 64 * 1024
@@ -56,6 +57,7 @@ class FetchPolicy:
     max_fetch_seconds: float = 60.0
     max_redirects: int = 5
     max_image_pixels: int = 178_956_970
+    max_decode_bytes: int = 512 * 2**20  # see curate.stages.image_decode
 
     @classmethod
     def from_config(cls, cfg) -> "FetchPolicy":
@@ -67,6 +69,7 @@ class FetchPolicy:
             max_fetch_seconds=cfg.max_fetch_seconds,
             max_redirects=cfg.max_redirects,
             max_image_pixels=cfg.max_image_pixels,
+            max_decode_bytes=cfg.max_decode_bytes,
         )
 
     def candidates(self, host: str, port: int) -> list[tuple[int, tuple]]:
@@ -133,7 +136,14 @@ class CappedResponse(http.client.HTTPResponse):
             self._check_deadline()
             chunk = self.read1(_CHUNK)  # read1: one recv, so a trickle can't block it for long
             if not chunk:
-                return b"".join(chunks)
+                if self.length:  # closed before Content-Length bytes came: never a cut image
+                    raise http.client.IncompleteRead(b"".join(chunks), self.length)
+                # gzip etc. sent anyway (img2dataset asks for none): decoded, capped again
+                try:
+                    return decode_content(b"".join(chunks), self.getheader("Content-Encoding"),
+                                          self.policy.max_body_bytes)
+                except ContentRefused as refused:
+                    raise FetchRefused(refused.code, refused.detail) from None
             total += len(chunk)
             if total > self.policy.max_body_bytes:
                 self.close()
