@@ -293,6 +293,10 @@ class StorageConfig(_Section):
 
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2); sets AWS_ENDPOINT_URL")
     region: str | None = Field(None, description="bucket region; sets AWS_DEFAULT_REGION")
+    shared_filesystem: bool = Field(
+        False, description="a local output.path is mounted on every node of the Ray cluster (NFS, Lustre); "
+        "without it a multi-node cluster needs a bucket as the run directory"
+    )
 
     def environment(self) -> dict[str, str]:
         env = {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
@@ -305,7 +309,10 @@ class ManifestConfig(_Section):
     # bench/manifest_memory.py --replicate (no dedupe): 128MB fails at 1M rows, 256MB builds
     # 1M, 1GB builds 10M (driver peak 2.3 GB).
     memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-                              description="DuckDB memory_limit of the manifest step, e.g. 512MB, 4GB")
+                              description="DuckDB memory_limit of each task of the manifest step, e.g. 512MB, 4GB")
+    partition_rows: int = Field(1_000_000, ge=1, description="input rows per partition of the manifest step "
+                                "(one Ray task decides and writes each) and per prepare task of a Parquet input cut "
+                                "at its row groups")
 
 
 class RayConfig(_Section):

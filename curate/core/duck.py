@@ -80,3 +80,14 @@ def create_first_copy_view(con: duckdb.DuckDBPyConnection, name: str, files: lis
 
 def fetch_table(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     return con.execute(sql).arrow().read_all()
+
+
+def stream_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, uri: str, batch_rows: int = 10_000) -> int:
+    """Write a query's rows to ``uri`` (committed whole, storage.ParquetStream), ``batch_rows``
+    rows in memory at a time; returns the rows written."""
+    reader = con.execute(sql).to_arrow_reader(batch_rows)
+    stream = storage.ParquetStream(uri, reader.schema, batch_rows)
+    for batch in reader:
+        stream.write(batch)
+    stream.commit()
+    return stream.rows

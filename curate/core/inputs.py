@@ -54,6 +54,53 @@ def sample_id(file_index: int, row: int) -> str:
     return f"{file_index:05d}-{row:010d}"
 
 
+@dataclass(frozen=True)
+class InputPart:
+    """The slice of one input file that one prepare task reads: the whole file, or (an
+    uncompressed Parquet file larger than a part) a run of its row groups starting at row
+    ``first_row``. ``name`` (``FFFFF-SSSS``) names the part's files in the run directory."""
+
+    item: InputFile
+    split: int = 0
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.item.index:05d}-{self.split:04d}"
+
+
+def plan_input_parts(files: list[InputFile], cfg: InputConfig, rows_per_part: int) -> list[InputPart]:
+    """One part per input file, except uncompressed Parquet files of more than
+    ``rows_per_part`` rows: those are cut at row-group boundaries into parts of about that
+    many rows (read from each file's footer only). CSV and JSON lines have no such
+    boundaries: a large one is one part (split the input into several files)."""
+    parts = []
+    for item in files:
+        if cfg.format != "parquet" or split_compression(item.uri)[1]:
+            parts.append(InputPart(item))
+            continue
+        fs, path = storage.fs_and_path(item.uri)
+        try:
+            meta = pq.read_metadata(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputError(f"input file {item.uri} is not valid parquet: {error}") from None
+        splits, groups, rows, first = [], [], 0, 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= rows_per_part:
+                splits.append((tuple(groups), first))
+                groups, first, rows = [], first + rows, 0
+        if groups:
+            splits.append((tuple(groups), first))
+        if len(splits) <= 1:
+            parts.append(InputPart(item))
+        else:
+            parts.extend(InputPart(item, k, groups, first) for k, (groups, first) in enumerate(splits))
+    return parts
+
+
 def resolve_input_files(cfg: InputConfig) -> list[InputFile]:
     fs, path = storage.fs_and_path(cfg.path)
     extensions = EXTENSIONS[cfg.format]
@@ -85,15 +132,17 @@ def _csv_options(cfg: InputConfig) -> tuple[pa_csv.ParseOptions, pa_csv.ConvertO
     return parse, convert
 
 
-def read_raw(uri: str, cfg: InputConfig) -> pa.Table:
+def read_raw(uri: str, cfg: InputConfig, row_groups: tuple[int, ...] | None = None) -> pa.Table:
     """The rows of one input file as pyarrow reads them (CSV/TSV: the URL and caption
-    columns only, as binary). Raises Undecodable for text not valid in ``input.encoding``,
-    pyarrow's errors for a file that is not its format."""
+    columns only, as binary); ``row_groups``: only those of a Parquet file. Raises
+    Undecodable for text not valid in ``input.encoding``, pyarrow's errors for a file that
+    is not its format."""
     text = cfg.format != "parquet"
     with open_input(uri, cfg.encoding if text else None) as handle:
         if cfg.format == "parquet":
             # Parquet needs random access: a compressed file is read into memory first.
-            return pq.read_table(pa.BufferReader(handle.read()) if split_compression(uri)[1] else handle)
+            source = pa.BufferReader(handle.read()) if split_compression(uri)[1] else handle
+            return pq.read_table(source) if row_groups is None else pq.ParquetFile(source).read_row_groups(row_groups)
         if cfg.format in ("csv", "tsv"):
             parse, convert = _csv_options(cfg)
             return pa_csv.read_csv(handle, parse_options=parse, convert_options=convert)
@@ -156,9 +205,9 @@ def _not_utf8(item: InputFile, cfg: InputConfig) -> InputError | None:
     return InputError(not_utf8_message(item.uri, "utf-8", where.offset, where.bad, where.line, where.sample))
 
 
-def _read(item: InputFile, cfg: InputConfig) -> pa.Table:
+def _read(item: InputFile, cfg: InputConfig, row_groups: tuple[int, ...] | None = None) -> pa.Table:
     try:
-        return read_raw(item.uri, cfg)
+        return read_raw(item.uri, cfg, row_groups)
     except Undecodable as where:
         with open_input(item.uri) as handle:
             sample = handle.read(64 * 1024)
@@ -176,9 +225,16 @@ def _read(item: InputFile, cfg: InputConfig) -> pa.Table:
 
 
 def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
-    """One input file -> ROWS_SCHEMA rows. Raises InputError (what and where) for a file
-    that can't be read as ``cfg.format`` in ``cfg.encoding``, or lacks a column."""
-    raw = _read(item, cfg)
+    """One whole input file -> ROWS_SCHEMA rows (see read_input_part)."""
+    return read_input_part(InputPart(item), cfg)
+
+
+def read_input_part(part: InputPart, cfg: InputConfig) -> pa.Table:
+    """One input part -> ROWS_SCHEMA rows, sample_ids numbered from the part's first row.
+    Raises InputError (what and where) for a file that can't be read as ``cfg.format`` in
+    ``cfg.encoding``, or lacks a column."""
+    item = part.item
+    raw = _read(item, cfg, part.row_groups)
     for role, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):
         if col not in raw.column_names:
             raise InputError(
@@ -196,9 +252,9 @@ def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
     n = raw.num_rows
     return pa.table(
         {
-            "sample_id": pa.array([sample_id(item.index, r) for r in range(n)], pa.string()),
+            "sample_id": pa.array([sample_id(item.index, part.first_row + r) for r in range(n)], pa.string()),
             "input_file": pa.array([item.uri] * n, pa.string()),
-            "input_row": pa.array(np.arange(n, dtype=np.int64)),
+            "input_row": pa.array(np.arange(part.first_row, part.first_row + n, dtype=np.int64)),
             "url": pc.utf8_trim_whitespace(urls),
             "caption": captions,
             "caption_bad_encoding": pa.array(bad),

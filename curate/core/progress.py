@@ -222,12 +222,12 @@ class Progress:
 class CommittedRows:
     """Counts rows in committed files of a folder, reading each immutable file only once."""
 
-    def __init__(self, folder: str, suffix: str, rows_of: Callable[[str], int]):
-        self.folder, self.suffix, self.rows_of = folder, suffix, rows_of
+    def __init__(self, folder: str, suffix: str, rows_of: Callable[[str], int], recursive: bool = False):
+        self.folder, self.suffix, self.rows_of, self.recursive = folder, suffix, rows_of, recursive
         self._seen: dict[str, int] = {}
 
     def __call__(self) -> int:
-        for uri in storage.list_files(self.folder, self.suffix):
+        for uri in storage.list_files(self.folder, self.suffix, self.recursive):
             if uri not in self._seen:
                 self._seen[uri] = self.rows_of(uri)
         return sum(self._seen.values())
@@ -258,7 +258,7 @@ def downloaded_rows(run: RunDir) -> CommittedRows:
 
 
 def scored_rows(run: RunDir) -> CommittedRows:
-    return CommittedRows(run.scored, ".parquet", parquet_rows)
+    return CommittedRows(run.scored, ".parquet", parquet_rows, recursive=True)
 
 
 def stage_counts_dir(run: RunDir, key: str) -> str:

@@ -22,3 +22,21 @@ def start_ray(address: str | None, num_cpus: int | None, env: dict[str, str] | N
     ctx.enable_progress_bars = True
     # Resume and exact output depend on sample_ids, not on block order; don't pay for order.
     ctx.execution_options.preserve_order = False
+
+
+def check_run_directory(root: str, shared_filesystem: bool) -> None:
+    """On a Ray cluster of several nodes, every worker reads and writes the run directory
+    itself: a local path there is another folder on each node. ConfigError unless it is a
+    bucket or ``storage.shared_filesystem`` says it is mounted on every node."""
+    import ray
+
+    from curate.core import storage
+    from curate.core.config import ConfigError
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1 and not storage.is_remote(root) and not shared_filesystem:
+        raise ConfigError(
+            f"output.path {root!r} is a local folder, but the Ray cluster has {len(nodes)} nodes: each would write "
+            "its own copy. Use a bucket (s3://..., gs://...) as the run directory, or set "
+            "storage.shared_filesystem: true if this path is mounted on every node"
+        )

@@ -54,14 +54,16 @@ def makedirs(uri: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
-def list_files(uri: str, suffix: str) -> list[str]:
-    """Committed files under ``uri`` ending in ``suffix``, sorted; temporaries are ignored."""
+def list_files(uri: str, suffix: str, recursive: bool = False) -> list[str]:
+    """Committed files under ``uri`` ending in ``suffix`` (``recursive``: in its subfolders
+    too), sorted; temporaries are ignored."""
     fs, path = fs_and_path(uri)
     # Other processes (Ray workers) write here: a bucket filesystem's cached listing is stale.
     fs.invalidate_cache(path)
     if not fs.exists(path):
         return []
-    names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and TMP_MARK not in p]
+    listed = fs.find(path) if recursive else fs.ls(path, detail=False)
+    names = [p for p in listed if p.endswith(suffix) and TMP_MARK not in p]
     return sorted(to_uri(fs, p) for p in names)
 
 

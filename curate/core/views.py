@@ -46,7 +46,7 @@ def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
 
 
 def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet"), SCORED_BASE)
+    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True), SCORED_BASE)
 
 
 def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
