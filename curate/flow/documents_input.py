@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from curate.core.config import DocumentsInputConfig, InputConfig
 from curate.core.input_decoding import open_input
-from curate.core.inputs import InputError, InputFile, read_raw, sample_id
+from curate.core.inputs import InputError, InputFile, InputPart, read_raw, sample_id
 from curate.schemas import reasons as R
 from curate.schemas.columns import DOCUMENT_IMAGE_ROWS, DOCUMENTS
 
@@ -125,9 +125,11 @@ def _jsonl_rows(uri: str, encoding: str = "utf-8") -> list[dict | ValueError]:
     return rows
 
 
-def _read_rows(item: InputFile, cfg: InputConfig) -> list[dict | ValueError]:
+def _read_rows(part: InputPart, cfg: InputConfig) -> list[dict | ValueError]:
+    item = part.item
     try:
-        rows = _jsonl_rows(item.uri, cfg.encoding) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
+        rows = (_jsonl_rows(item.uri, cfg.encoding) if cfg.format == "jsonl"
+                else read_raw(item.uri, cfg, part.row_groups).to_pylist())
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
     columns = {c for row in rows if isinstance(row, dict) for c in row}
@@ -145,11 +147,17 @@ def _problem_code(problem: ValueError) -> str:
 
 
 def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
-    """One input file -> (documents, image rows)."""
+    """One whole input file -> (documents, image rows)."""
+    return read_documents_part(InputPart(item), cfg)
+
+
+def read_documents_part(part: InputPart, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
+    """One input part -> (documents, image rows), rows numbered from the part's first row."""
     parse = PARSERS[cfg.documents.layout]
     keep = cfg.documents.keep_columns
+    item = part.item
     docs, images = [], []
-    for r, row in enumerate(_read_rows(item, cfg)):
+    for r, row in enumerate(_read_rows(part, cfg), start=part.first_row):
         doc_id = sample_id(item.index, r)
         texts, found, error = [], [], None
         try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import pyarrow as pa
 
 from curate.core.config import CurateConfig
-from curate.core.inputs import InputFile
+from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
 from curate.stages.base import Rule
 
@@ -38,8 +38,10 @@ class Kind:
     def check(self, plan: Plan) -> None:
         """Fail before anything is written when the config can't work for this kind."""
 
-    def read(self, item: InputFile, run: RunDir) -> pa.Table:
-        """The image rows of one input file (``rows_schema`` without ``blocked_reason``)."""
+    def read(self, part: InputPart, run: RunDir) -> pa.Table:
+        """The image rows of one input part (``rows_schema`` without ``blocked_reason``); runs
+        in a prepare task. What else the kind keeps of the input goes to the run directory
+        under the part's name."""
         raise NotImplementedError
 
     def image_rules(self) -> list[Rule]:
@@ -50,18 +52,17 @@ class Kind:
         """Create DuckDB table ``decided`` from ``image_decisions`` (curate.flow.decision)."""
         raise NotImplementedError
 
-    def write_manifest(self, con, run: RunDir, plan: Plan) -> int:
-        """Write RUN/manifest/ from table ``final``; returns the manifest's rows."""
-        raise NotImplementedError
-
-    def preview(self, con, run: RunDir, plan: Plan) -> dict[str, pa.Table]:
-        """The manifest tables ``cfg`` would give, in memory; nothing is written."""
+    def write_partition(self, con, plan: Plan, name: str, files, out) -> dict:
+        """Write one partition's manifest part(s) from table ``final`` (curate.pipeline.decide:
+        ``name`` the partition's, ``files`` its PartitionFiles, ``out`` its Outputs), output
+        shards left NULL. Returns ``{"manifest": [{"uri", "units",
+        "kept"}], "statuses": {status: n}, "reasons": {'["status", "code"]': n}, "extra": {...}}``."""
         raise NotImplementedError
 
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         """Write one output shard of kept units (manifest rows) in every output format."""
         raise NotImplementedError
 
-    def summary(self, run: RunDir) -> dict:
-        """Kind-specific figures for summary.json."""
+    def summary(self, counts: dict) -> dict:
+        """Kind-specific figures for summary.json, from the decision's merged counts."""
         return {}

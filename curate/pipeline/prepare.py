@@ -1,26 +1,36 @@
 """Step 1: read every input row, give it a sample_id, block what must not be fetched.
 
-Writes ``RUN/rows/`` (every image row, with ``blocked_reason``) and ``RUN/download_list/``
-(the rows to download, in parts of ``download.shard_size`` rows: one part becomes one
-download shard, the unit of resume). The run's kind reads each input file into image rows
-(a documents run also writes ``RUN/documents/``). Both are deterministic from the input, so
-a resumed run that finds them complete skips this step.
+One Ray task per input part (an input file, or a run of row groups of a large Parquet file:
+curate.core.inputs.plan_input_parts). Each task reads its part through the run's kind,
+checks every URL, and writes ``RUN/rows/part-FFFFF-SSSS.parquet`` (every image row, with
+``blocked_reason``) and its rows to download as ``RUN/download_list/part-FFFFF-SSSS-KKKKK``
+parts of at most ``download.shard_size`` rows (one part becomes one download shard, the unit
+of download resume); a documents run also writes ``RUN/documents/``. A task commits its part
+with a marker (``RUN/_done/prepare-parts/<part>.json``, its counts), so a resumed run redoes
+only the parts that have none. The driver holds the list of parts and their counts: nothing
+that grows with the rows.
 """
 
 from __future__ import annotations
+
+import json
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
-from curate.core.inputs import InputFile
+from curate.core.inputs import InputError, InputFile, InputPart, plan_input_parts
 from curate.core.rundir import RunDir
+from curate.flow.kind import Kind
 from curate.flow.plan import Plan
 from curate.schemas import reasons as R
 from curate.schemas.columns import BLOCKED_REASON
 from curate.stages.browser_url import browser_url
 from curate.stages.precheck import check_url
+
+TASK_CPUS = 0.5
 
 
 def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, pa.Array]:
@@ -33,46 +43,53 @@ def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, 
     return rows.append_column(BLOCKED_REASON, pa.array(reasons, pa.string())), pa.array(fetch, pa.string())
 
 
-class _DownloadListWriter:
-    """Buffers rows to download and writes them in parts of exactly ``shard_size`` rows."""
+def part_marker(run: RunDir, part: InputPart) -> str:
+    return storage.join(run.root, "_done", "prepare-parts", f"{part.name}.json")
 
-    def __init__(self, run: RunDir, shard_size: int):
-        self.run, self.shard_size = run, shard_size
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.parts = 0
 
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        while self.pending_rows >= self.shard_size:
-            self._flush(self.shard_size)
+def prepare_part(kind: Kind, run: RunDir, part: InputPart) -> dict:
+    """One input part -> its rows/ file and download-list parts; returns its counts (Ray task).
 
-    def close(self) -> None:
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-
-    def _flush(self, n: int) -> None:
-        merged = pa.concat_tables(self.pending)
-        storage.write_parquet(storage.join(self.run.download_list, f"part-{self.parts:05d}.parquet"), merged.slice(0, n))
-        rest = merged.slice(n)
-        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-        self.parts += 1
+    ``{"part", "rows", "blocked", "download_parts": [names]}``; a part committed by an
+    earlier attempt is not read again."""
+    marker = part_marker(run, part)
+    if storage.exists(marker):
+        return json.loads(storage.read_text(marker))
+    started = time.perf_counter()
+    cfg = kind.cfg.download
+    rows, fetch_urls = _with_precheck(kind.read(part, run), cfg)
+    storage.write_parquet(storage.join(run.rows, f"part-{part.name}.parquet"), rows)
+    fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
+    to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason"))).select(list(kind.download_columns))
+    names = []
+    for k, start in enumerate(range(0, to_fetch.num_rows, cfg.shard_size)):
+        name = f"part-{part.name}-{k:05d}.parquet"
+        storage.write_parquet(storage.join(run.download_list, name), to_fetch.slice(start, cfg.shard_size))
+        names.append(name)
+    counts = {"part": part.name, "rows": rows.num_rows, "blocked": rows.num_rows - to_fetch.num_rows,
+              "download_parts": names, "seconds": round(time.perf_counter() - started, 3)}
+    storage.write_text(marker, json.dumps(counts))
+    return counts
 
 
 def prepare(plan: Plan, run: RunDir, files: list[InputFile]) -> dict:
-    """Write rows/ and download_list/ (and what the kind keeps besides); returns counts."""
-    for directory in (run.rows, run.download_list, run.documents):
-        storage.remove_tree(directory)
-    writer = _DownloadListWriter(run, plan.cfg.download.shard_size)
-    total = blocked = 0
-    for item in files:
-        rows, fetch_urls = _with_precheck(plan.kind.read(item, run), plan.cfg.download)
-        storage.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
-        fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
-        to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason")))
-        writer.add(to_fetch.select(list(plan.kind.download_columns)))
-        total += rows.num_rows
-        blocked += rows.num_rows - to_fetch.num_rows
-    writer.close()
-    return {"rows": total, "blocked": blocked, "download_parts": writer.parts}
+    """Prepare every input part as a Ray task; returns the run's counts. A part that can't be
+    read stops the run with its InputError (the parts' own messages name file and row)."""
+    import ray
+
+    # Parts of about a partition of the manifest step (a partition is whole parts).
+    parts = plan_input_parts(files, plan.cfg.input, plan.cfg.manifest.partition_rows)
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2, retry_exceptions=[OSError])(prepare_part)
+    futures = [task.remote(plan.kind, run, part) for part in parts]
+    try:
+        results = ray.get(futures)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, InputError):
+            raise error.cause from None  # the input's own message, not a remote traceback
+        raise
+    return {
+        "rows": sum(r["rows"] for r in results),
+        "blocked": sum(r["blocked"] for r in results),
+        "task_seconds": round(sum(r.get("seconds", 0.0) for r in results), 3),  # benchmarks: work done in tasks
+        "parts": [{"part": r["part"], "rows": r["rows"], "download_parts": r["download_parts"]} for r in results],
+    }

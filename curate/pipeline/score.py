@@ -2,11 +2,13 @@
 
 The dataset reads committed download shards, runs every enabled batch stage of the plan in
 order (light stages as tasks, model stages as actor pools), and ends in a writer that
-commits every batch to ``RUN/scored/`` under a name derived from its sample_ids (temp name,
-then rename). The committed sample_ids are the resume state: a restarted run skips shards
-whose rows are all committed and filters the rows already done from the others. A batch
-written twice (a task retried after its write) lands under the same name or is
-deduplicated by sample_id when the manifest is built, so no row is ever counted twice.
+commits every batch to ``RUN/scored/<download shard>/`` under a name derived from its
+sample_ids (temp name, then rename). Resume state is per download shard: a shard is done
+when its scored parts hold as many rows as the shard (Parquet footers, counted by Ray tasks,
+not the driver); the read task of an unfinished shard drops the rows its own scored parts
+already hold. A batch written twice (a task retried after its write) lands under the same
+name or is deduplicated by sample_id when the manifest is built, so no row is ever counted
+twice.
 
 Rows rejected by a gating stage's rules (the image rules) are marked not live (``_live``):
 model stages skip them (curate.stages.base.BatchStage.todo).
@@ -32,15 +34,27 @@ TASK_CPUS = 0.5
 ACTOR_TASK_RETRIES = 3
 
 
-def _read_shards(batch: pa.Table) -> pa.Table:
-    return storage.read_parquet(batch.column("path").to_pylist())
+def shard_name(shard_uri: str) -> str:
+    """``NNNNN`` of ``RUN/downloaded/NNNNN.parquet``."""
+    return shard_uri.rsplit("/", 1)[-1][: -len(".parquet")]
 
 
-def _skip_done(batch: pa.Table, done: frozenset[str]) -> pa.Table:
-    if not done:
-        return batch
-    mask = pc.invert(pc.is_in(batch.column("sample_id"), value_set=pa.array(sorted(done), pa.string())))
-    return batch.filter(mask)
+def _read_shards(batch: pa.Table, scored_dir: str) -> pa.Table:
+    """The rows of each shard in ``batch`` not yet committed to ``scored/<shard>/``, with the
+    shard's name (``download_shard``: where the writer commits them, and the manifest's)."""
+    tables = []
+    for uri in batch.column("path").to_pylist():
+        table = storage.read_parquet([uri])
+        done = _committed_ids(storage.join(scored_dir, shard_name(uri)))
+        if done:
+            table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), value_set=pa.array(done, pa.string()))))
+        tables.append(table.append_column("download_shard", pa.array([shard_name(uri)] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _committed_ids(shard_dir: str) -> list[str]:
+    files = storage.list_files(shard_dir, ".parquet")
+    return storage.read_parquet(files, columns=["sample_id"]).column("sample_id").to_pylist() if files else []
 
 
 def mark_live(batch: pa.Table, stage: BatchStage) -> pa.Table:
@@ -137,46 +151,58 @@ def write_scored(batch: pa.Table, scored_dir: str, image_col: str) -> pa.Table:
     """
     if batch.num_rows == 0:
         return _receipt([], [])
-    table = batch.drop_columns([c for c in (image_col, *NOT_STORED) if c in batch.column_names])
-    ids = table.column("sample_id").to_pylist()
-    digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
-    try:
-        storage.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)
-    except storage.WriteError as error:
-        return _receipt([0], [str(error)])
-    return _receipt([table.num_rows], [None])
+    rows, errors = [], []
+    shards = batch.column("download_shard")
+    for shard in pc.unique(shards).to_pylist():  # a batch may hold rows of two shards
+        part = batch.filter(pc.equal(shards, shard))
+        table = part.drop_columns([c for c in (image_col, *NOT_STORED) if c in part.column_names])
+        ids = table.column("sample_id").to_pylist()
+        digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
+        try:
+            storage.write_parquet(storage.join(scored_dir, shard, f"part-{min(ids)}-{digest}.parquet"), table)
+        except storage.WriteError as error:
+            rows.append(0)
+            errors.append(str(error))
+            continue
+        rows.append(table.num_rows)
+        errors.append(None)
+    return _receipt(rows, errors)
 
 
-def committed_ids(run: RunDir) -> set[str]:
-    files = storage.list_files(run.scored, ".parquet")
-    if not files:
-        return set()
-    return set(storage.read_parquet(files, columns=["sample_id"]).column("sample_id").to_pylist())
+def _unfinished(shards: list[str], scored_dir: str) -> list[str]:
+    """The shards of ``shards`` whose scored parts hold fewer rows than the shard (Ray task)."""
+    from curate.core.progress import parquet_rows
+
+    out = []
+    for uri in shards:
+        done = sum(map(parquet_rows, storage.list_files(storage.join(scored_dir, shard_name(uri)), ".parquet")))
+        if done < parquet_rows(uri):
+            out.append(uri)
+    return out
 
 
-def plan_shards(shards: list[str], done: set[str]) -> tuple[list[str], frozenset[str]]:
-    """Which shards still have work, and which of their rows are already committed."""
-    pending, partial_done = [], set()
-    for shard in shards:
-        ids = set(storage.read_parquet([shard], columns=["sample_id"]).column("sample_id").to_pylist())
-        already = ids & done
-        if len(already) < len(ids):
-            pending.append(shard)
-            partial_done |= already
-    return pending, frozenset(partial_done)
+SHARDS_PER_CHECK = 256  # download shards one resume-check task looks at
 
 
-def build_dataset(plan: Plan, run: RunDir, shards: list[str], skip: frozenset[str]):
+def unfinished_shards(shards: list[str], run: RunDir) -> list[str]:
+    """Download shards with rows still to score, found by Ray tasks over groups of shards:
+    the driver holds shard names, never sample_ids."""
+    import ray
+
+    check = ray.remote(num_cpus=TASK_CPUS)(_unfinished)
+    groups = [shards[i : i + SHARDS_PER_CHECK] for i in range(0, len(shards), SHARDS_PER_CHECK)]
+    return [uri for found in ray.get([check.remote(g, run.scored) for g in groups]) for uri in found]
+
+
+def build_dataset(plan: Plan, run: RunDir, shards: list[str]):
     import ray.data
 
     # Not ray.data.read_parquet: in Ray 2.60 it lists files in a task that reserves a whole
     # CPU, which can't be placed once the actor pools hold the rest of a small machine, and
     # the pipeline deadlocks. One block per shard path, read by a light task, never blocks.
     ds = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=max(1, len(shards)))
-    ds = ds.map_batches(_read_shards, batch_format="pyarrow", batch_size=None, num_cpus=TASK_CPUS)
-    if skip:
-        ds = ds.map_batches(_skip_done, fn_kwargs={"done": skip}, batch_format="pyarrow", batch_size=None,
-                            num_cpus=TASK_CPUS)
+    ds = ds.map_batches(_read_shards, fn_kwargs={"scored_dir": run.scored}, batch_format="pyarrow", batch_size=None,
+                        num_cpus=TASK_CPUS)
     for stage in plan.batch:
         if stage.uses_model:
             ds = ds.map_batches(actor_class(stage), fn_constructor_kwargs={
@@ -193,10 +219,10 @@ def build_dataset(plan: Plan, run: RunDir, shards: list[str], skip: frozenset[st
 def run_score(plan: Plan, run: RunDir, shards: list[str]) -> int:
     """Score every uncommitted row of ``shards``; returns the number of rows committed now."""
     storage.remove_temporaries(run.scored)
-    pending, skip = plan_shards(shards, committed_ids(run))
+    pending = unfinished_shards(shards, run)
     if not pending:
         return 0
-    ds = build_dataset(plan, run, pending, skip)
+    ds = build_dataset(plan, run, pending)
     committed = 0
     for receipt in ds.iter_rows():
         if receipt["error"]:
