@@ -22,7 +22,7 @@ from curate.core import storage
 from curate.core.config import apply_overrides, validate
 from curate.core.rundir import RunDir
 from curate.flow.plan import make_plan
-from curate.pipeline.manifest import preview
+from curate.pipeline.decide import preview
 from curate.pipeline.runner import run_pipeline
 from curate.synth import domain
 from curate.synth.corpus import make_corpus

@@ -20,13 +20,14 @@ DuckDB names, for every kind:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from curate.core import duck, storage
 from curate.core.rundir import RunDir
 from curate.schemas import reasons as R
 from curate.schemas.status import Status
-from curate.stages.base import Rule
+from curate.stages.base import GlobalStage, Rule
 
 if TYPE_CHECKING:
     from curate.core.progress import Progress
@@ -63,11 +64,21 @@ def case_sql(rules: list[Rule], prior: str | None = None) -> tuple[str, str]:
     return " ".join(status + [f"ELSE {KEPT} END"]), " ".join(reason + ["ELSE NULL END"])
 
 
-def open_run_views(run: RunDir, plan: Plan):
-    """A DuckDB connection with the views ``rows``, ``scored`` and ``joined``."""
-    con = duck.connect(run.root, spill_over=plan.cfg.manifest.memory_limit)
-    duck.create_parquet_view(con, "rows", storage.list_files(run.rows, ".parquet"), plan.kind.rows_schema)
-    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet"), plan.scored_schema())
+@dataclass(frozen=True)
+class PartitionFiles:
+    """The run-directory files one partition of sample_ids reads: its RUN/rows/ parts, its
+    RUN/scored/ parts (those of its download shards) and, for documents, its RUN/documents/ parts."""
+
+    rows: tuple[str, ...]
+    scored: tuple[str, ...]
+    documents: tuple[str, ...] = ()
+
+
+def open_views(root: str, plan: Plan, files: PartitionFiles):
+    """A DuckDB connection with the views ``rows``, ``scored`` and ``joined`` over ``files``."""
+    con = duck.connect(root, spill_over=plan.cfg.manifest.memory_limit)
+    duck.create_parquet_view(con, "rows", list(files.rows), plan.kind.rows_schema)
+    duck.create_first_copy_view(con, "scored", list(files.scored), plan.scored_schema())
     con.execute(f"""
         CREATE OR REPLACE VIEW joined AS
         SELECT r.*, s.* EXCLUDE ({', '.join(_SCORED_DUPLICATES)}), s.sample_id IS NOT NULL AS _downloaded
@@ -76,42 +87,70 @@ def open_run_views(run: RunDir, plan: Plan):
     return con
 
 
+def whole_run_files(run: RunDir) -> PartitionFiles:
+    """Every file of the run as one partition (a small run's checks, tests)."""
+    return PartitionFiles(tuple(storage.list_files(run.rows, ".parquet")),
+                          tuple(storage.list_files(run.scored, ".parquet", recursive=True)),
+                          tuple(storage.list_files(run.documents, ".parquet")))
+
+
+def open_run_views(run: RunDir, plan: Plan):
+    """``open_views`` over the whole run."""
+    return open_views(run.root, plan, whole_run_files(run))
+
+
 def missing_scored_columns(con, plan: Plan) -> list[str]:
     """Columns the enabled stages write that RUN/scored/ does not have (a stage that did not run)."""
     have = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE scored)").fetchall()}
     return [name for stage in plan.batch for name in stage.writes.names if name not in have]
 
 
-def decide(run: RunDir, plan: Plan, progress: Progress | None = None):
-    """A DuckDB connection holding ``final``: every row decided, global stages included.
-    ``progress`` (when given) gets an entry per global stage (``dedupe``)."""
-    con = open_run_views(run, plan)
+def decide_units(con, plan: Plan) -> None:
+    """Tables ``image_decisions`` (the image rules) and ``decided`` (the kind's units)."""
     status, reason = case_sql(BASE_RULES + plan.rules("image") + plan.kind.image_rules())
     con.execute(f"CREATE OR REPLACE TABLE image_decisions AS SELECT sample_id, {status} AS status, "
                 f"{reason} AS reason FROM joined")
     plan.kind.decide(con, plan)  # -> decided
-    joins = ""
-    for stage in plan.globals:
-        exprs = "".join(f", {sql} AS {name}" for name, sql in stage.candidates().items())
-        candidates = duck.fetch_table(con, f"""
-            SELECT sample_id {exprs} FROM joined j JOIN decided d USING (sample_id)
-            WHERE d.status = {KEPT} ORDER BY sample_id
-        """)
-        with _followed(progress, stage.key, candidates.num_rows) as advance:
-            found = stage.find(candidates, advance)
-        con.register(f"{stage.key}_found", found)
-        con.execute(f"CREATE OR REPLACE TABLE {stage.key} AS SELECT * FROM {stage.key}_found")
-        con.unregister(f"{stage.key}_found")
-        joins += f" LEFT JOIN {stage.key} USING (sample_id)"
+
+
+def candidates_sql(stage: GlobalStage) -> str:
+    """The rows a global stage sees: every sample still kept, with its ``candidates()`` columns."""
+    exprs = "".join(f", {sql} AS {name}" for name, sql in stage.candidates().items())
+    return (f"SELECT sample_id {exprs} FROM joined j JOIN decided d USING (sample_id) "
+            f"WHERE d.status = {KEPT} ORDER BY sample_id")
+
+
+def apply_globals(con, plan: Plan, found: dict[str, str]) -> None:
+    """Table ``final``: ``decided`` with each global stage's rules applied. ``found`` maps a
+    global stage's key to a relation (table or view name) holding what it found."""
+    joins = "".join(f" LEFT JOIN {found[stage.key]} AS {stage.key} USING (sample_id)" for stage in plan.globals)
     status, reason = case_sql(plan.rules("global"), prior="d")
-    extra = "".join(f", {name}" for stage in plan.globals for name in stage.writes.names)
+    extra = "".join(f", {stage.key}.{name}" for stage in plan.globals for name in stage.writes.names)
     con.execute(f"CREATE OR REPLACE TABLE final AS SELECT d.sample_id, {status} AS status, {reason} AS reason"
                 f"{extra} FROM decided d{joins}")
+
+
+def decide(run: RunDir, plan: Plan, progress: Progress | None = None):
+    """A DuckDB connection holding ``final`` for the whole run, in this process: every row
+    decided, each global stage's in-memory ``find`` included. For checks and small runs; a
+    run decides per partition (curate.pipeline.decide)."""
+    con = open_run_views(run, plan)
+    decide_units(con, plan)
+    found = {}
+    for stage in plan.globals:
+        candidates = duck.fetch_table(con, candidates_sql(stage))
+        with followed(progress, stage.key, candidates.num_rows) as advance:
+            table = stage.find(candidates, advance)
+        con.register(f"{stage.key}_arrow", table)
+        con.execute(f"CREATE OR REPLACE TABLE {stage.key}_found AS SELECT * FROM {stage.key}_arrow")
+        con.unregister(f"{stage.key}_arrow")
+        found[stage.key] = f"{stage.key}_found"
+    apply_globals(con, plan, found)
     return con
 
 
 @contextmanager
-def _followed(progress: Progress | None, name: str, total: int) -> Iterator[Callable[[int], None]]:
+def followed(progress: Progress | None, name: str, total: int) -> Iterator[Callable[[int], None]]:
     """``advance(rows)`` of a progress part (a no-op when nobody follows)."""
     if progress is None:
         yield lambda rows: None

@@ -23,10 +23,10 @@ import pyarrow as pa
 
 from curate.core import duck, storage
 from curate.core.config import CurateConfig
-from curate.core.inputs import InputFile
+from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
 from curate.flow import interleave
-from curate.flow.documents_input import read_documents_file
+from curate.flow.documents_input import read_documents_part
 from curate.flow.kind import Kind
 from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, json_value
 from curate.schemas import columns
@@ -60,9 +60,9 @@ class DocumentsKind(Kind):
                 f"unset {stage.switch} (captioning and ITM filtering of document images are not built yet)"
             )
 
-    def read(self, item: InputFile, run: RunDir) -> pa.Table:
-        docs, images = read_documents_file(item, self.cfg.input)
-        storage.write_parquet(storage.join(run.documents, f"part-{item.index:05d}.parquet"), docs)
+    def read(self, part: InputPart, run: RunDir) -> pa.Table:
+        docs, images = read_documents_part(part, self.cfg.input)
+        storage.write_parquet(storage.join(run.documents, f"part-{part.name}.parquet"), docs)
         return images
 
     def image_rules(self) -> list[Rule]:
@@ -81,6 +81,9 @@ class DocumentsKind(Kind):
             FROM image_decisions i JOIN joined j USING (sample_id)
         """)
 
+    def manifest_schema(self, plan: Plan) -> pa.Schema:
+        return columns.DOCUMENTS_MANIFEST
+
     def images_schema(self, plan: Plan) -> pa.Schema:
         return columns.concat_schemas(columns.DOCUMENT_IMAGES_HEAD, *(s.manifest_schema() for s in plan.stages),
                                       columns.MANIFEST_TAIL.remove(columns.MANIFEST_TAIL.get_field_index("output_shard")))
@@ -93,47 +96,38 @@ class DocumentsKind(Kind):
             SELECT sample_id, doc_id, image_index, input_file, input_row, url, original_slot, f.status, f.reason,
                    sentence_sims, CAST(list_position(sentence_sims, list_max(sentence_sims)) - 1 AS INTEGER) AS best_text,
                    width, height, original_width, original_height, sha256, pixel_sha256 {stage_columns},
-                   substr(key, 1, 5) AS download_shard, key AS download_key
+                   download_shard, key AS download_key
             FROM joined JOIN final f USING (sample_id)
         """)
 
-    def _decided_parts(self, con, run: RunDir, plan: Plan):
-        """(part name, manifest rows, image rows) per RUN/documents part, in sample_id order."""
+    def write_partition(self, con, plan: Plan, name: str, files, out) -> dict:
+        """Each RUN/documents part of the partition -> its manifest and manifest_images parts
+        (one row per document, one per image); output shards are numbered later."""
         self._images_table(con, plan)
-        counter = _ShardCounter(self.cfg.output.samples_per_shard)
         schema = self.images_schema(plan)
-        for uri in storage.list_files(run.documents, ".parquet"):
+        written, statuses, reasons, images_by_status = [], Counter(), Counter(), Counter()
+        for uri in files.documents:
             docs = storage.read_parquet([uri]).cast(columns.DOCUMENTS)
-            manifest, images = decide_part(con, self.cfg, docs, counter, schema)
-            yield uri.rsplit("/", 1)[-1], manifest, images
-
-    def preview(self, con, run: RunDir, plan: Plan) -> dict[str, pa.Table]:
-        parts = list(self._decided_parts(con, run, plan))
-        return {
-            "manifest": pa.concat_tables([m for _, m, _ in parts] or [columns.DOCUMENTS_MANIFEST.empty_table()]),
-            "manifest_images": pa.concat_tables([i for _, _, i in parts] or [self.images_schema(plan).empty_table()]),
-        }
-
-    def write_manifest(self, con, run: RunDir, plan: Plan) -> int:
-        """RUN/manifest/ and RUN/manifest_images/, one part per input file; returns documents."""
-        for directory in (run.manifest, run.manifest_images):
-            storage.remove_tree(directory)
-        total = 0
-        for name, manifest, images in self._decided_parts(con, run, plan):
-            storage.write_parquet(storage.join(run.manifest, name), manifest, MANIFEST_ROW_GROUP)
-            storage.write_parquet(storage.join(run.manifest_images, name), images)
-            total += manifest.num_rows
-        if total == 0:  # no input document at all: still a readable, empty manifest
-            storage.write_parquet(storage.join(run.manifest, "part-00000.parquet"),
-                                  columns.DOCUMENTS_MANIFEST.empty_table())
-        return total
+            manifest, images = decide_part(con, self.cfg, docs, schema)
+            part = uri.rsplit("/", 1)[-1]
+            target = storage.join(out.manifest, part)
+            storage.write_parquet(target, manifest, MANIFEST_ROW_GROUP)
+            storage.write_parquet(storage.join(out.manifest_images, part), images)
+            rows = manifest.select(["status", "reason"]).to_pylist()
+            statuses.update(r["status"] for r in rows)
+            reasons.update(json.dumps([r["status"], r["reason"].split(":", 1)[0]]) for r in rows if r["reason"])
+            images_by_status.update(images.column("status").to_pylist())
+            written.append({"uri": target, "units": manifest.num_rows, "kept": statuses_kept(rows)})
+        return {"manifest": written, "statuses": dict(statuses), "reasons": dict(reasons),
+                "extra": {"images": dict(images_by_status)}}
 
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         return write_document_shard(rows, name, out_dir, downloaded_dir, self.cfg.download.encode_format,
                                     self.cfg.output.formats)
 
-    def summary(self, run: RunDir) -> dict:
-        return {"kind": "documents", "images": _image_statuses(run)}
+    def summary(self, counts: dict) -> dict:
+        images = counts.get("extra", {}).get("images", {})
+        return {"kind": "documents", "images": dict(sorted(images.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
 def _document(doc: dict, image_rows: list[dict]) -> interleave.Document:
@@ -176,20 +170,11 @@ def _image_row(row: dict, image: interleave.Image, schema: pa.Schema) -> dict:
     return out
 
 
-class _ShardCounter:
-    """Kept documents go to output shards of ``samples_per_shard``, in sample_id order."""
-
-    def __init__(self, per_shard: int):
-        self.per_shard, self.kept = per_shard, 0
-
-    def next(self) -> str:
-        shard = f"{self.kept // self.per_shard:05d}"
-        self.kept += 1
-        return shard
+def statuses_kept(rows: list[dict]) -> int:
+    return sum(r["status"] == Status.KEPT for r in rows)
 
 
-def decide_part(con, cfg: CurateConfig, docs: pa.Table, counter: _ShardCounter,
-                images_schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
+def decide_part(con, cfg: CurateConfig, docs: pa.Table, images_schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
     """Decide the documents of one RUN/documents part -> (manifest rows, image rows)."""
     prefix = docs.column("sample_id")[0].as_py()[:6] if docs.num_rows else None
     image_rows = [] if prefix is None else duck.fetch_table(
@@ -202,22 +187,11 @@ def decide_part(con, cfg: CurateConfig, docs: pa.Table, counter: _ShardCounter,
     manifest, images = [], []
     for source in docs.to_pylist():
         doc = interleave.decide_document(_document(source, by_doc.get(source["sample_id"], [])), cfg.interleaved)
-        row = _manifest_row(doc, source, rows_by_id)
-        if doc.status == Status.KEPT:
-            row["output_shard"] = counter.next()
-        manifest.append(row)
+        manifest.append(_manifest_row(doc, source, rows_by_id))
         images.extend(_image_row(rows_by_id[im.sample_id], im, images_schema) for im in doc.images)
     return (pa.Table.from_pylist(manifest, schema=columns.DOCUMENTS_MANIFEST),
             pa.Table.from_pylist(images, schema=images_schema))
 
-
-def _image_statuses(run: RunDir) -> dict:
-    """Statuses of the images of a documents run (the summary's ``images`` entry)."""
-    files = storage.list_files(run.manifest_images, ".parquet")
-    if not files:
-        return {}
-    statuses = storage.read_parquet(files, columns=["status"]).column("status").to_pylist()
-    return dict(Counter(statuses).most_common())
 
 
 # -- output shards --

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from curate.core import duck, storage
-from curate.core.inputs import InputFile, read_input_file
+from curate.core.inputs import InputPart, read_input_part
 from curate.core.rundir import RunDir
 from curate.flow.decision import KEPT, case_sql
 from curate.flow.kind import Kind
@@ -41,7 +41,6 @@ from curate.stages.base import Rule
 if TYPE_CHECKING:
     from curate.flow.plan import Plan
 
-MANIFEST_PART_ROWS = 1_000_000
 # Row groups small enough that an output task reading one shard's rows (by output_shard,
 # which follows sample_id order) skips the rest of the part by its statistics.
 MANIFEST_ROW_GROUP = 10_000
@@ -57,8 +56,8 @@ class PairsKind(Kind):
     download_columns = ("sample_id", "url", "caption", "caption_bad_encoding")
     thresholds = ("capfilt.mode", "capfilt.max_synthetic", "capfilt.prefer")
 
-    def read(self, item: InputFile, run: RunDir) -> pa.Table:
-        return read_input_file(item, self.cfg.input)
+    def read(self, part: InputPart, run: RunDir) -> pa.Table:
+        return read_input_part(part, self.cfg.input)
 
     # -- the caption decision ----------------------------------------------------------------
 
@@ -169,40 +168,25 @@ class PairsKind(Kind):
                                       columns.MANIFEST_TAIL)
 
     def manifest_sql(self, plan: Plan) -> str:
-        n = self.cfg.output.samples_per_shard
+        """The manifest's rows from ``joined``, ``decided`` and ``final``, output shards NULL
+        (numbered once every partition's kept count is known: curate.pipeline.decide)."""
         head = [f"f.{c}" if c in ("status", "reason") else c for c in columns.PAIRS_MANIFEST_HEAD.names]
         stage_columns = [c for s in plan.stages for c in s.manifest]
         return f"""
-            SELECT {', '.join(head + stage_columns)},
-                   substr(key, 1, 5) AS download_shard, key AS download_key,
-                   CASE WHEN f.status = {KEPT} THEN printf('%05d',
-                       (row_number() OVER (PARTITION BY f.status = {KEPT} ORDER BY sample_id) - 1) // {n})
-                   END AS output_shard
+            SELECT {', '.join(head + stage_columns)}, download_shard, key AS download_key, NULL::VARCHAR AS output_shard
             FROM joined JOIN decided d USING (sample_id) JOIN final f USING (sample_id) ORDER BY sample_id
         """
 
-    def preview(self, con, run: RunDir, plan: Plan) -> dict[str, pa.Table]:
-        return {"manifest": duck.fetch_table(con, self.manifest_sql(plan)).cast(self.manifest_schema(plan))}
-
-    def write_manifest(self, con, run: RunDir, plan: Plan) -> int:
-        """RUN/manifest/part-NNNNN.parquet, streamed: one batch and one compressed part in memory."""
+    def write_partition(self, con, plan: Plan, name: str, files, out) -> dict:
+        """The partition's manifest part, ``part-<partition>.parquet``, one row per input row."""
+        uri = storage.join(out.manifest, f"part-{name}.parquet")
         schema = self.manifest_schema(plan)
-        storage.remove_tree(run.manifest)
-        reader = con.execute(self.manifest_sql(plan)).to_arrow_reader(MANIFEST_ROW_GROUP)
-        total, part, stream = 0, 0, None
-        for batch in reader:
-            if stream is None:
-                stream = _part(run, part, schema)
+        stream = storage.ParquetStream(uri, schema, MANIFEST_ROW_GROUP)
+        for batch in con.execute(self.manifest_sql(plan)).to_arrow_reader(MANIFEST_ROW_GROUP):
             for typed in pa.Table.from_batches([batch]).cast(schema).to_batches():
                 stream.write(typed)
-            if stream.rows >= MANIFEST_PART_ROWS:
-                stream.commit()
-                part, total, stream = part + 1, total + stream.rows, None
-        if stream is not None or part == 0:
-            stream = stream or _part(run, part, schema)
-            stream.commit()
-            total += stream.rows
-        return total
+        stream.commit()
+        return {"manifest": [{"uri": uri, "units": stream.rows, "kept": _kept(con, "final")}], **status_counts(con, "final")}
 
     # -- the shards ----------------------------------------------------------------------------
 
@@ -244,8 +228,16 @@ def _rank_column(plan: Plan) -> str:
     return "NULL::FLOAT"
 
 
-def _part(run: RunDir, part: int, schema: pa.Schema) -> storage.ParquetStream:
-    return storage.ParquetStream(storage.join(run.manifest, f"part-{part:05d}.parquet"), schema, MANIFEST_ROW_GROUP)
+def status_counts(con, table: str) -> dict:
+    """Rows of ``table`` per status and per (status, reason code), for the run's summary."""
+    statuses = dict(con.execute(f"SELECT status, count(*) FROM {table} GROUP BY ALL").fetchall())
+    reasons = con.execute(f"SELECT status, split_part(reason, ':', 1), count(*) FROM {table} "
+                          "WHERE reason IS NOT NULL GROUP BY ALL").fetchall()
+    return {"statuses": statuses, "reasons": {json.dumps([s, code]): n for s, code, n in reasons}}
+
+
+def _kept(con, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table} WHERE status = {KEPT}").fetchone()[0]
 
 
 def _training_record(row: dict) -> dict:

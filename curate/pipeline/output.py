@@ -10,25 +10,16 @@ manifest, and a refilter (another manifest) replaces them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.core import storage
 from curate.core.rundir import RunDir
 from curate.flow.kind import Kind
 from curate.flow.plan import Plan
+from curate.pipeline.decide import Decided
 from curate.flow.shards import SUFFIX
-
-
-def manifest_digest(run: RunDir) -> str:
-    digest = hashlib.sha256()
-    for uri in storage.list_files(run.manifest, ".parquet"):
-        fs, path = storage.fs_and_path(uri)
-        digest.update(fs.cat_file(path))
-    return digest.hexdigest()
 
 
 def shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
@@ -44,15 +35,6 @@ def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
     storage.remove_temporaries(run.output)
 
 
-def shard_counts(run: RunDir) -> dict[str, int]:
-    """Output shard name -> kept samples, reading only the manifest's ``output_shard`` column:
-    the driver never holds the kept rows themselves."""
-    files = storage.list_files(run.manifest, ".parquet")
-    shards = storage.read_parquet(files, columns=["output_shard"]).column("output_shard") if files else pa.array([])
-    counts = pc.value_counts(pc.drop_null(shards)).to_pylist() if len(shards) else []
-    return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
-
-
 def _write_from_manifest(kind: Kind, manifest_files: list[str], name: str, out_dir: str, downloaded_dir: str) -> int:
     """Ray task: read this shard's kept rows from the manifest (row groups of other shards are
     skipped by their statistics: shards follow sample_id order) and write the shard."""
@@ -60,19 +42,19 @@ def _write_from_manifest(kind: Kind, manifest_files: list[str], name: str, out_d
     return kind.write_shard(rows.sort_by("sample_id"), name, out_dir, downloaded_dir)
 
 
-def write_output(plan: Plan, run: RunDir, counts: dict[str, int], on_shard=None) -> dict:
-    """Write every output shard of the manifest's kept rows (``counts``: ``shard_counts(run)``),
-    then the index."""
+def write_output(plan: Plan, run: RunDir, decided: Decided, on_shard=None) -> dict:
+    """Write every output shard of the manifest's kept rows (one Ray task each, reading only
+    the manifest parts that hold its rows), then the index. ``decided``: what the decision
+    step returned (shard counts, the manifest parts of each shard, the manifest's digest)."""
     import ray
 
     cfg = plan.cfg
-    digest = manifest_digest(run)
+    counts, digest = decided.shard_counts, decided.digest
     _reset_if_other_manifest(run, digest)
     remote = ray.remote(num_cpus=0.5)(_write_from_manifest)
-    files = storage.list_files(run.manifest, ".parquet")
     names = list(counts)
     futures = {
-        name: remote.remote(plan.kind, files, name, run.output, run.downloaded)
+        name: remote.remote(plan.kind, decided.shard_parts[name], name, run.output, run.downloaded)
         for name in names if not shard_done(run.output, name, cfg.output.formats)
     }
     for name, future in futures.items():

@@ -21,14 +21,14 @@ from curate.core import storage
 from curate.core.config import ConfigError, CurateConfig, config_changes
 from curate.core.inputs import fingerprint, resolve_input_files
 from curate.core.progress import (
-    Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
+    Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, scored_rows, stage_counts_dir,
 )
-from curate.core.ray_session import start_ray
+from curate.core.ray_session import check_run_directory, start_ray
 from curate.core.rundir import RunDir
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
-from curate.pipeline.manifest import build_manifest
-from curate.pipeline.output import shard_counts, write_output
+from curate.pipeline.decide import decide_run
+from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.score import TASK_CPUS, run_score
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
@@ -45,7 +45,7 @@ class RunResult:
 
 # Keys that set resources, not results: a run may resume with other values (more memory
 # after the manifest step ran out of it, another Ray cluster).
-RESOURCE_KEYS = ("manifest.memory_limit", "ray.")
+RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem")
 
 
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
@@ -126,11 +126,12 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     plan.check()  # a bad model reference or stage config stops here, before anything is written
     fresh = not storage.exists(run.config)
     with _nothing_left_unless_started(run, fresh):
+        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
+        check_actor_fit(plan)
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())
         storage.write_text(run.state, json.dumps(state))
-        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-        check_actor_fit(plan)
 
         timings: dict = {}
         progress = Progress(run, console)
@@ -139,7 +140,8 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
             _step(run, "prepare", lambda: prepare(plan, run, files), timings, console)
     console.rule("[bold]download (img2dataset)")
     carried = [c for c in plan.kind.download_columns if c not in ("url", "caption")]
-    with progress.step("download", total=lambda: rows_in(run.download_list), count=downloaded_rows(run)):
+    to_fetch = lambda: (lambda p: p["rows"] - p["blocked"])(json.loads(storage.read_text(run.marker("prepare"))))  # noqa: E731
+    with progress.step("download", total=to_fetch, count=downloaded_rows(run)):
         _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download, carried),
               timings, console)
     console.rule("[bold]score")
@@ -228,18 +230,22 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    with progress.step("manifest", total=lambda: rows_in(run.rows)), _manifest_memory(cfg):
-        build_manifest(plan, run, progress)
+    prepared = json.loads(storage.read_text(run.marker("prepare")))
+    with progress.step("manifest", total=prepared["rows"]), _manifest_memory(cfg):
+        decided = decide_run(plan, run, prepared, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
-    counts = shard_counts(run)
-    with progress.step("output", total=sum(counts.values())):
-        index = write_output(plan, run, counts, on_shard=progress.advance)
+    with progress.step("output", total=sum(decided.shard_counts.values())):
+        index = write_output(plan, run, decided, on_shard=progress.advance)
     timings["output"] = round(time.perf_counter() - t, 2)
-    summary = compute_summary(run, time.perf_counter() - started)
+    summary = compute_summary(decided.counts, time.perf_counter() - started)
     summary["step_seconds"] = timings
-    summary.update(plan.kind.summary(run))
+    # Work done in Ray tasks, summed over them (the rest of a step's time is the driver's and waiting).
+    summary["task_seconds"] = {"prepare": prepared.get("task_seconds"), **{f"manifest/{k}": v for k, v in
+                                                                         decided.task_seconds.items()}}
+    summary["partitions"] = decided.partitions
+    summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)
     if cfg.report.enabled and plan.kind.name == "documents":
@@ -290,6 +296,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
     plan.check(models=False)
     _check_scored(plan, run)
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+    check_run_directory(run.root, cfg.storage.shared_filesystem)
     result = finish(plan, run, console, time.perf_counter(), {})
     storage.write_text(run.config, cfg.to_yaml())
     return result

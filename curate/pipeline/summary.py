@@ -7,27 +7,22 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from curate.core import duck, storage
+from curate.core import storage
 from curate.core.rundir import RunDir
+from curate.schemas.status import Status
 
 
-def compute_summary(run: RunDir, wall_seconds: float) -> dict:
-    con = duck.connect(run.root)
-    files = duck.sql_list(storage.list_files(run.manifest, ".parquet"))
-    con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({files})")
-    statuses = con.execute("SELECT status, count(*) FROM manifest GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    reasons = con.execute(
-        "SELECT status, split_part(reason, ':', 1) AS code, count(*) FROM manifest "
-        "WHERE reason IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 2"
-    ).fetchall()
-    con.close()
+def compute_summary(counts: dict, wall_seconds: float) -> dict:
+    """The summary from the decision's merged counts (curate.pipeline.decide): statuses by
+    count, reason codes by count; the driver never reads the manifest for it."""
+    statuses = sorted(counts["statuses"].items(), key=lambda kv: (-kv[1], kv[0]))
+    reasons = sorted(counts["reasons"].items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0]))
     rows_in = sum(n for _, n in statuses)
-    kept = dict(statuses).get("kept", 0)
     return {
         "rows_in": rows_in,
-        "kept": kept,
+        "kept": counts["statuses"].get(Status.KEPT.value, 0),
         "statuses": dict(statuses),
-        "reasons": [{"status": s, "reason": r, "count": n} for s, r, n in reasons],
+        "reasons": [{"status": s, "reason": r, "count": n} for (s, r), n in reasons],
         "wall_seconds": round(wall_seconds, 2),
         "rows_per_second": round(rows_in / wall_seconds, 2) if wall_seconds > 0 else None,
     }

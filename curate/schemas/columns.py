@@ -57,8 +57,10 @@ NOT_STORED = ("doc_texts", "_live")
 
 # The columns of RUN/scored/ that every run has (the inspect stage's writes included), so a
 # view over scored/ has them even when no shard was scored (every row blocked).
-SCORED_BASE = DOWNLOADED.append(pa.field("download_reason", pa.string())).append(
-    pa.field("pixel_sha256", pa.string()))
+# download_shard: the RUN/downloaded/ shard of the row (its scored parts are in
+# RUN/scored/<download_shard>/).
+SCORED_BASE = DOWNLOADED.append(pa.field("download_shard", pa.string())).append(
+    pa.field("download_reason", pa.string())).append(pa.field("pixel_sha256", pa.string()))
 
 # The pairs manifest, before the columns each enabled stage adds (clip_score, itm_prob, ...).
 CAPTION_STRUCT = pa.struct([

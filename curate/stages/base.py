@@ -193,5 +193,16 @@ class GlobalStage(Stage):
     def find(self, candidates: pa.Table, advance: Callable[[int], None]) -> pa.Table:
         raise NotImplementedError
 
-    def finish(self, con, run) -> None:
-        """After the decision (table ``final``): write what the stage keeps of a run."""
+    def find_partitioned(self, candidates: dict[str, str], work: str, out: Callable[[str], str],
+                         advance: Callable[[int], None]) -> dict[str, int]:
+        """``find`` over the run's partitions, as Ray tasks: ``candidates`` maps a partition
+        to its candidates file; what is found for a partition goes to ``out(partition)``
+        (a table keyed by sample_id, the stage's ``writes``); ``work`` is the stage's scratch
+        folder. Returns the rows found per partition."""
+        raise NotImplementedError
+
+    def partition_done(self, con, plan, work: str, partition: str) -> None:
+        """After a partition's final decision (table ``final``): keep what the stage needs of it."""
+
+    def run_done(self, work: str, run) -> None:
+        """After every partition: write what the stage keeps of a run."""

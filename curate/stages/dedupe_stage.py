@@ -27,6 +27,7 @@ from curate import dedupe
 from curate.core import storage
 from curate.core.config import ConfigError
 from curate.core.rundir import RunDir
+from curate.dedupe.near import FLAT_MAX_N
 from curate.schemas import reasons as R
 from curate.schemas.status import Status
 from curate.stages.base import BatchStage, GlobalStage, Rule
@@ -168,20 +169,74 @@ class DedupeStage(GlobalStage):
         return pa.table({"sample_id": [ids[r] for r in found], "duplicate_of": [duplicate_of[r] for r in found],
                          "duplicate_kind": [kind[r] for r in found]}, schema=empty.schema)
 
-    def finish(self, con, run: RunDir) -> None:
-        """Write RUN/dedupe_index/ from the kept samples' embeddings (local runs; needs CLIP)."""
+    # -- over partitions: nothing that grows with the rows in one process --------------------
+
+    def find_partitioned(self, candidates: dict[str, str], work: str, out: Callable[[str], str],
+                         advance: Callable[[int], None]) -> dict[str, int]:
+        """``find`` over partitioned candidates (partition name -> its candidates file), as
+        Ray tasks: exact groups by a hash shuffle, a near search over one representative per
+        exact group, verdicts written per partition to ``out(partition)``. Returns the
+        duplicates per partition. A run of up to FLAT_MAX_N representatives (or
+        ``dedupe.method: flat|ivf``) searches them in one task, exactly as ``find``; a larger
+        one with the clustered method, its cells written as partitions (curate.dedupe.cells)."""
+        import ray
+
+        from curate.dedupe import partitioned
+
+        keep = "first" if self.cfg.dedupe.keep == "first" else "score"
+        buckets = max(1, len(candidates))
+        reps, copies = partitioned.shuffle_exact(candidates, work, keep, buckets)
+        advance(copies)  # copies of an exact group are settled with their representative
+        total = sum(_rows(uri) for uri in reps)
+        method = self.cfg.dedupe.method
+        if method in ("flat", "ivf") or (method == "auto" and total <= FLAT_MAX_N) or not self.near:
+            resolved = ray.get(ray.remote(num_cpus=partitioned.TASK_CPUS)(_resolve_in_one_task).remote(self, reps))
+            advance(total)
+        else:
+            resolved = self._resolve_distributed(reps, total, work, advance)
+        return partitioned.write_verdicts(list(candidates), work, resolved, out)
+
+    def _resolve_distributed(self, reps: list[str], total: int, work: str, advance) -> pa.Table:
+        """Representatives' duplicates through the distributed clustered search: references
+        first (a task per file), then pHash-style matchers (one task over their narrow
+        columns) and the CLIP cells; components and survivors on the driver, from the pairs."""
+        import ray
+
+        from curate.dedupe import cells
+
+        d = self.cfg.dedupe
+        threshold = d.threshold or dedupe.DEFAULT_THRESHOLD
+        match = ray.remote(num_cpus=cells.TASK_CPUS)(_match_references)
+        outs = [storage.join(work, "search_in", uri.rsplit("/", 1)[-1]) for uri in reps]
+        referenced = pa.concat_tables(ray.get([match.remote(self, uri, o, threshold) for uri, o in zip(reps, outs)]))
+        advance(referenced.num_rows)
+        edges = [(m.duplicate_kind, ray.get(ray.remote(num_cpus=cells.TASK_CPUS)(_matcher_pairs).remote(m, outs)))
+                 for m in self.matchers]
+        groups = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
+        edges.append(("embedding", cells.clustered_pairs(outs, total - referenced.num_rows, threshold, work, groups,
+                                                         advance)))
+        return pa.concat_tables([referenced, _components(edges, "first" if d.keep == "first" else "score")])
+
+    def partition_done(self, con, plan, work: str, partition: str) -> None:
+        """The kept samples' embeddings of the partition, for RUN/dedupe_index/."""
+        if not self.cfg.clip.model:
+            return
+        from curate.core.duck import stream_to_parquet
+
+        stream_to_parquet(con, f"""
+            SELECT sample_id, clip_image_embedding AS emb FROM final JOIN joined USING (sample_id)
+            WHERE final.status = {Status.KEPT.sql} AND clip_image_embedding IS NOT NULL ORDER BY sample_id
+        """, storage.join(work, "index", f"part-{partition}.parquet"))
+
+    def run_done(self, work: str, run: RunDir) -> None:
+        """Write RUN/dedupe_index/ from the kept samples' embeddings (local runs; needs CLIP), in
+        a Ray task: the one place every kept embedding meets, as an index must."""
+        import ray
+
         if not self.cfg.clip.model or storage.is_remote(run.root):
             return  # the index writer takes local paths; bucket runs can be matched by run dir later
-        table = con.execute(f"""
-            SELECT sample_id, clip_image_embedding AS emb FROM final JOIN joined USING (sample_id)
-            WHERE final.status = {Status.KEPT.sql} ORDER BY sample_id
-        """).arrow().read_all()
-        emb = _embeddings(table.column("emb")) if table.num_rows else None
-        if emb is None:
-            return
-        storage.remove_tree(storage.join(run.root, "dedupe_index"))
-        dedupe.save_index(Path(run.root) / "dedupe_index", emb, table.column("sample_id").to_pylist())
-
+        ray.get(ray.remote(num_cpus=0.5)(_write_index).remote(storage.list_files(storage.join(work, "index"), ".parquet"),
+                                                               str(Path(run.root) / "dedupe_index")))
 
 def _subset(pairs_of, values: pa.ChunkedArray, rows: np.ndarray):
     """A search over ``values[rows]`` as the dedupe library calls it: on a subset of those
@@ -192,3 +247,89 @@ def _subset(pairs_of, values: pa.ChunkedArray, rows: np.ndarray):
         return pairs_of(values.take(pa.array(subset, pa.int64())))
 
     return search
+
+
+RESOLVED = pa.schema([("rep_id", pa.string()), ("survivor", pa.string()), ("kind", pa.string())])
+
+
+def _rows(uri: str) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(uri)
+    return pq.read_metadata(path, filesystem=fs).num_rows
+
+
+def _resolve_in_one_task(stage: DedupeStage, reps: list[str]) -> pa.Table:
+    """Ray task: every representative at once, through the in-memory ``find``."""
+    table = storage.read_parquet(reps) if reps else None
+    if table is None or table.num_rows == 0:
+        return RESOLVED.empty_table()
+    found = stage.find(table.sort_by("sample_id"), lambda rows: None)
+    return found.rename_columns(RESOLVED.names).cast(RESOLVED)
+
+
+def _match_references(stage: DedupeStage, uri: str, out_uri: str, threshold: float) -> pa.Table:
+    """Ray task: one file's representatives against ``dedupe.against``; the matched ones are
+    resolved (``<run>/<sample_id>``), the rest go to ``out_uri`` for the search within the run."""
+    table = storage.read_parquet([uri])
+    matched = np.full(table.num_rows, None, dtype=object)
+    if stage.cfg.dedupe.against and table.num_rows:
+        emb = _embeddings(table.column("emb"))
+        for entry in stage.cfg.dedupe.against:  # earlier runs first: what they kept stays the survivor
+            name, index = _reference(entry)
+            found = index.match(emb, threshold)
+            for row in np.flatnonzero((found != None) & (matched == None)):  # noqa: E711
+                matched[row] = f"{name}/{found[row]}"
+    rest = matched == None  # noqa: E711
+    storage.write_parquet(out_uri, table.filter(pa.array(rest)))
+    hit = np.flatnonzero(~rest)
+    ids = table.column("sample_id").to_pylist()
+    return pa.table({"rep_id": [ids[r] for r in hit], "survivor": [matched[r] for r in hit],
+                     "kind": ["embedding"] * len(hit)}, schema=RESOLVED)
+
+
+def _matcher_pairs(matcher, files: list[str]) -> pa.Table:
+    """Ray task: a matcher's pairs among the representatives of ``files`` (its key column is
+    narrow: 8 bytes a row for pHash), as (a, b, score_a, score_b)."""
+    from curate.dedupe.cells import PAIRS
+
+    name = matcher.match_column()[0]
+    table = storage.read_parquet(files, columns=["sample_id", "score", name]).sort_by("sample_id")
+    i, j = matcher.duplicate_pairs(table.column(name).combine_chunks())
+    ids, scores = table.column("sample_id").to_pylist(), table.column("score").to_numpy(zero_copy_only=False)
+    return pa.table({"a": [ids[x] for x in i], "b": [ids[x] for x in j], "score_a": scores[i],
+                     "score_b": scores[j]}, schema=PAIRS)
+
+
+def _components(edges: list[tuple[str, pa.Table]], keep: str) -> pa.Table:
+    """Duplicate groups of the representatives joined by ``edges`` ((kind, pairs) in order of
+    precedence), their survivors (curate.dedupe.choose_survivors) and each duplicate's kind:
+    the first kind of edge that touches it."""
+    ids = sorted({x for _, pairs in edges for col in ("a", "b") for x in pairs.column(col).to_pylist()})
+    if not ids:
+        return RESOLVED.empty_table()
+    where = {x: n for n, x in enumerate(ids)}
+    scores = np.full(len(ids), np.nan)
+    i_all, j_all, kind = [], [], np.full(len(ids), None, dtype=object)
+    for name, pairs in reversed(edges):  # earlier kinds overwrite later ones
+        i = np.array([where[x] for x in pairs.column("a").to_pylist()], np.int64)
+        j = np.array([where[x] for x in pairs.column("b").to_pylist()], np.int64)
+        scores[i], scores[j] = pairs.column("score_a").to_numpy(zero_copy_only=False), pairs.column(
+            "score_b").to_numpy(zero_copy_only=False)
+        kind[np.concatenate([i, j])] = name
+        i_all.append(i)
+        j_all.append(j)
+    labels = dedupe.duplicate_groups(len(ids), (np.concatenate(i_all), np.concatenate(j_all)))
+    survivor = dedupe.choose_survivors(ids, labels, None if keep == "first" else scores, keep)
+    dup = np.flatnonzero(survivor != None)  # noqa: E711
+    return pa.table({"rep_id": [ids[r] for r in dup], "survivor": [survivor[r] for r in dup],
+                     "kind": [kind[r] for r in dup]}, schema=RESOLVED)
+
+
+def _write_index(files: list[str], path: str) -> None:
+    """Ray task: the kept samples' embeddings as an index directory (curate.dedupe.save_index)."""
+    table = storage.read_parquet(files) if files else None
+    storage.remove_tree(path)
+    if table is None or table.num_rows == 0:
+        return
+    dedupe.save_index(Path(path), _embeddings(table.column("emb")), table.column("sample_id").to_pylist())
