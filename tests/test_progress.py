@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -138,12 +139,14 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     cfg = validate(data)
     (root / "config.yaml").write_text(cfg.to_yaml())
     run = RunDir(str(root))
-    parts = storage.list_files(run.scored, ".parquet")
+    parts = storage.list_files(run.scored, ".parquet", recursive=True)
     scored = storage.read_parquet(parts)
     for uri in parts:
         storage.remove_tree(uri)
     committed = scored.slice(0, scored.num_rows // 2)
-    storage.write_parquet(storage.join(run.scored, "part-committed.parquet"), committed)
+    for shard in set(committed.column("download_shard").to_pylist()):  # scored parts live per download shard
+        mine = committed.filter(pc.equal(committed.column("download_shard"), shard))
+        storage.write_parquet(storage.join(run.scored, shard, "part-committed.parquet"), mine)
     rescored = scored.num_rows - committed.num_rows
     stale = storage.join(stage_counts_dir(run, "clip"), "earlier-attempt.json")
     storage.write_text(stale, json.dumps({"rows": 10**6}))
