@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from rich.console import Console
@@ -316,6 +317,12 @@ def test_clip_retrieval_layout_reads_with_embedding_reader(pairs_run, exports):
             images = rows
     # The text embeddings are the run's CLIP model's, of the training caption: the cosine of a
     # kept sample's image and text embeddings is its training caption's clip_score.
-    for sample_id, m in kept.items():
-        chosen = next(c for c in m["captions"] if c["kept"] and c["text"] == m["caption_chosen"])
-        assert float(images[sample_id] @ texts[sample_id]) == pytest.approx(chosen["clip_score"], abs=5e-3)
+    metadata = pq.read_table(str(base / "metadata")).to_pylist()
+    assert len(metadata) == len(kept)
+    for row in metadata:
+        m = kept[row["sample_id"]]
+        chosen = next(c for c in m["captions"] if c["kept"] and c["text"] == m["caption_chosen"]
+                      and c["source"] == m["caption_source"])
+        assert float(images[row["sample_id"]] @ texts[row["sample_id"]]) == pytest.approx(chosen["clip_score"], abs=5e-3)
+        assert row["clip_score"] == pytest.approx(chosen["clip_score"]) and row["uid"] == _uid(m)
+        assert row["image_path"] == f"{m['output_shard']}.tar/{row['key']}.jpg" and row["url"] == m["url"]

@@ -29,7 +29,7 @@ import yaml
 
 from curate.core import duck, storage
 from curate.core.views import open_views
-from curate.flow.pair_record import output_key, sample_uid
+from curate.flow.pair_record import CAPTION_SCORES, output_key, record_schema, sample_uid, training_record
 from curate.core.rundir import RunDir
 from curate.flow.shards import ShardImages
 
@@ -161,32 +161,31 @@ def _clip_retrieval(con, run: RunDir, shards: list[str], out: Path, on_shard) ->
         raise ExportError(f"{run.root} ran without the CLIP stage (clip.model): it has no CLIP embeddings to export")
     encode = _TextEncoder(run)
     ext = _image_format(run)
-    score_columns = [c for c in ("clip_score", "itm_prob", "aesthetic_score")
-                     if c in {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest)").fetchall()}]
+    manifest_columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest)").fetchall()}
+    # The metadata's scores are the shard record's: the training caption's, and the image's own.
+    score_columns = [c for c in (*CAPTION_SCORES, "aesthetic_score") if c in manifest_columns]
     folders = {name: out / name for name in ("img_emb", "text_emb", "metadata")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     total = 0
     for shard in shards:
-        extra = "".join(f", m.{c}" for c in score_columns)
-        rows = duck.fetch_table(con, f"""
-            SELECT m.sample_id, m.url, m.caption, m.caption_chosen, m.caption_source{extra}, s.clip_image_embedding
+        table = duck.fetch_table(con, f"""
+            SELECT m.*, s.clip_image_embedding
             FROM manifest m JOIN scored s USING (sample_id)
             WHERE m.output_shard = {duck.sql_string(shard)} AND m.status = 'kept' ORDER BY m.sample_id
-        """).to_pylist()
+        """)
+        fields, rows = record_schema(table.schema), table.to_pylist()
+        records = [training_record(r, fields) for r in rows]
         image_emb = np.array([r["clip_image_embedding"] for r in rows], np.float32)
-        text_emb = encode([r["caption_chosen"] for r in rows])
+        text_emb = encode([r["caption"] for r in records])
         np.save(folders["img_emb"] / f"img_emb_{shard}.npy", image_emb.astype(np.float16))
         np.save(folders["text_emb"] / f"text_emb_{shard}.npy", text_emb.astype(np.float16))
+        # clip-retrieval's columns (image_path, caption, url), then the shard record's ids and scores.
         metadata = pa.table({
-            "image_path": [f"{shard}.tar/{output_key(r['sample_id'])}.{ext}" for r in rows],
-            "caption": [r["caption_chosen"] for r in rows],
-            "url": [r["url"] for r in rows],
-            "key": [output_key(r["sample_id"]) for r in rows],
-            "uid": [sample_uid(r["url"], r["caption"]) for r in rows],
-            "sample_id": [r["sample_id"] for r in rows],
-            "caption_source": [r["caption_source"] for r in rows],
-            **{c: pa.array([r[c] for r in rows], pa.float32()) for c in score_columns},
+            "image_path": [f"{shard}.tar/{r['key']}.{ext}" for r in records],
+            **{c: [r[c] for r in records] for c in ("caption", "url", "key", "uid", "sample_id", "caption_source",
+                                                    "alt_text")},
+            **{c: pa.array([r[c] for r in records], pa.float32()) for c in score_columns},
         })
         pq.write_table(metadata, folders["metadata"] / f"metadata_{shard}.parquet")
         total += len(rows)
