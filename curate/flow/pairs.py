@@ -31,9 +31,9 @@ import pyarrow as pa
 from curate.core import duck, storage
 from curate.core.inputs import InputFile, read_input_file
 from curate.core.rundir import RunDir
+from curate.flow import pair_record
 from curate.flow.decision import KEPT, case_sql
 from curate.flow.kind import Kind
-from curate.flow import pair_record
 from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_stats
 from curate.schemas import columns
 from curate.schemas import reasons as R
@@ -48,7 +48,7 @@ MANIFEST_PART_ROWS = 1_000_000
 # which follows sample_id order) skips the rest of the part by its statistics.
 MANIFEST_ROW_GROUP = 10_000
 # Candidate columns every caption has in the manifest's `captions`, NULL when a stage is off.
-STRUCT_SCORES = ("clip_score", "itm_prob", "itm_cosine")
+STRUCT_SCORES = pair_record.CAPTION_SCORES
 
 
 class PairsKind(Kind):

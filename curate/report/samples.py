@@ -10,6 +10,7 @@ from __future__ import annotations
 import duckdb
 
 from curate.core import duck
+from curate.flow.pair_record import CAPTION_SCORES
 from curate.report.stats import manifest_columns, score_columns
 from curate.schemas.status import Status
 
@@ -17,8 +18,6 @@ BASE_COLUMNS = ("sample_id", "url", "caption", "caption_chosen", "status", "reas
                 "width", "height", "download_shard", "download_key")
 
 
-# Scores each candidate caption has (the manifest's ``captions`` structs).
-CAPTION_SCORES = ("clip_score", "itm_prob", "itm_cosine")
 
 
 def _select(con: duckdb.DuckDBPyConnection, extra: tuple[str, ...] = ()) -> str:
