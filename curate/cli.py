@@ -114,6 +114,24 @@ def report(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a finished pairs run, local or s3://")],
+    format: Annotated[str, typer.Option("--format", help="llava | datacomp-uids | clip-retrieval")],
+    out: Annotated[Path, typer.Option("--out", help="the folder to write into")],
+) -> None:
+    """Write a run's kept samples for other tools: LLaVA pretraining JSON, a DataComp uid
+    subset, or the CLIP embeddings in clip-retrieval's layout (docs/ecosystem.md)."""
+    from curate.core.views import QueryError
+    from curate.pipeline.export import ExportError, export as do_export
+
+    try:
+        result = do_export(run_dir, format, out, on_shard=lambda name, n: console.print(f"shard {name}: {n} samples"))
+    except (ExportError, QueryError) as error:
+        _fail(str(error))
+    console.print(f"{format}: {result['samples']} samples -> {', '.join(result['files'])}")
+
+
+@app.command()
 def describe(
     config: Annotated[Path, typer.Argument(help="a run config (YAML); see docs/config.md")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,

@@ -391,7 +391,7 @@ def test_output_carries_the_kept_captions_with_sources(capfilt_run):
                     assert [(c["text"], c["source"]) for c in record["captions"]] == [(c["text"], c["source"]) for c in want]
                     for got, c in zip(record["captions"], want):
                         assert got["itm_prob"] == pytest.approx(c["itm_prob"]) and got["clip_score"] == pytest.approx(c["clip_score"])
-                    assert record["caption_chosen"] == m["caption_chosen"]
+                    assert record["caption"] == m["caption_chosen"] and record["alt_text"] == (m["caption"] or "")
                     txt = tar.extractfile(member.name[: -len(".json")] + ".txt").read().decode()
                     assert txt == m["caption_chosen"]
                     seen += 1

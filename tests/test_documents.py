@@ -267,7 +267,7 @@ def _check_outputs(run: RunDir, manifest: pa.Table, image_col: str = "jpg") -> N
         for text, image in zip(row["texts"], row["images"]):
             assert (text is None) != (image is None)  # each position: a text or an image
             if image is not None:
-                assert Image.open(io.BytesIO(image)).size == (64, 64)
+                assert Image.open(io.BytesIO(image["bytes"])).size == (64, 64)
         assert json.loads(row["metadata"])["page"].startswith("https://example.test/")
 
 

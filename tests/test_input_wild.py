@@ -660,7 +660,7 @@ def _stored_images(run_root: str, result) -> dict:
     files = [f"{run_root}/output/{s['name']}.parquet" for s in result.index["shards"]]
     table = pq.ParquetDataset(files).read(columns=["sample_id", "png"])
     return {sid: np.asarray(Image.open(io.BytesIO(data)))
-            for sid, data in zip(table.column("sample_id").to_pylist(), table.column("png").to_pylist())}
+            for sid, data in zip(table.column("sample_id").to_pylist(), (i["bytes"] for i in table.column("png").to_pylist()))}
 
 
 def test_wild_rows_get_their_status_and_reason(wild_run):

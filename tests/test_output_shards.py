@@ -56,15 +56,20 @@ def _manifest_rows(where: dict[str, tuple[str, bytes]], every: int = 2) -> pa.Ta
             scores.append(None)
             continue
         captions.append([
-            {"text": f"kept {n}", "source": "synthetic", "clip_score": 0.5, "itm_prob": 0.9, "itm_cosine": 0.4,
-             "kept": True, "reason": None},
+            {"text": f"caption ünïcode {n}", "source": "synthetic", "clip_score": 0.5, "itm_prob": 0.9,
+             "itm_cosine": 0.4, "kept": True, "reason": None},
             {"text": f"dropped {n}", "source": "original", "clip_score": 0.1, "itm_prob": 0.1, "itm_cosine": 0.1,
              "kept": False, "reason": "itm_prob_below:0.5"},
         ])
         scores.append(0.25 + n / 1000)
     return pa.table({
         "sample_id": pa.array(ids, pa.string()),
+        "url": pa.array([f"http://127.0.0.1/{i}.jpg" for i in ids], pa.string()),
+        "caption": pa.array([None if n % 3 == 0 else f"alt {n}" for n in range(len(ids))], pa.string()),
         "caption_chosen": pa.array([f"caption ünïcode {n}" for n in range(len(ids))], pa.string()),
+        "caption_source": pa.array(["original" if n < 5 else "synthetic" for n in range(len(ids))], pa.string()),
+        "original_caption_reason": pa.array([None if n < 5 else "itm_prob_below:0.5" for n in range(len(ids))],
+                                            pa.string()),
         "captions": pa.array(captions, pa.list_(CAPTION_STRUCT)),
         "clip_score": pa.array(scores, pa.float32()),
         "status": pa.array(["kept"] * len(ids), pa.string()),
@@ -89,18 +94,24 @@ def test_a_streamed_shard_holds_every_row_in_order_in_both_formats(tmp_path, mon
     assert PAIRS.write_shard(rows, "00000", out, downloaded) == rows.num_rows
 
     assert read == ["00000", "00001", "00002"]  # each download shard read once, in order
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar"]
+    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json"]
     ids = rows.column("sample_id").to_pylist()
     samples = list(wds.WebDataset(f"{out}/00000.tar", shardshuffle=False))
-    assert [s["__key__"] for s in samples] == ids
+    assert [s["__key__"] for s in samples] == [i.replace("-", "") for i in ids]  # digits, as img2dataset's
     for n, sample in enumerate(samples):
         assert sample["jpg"] == where[ids[n]][1]
         record = json.loads(sample["json"])
-        assert sample["txt"].decode() == record["caption_chosen"] == f"caption ünïcode {n}"
-        assert record["captions"] == (None if n < 5 else [
-            {"text": f"kept {n}", "source": "synthetic", "clip_score": 0.5, "itm_prob": pytest.approx(0.9),
+        assert record["sample_id"] == ids[n] and record["key"] == sample["__key__"]
+        assert sample["txt"].decode() == record["caption"] == f"caption ünïcode {n}"
+        assert record["alt_text"] == ("" if n % 3 == 0 else f"alt {n}")  # never NULL: one type for loaders
+        assert record["alt_text_reason"] == ("" if n < 5 else "itm_prob_below:0.5")
+        assert record["captions"] == ([] if n < 5 else [
+            {"text": f"caption ünïcode {n}", "source": "synthetic", "clip_score": 0.5, "itm_prob": pytest.approx(0.9),
              "itm_cosine": pytest.approx(0.4)}])
-        assert not {"status", "reason", "download_shard", "download_key", "output_shard"} & record.keys()
+        # The training caption's scores, and the alt-text's under its own name.
+        assert record["clip_score"] == (None if n < 5 else 0.5)
+        assert record["alt_text_clip_score"] == pytest.approx(rows.column("clip_score")[n].as_py())
+        assert not {"status", "reason", "download_shard", "download_key", "output_shard", "caption_chosen"} & record.keys()
 
     parquet = pq.ParquetFile(f"{out}/00000.parquet")
     assert parquet.metadata.num_row_groups == -(-rows.num_rows // 7)
@@ -109,8 +120,10 @@ def test_a_streamed_shard_holds_every_row_in_order_in_both_formats(tmp_path, mon
     assert [f.name for f in table.schema.field("captions").type.value_type] == [
         "text", "source", "clip_score", "itm_prob", "itm_cosine"]
     assert table.column("sample_id").to_pylist() == ids
-    assert table.column("jpg").to_pylist() == [where[i][1] for i in ids]
-    assert table.column("clip_score").to_pylist() == pytest.approx(rows.column("clip_score").to_pylist())
+    assert [image["bytes"] for image in table.column("jpg").to_pylist()] == [where[i][1] for i in ids]
+    assert table.column("alt_text_clip_score").to_pylist() == pytest.approx(rows.column("clip_score").to_pylist())
+    # The same records in both formats.
+    assert table.drop_columns(["jpg"]).to_pylist() == [json.loads(s["json"]) for s in samples]
 
 
 def _counting(read, calls: list):

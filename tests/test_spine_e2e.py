@@ -72,10 +72,10 @@ def test_webdataset_shards_hold_every_kept_sample_once(finished_run):
     tars = [f"{run_root}/output/{s['name']}.tar" for s in result.index["shards"]]
     seen = []
     for sample in wds.WebDataset(tars, shardshuffle=False).decode("pil"):
-        seen.append(sample["__key__"])
         meta = sample["json"]
-        assert meta["sample_id"] == sample["__key__"]
-        assert sample["txt"] == kept[sample["__key__"]]["caption_chosen"]
+        seen.append(meta["sample_id"])
+        assert sample["__key__"] == meta["key"] == meta["sample_id"].replace("-", "")
+        assert sample["txt"] == meta["caption"] == kept[meta["sample_id"]]["caption_chosen"]
         assert isinstance(sample["jpg"], Image.Image) and sample["jpg"].size == (64, 64)
     assert sorted(seen) == sorted(kept) and len(seen) == len(set(seen))
     assert all(s["count"] <= 2 for s in result.index["shards"])
@@ -89,8 +89,8 @@ def test_parquet_shards_hold_every_kept_sample_once(finished_run):
     table = pq.ParquetDataset(files).read()
     ids = table.column("sample_id").to_pylist()
     assert sorted(ids) == sorted(kept) and len(ids) == len(set(ids))
-    for image_bytes in table.column("jpg").to_pylist():
-        Image.open(io.BytesIO(image_bytes)).verify()
+    for image in table.column("jpg").to_pylist():
+        Image.open(io.BytesIO(image["bytes"])).verify()
 
 
 def test_summary_counts_match_manifest(finished_run):

@@ -18,7 +18,7 @@ LAYERS = [
     {"flow"},
     {"report"},
     {"pipeline"},
-    {"demo", "demo_documents", "cli"},
+    {"demo", "demo_documents", "cli", "api"},
 ]
 
 

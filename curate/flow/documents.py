@@ -16,6 +16,7 @@ document's ``sequence``, each image the member ``DOC.<k>.<ext>``).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,8 @@ from curate.core.rundir import RunDir
 from curate.flow import interleave
 from curate.flow.documents_input import read_documents_part
 from curate.flow.kind import Kind
-from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, json_value
+from curate.flow.hf_features import IMAGE_STRUCT, with_image_features
+from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, json_value, write_shard_stats
 from curate.schemas import columns
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
@@ -234,18 +236,26 @@ def _tar_sample(record: dict, images: dict[str, bytes], image_col: str) -> dict:
     return sample
 
 
-def _parquet_chunk(meta: pa.RecordBatch, images: dict[str, bytes], schema: pa.Schema) -> pa.Table:
-    image_bytes = [[None if i is None else images[i] for i in ids] for ids in meta.column("image_ids").to_pylist()]
-    return pa.Table.from_batches([meta]).append_column("images", pa.array(image_bytes, pa.list_(pa.binary()))).cast(schema)
+def _parquet_chunk(meta: pa.RecordBatch, images: dict[str, bytes], schema: pa.Schema, image_col: str) -> pa.Table:
+    """The OBELICS layout: ``images`` aligned with ``texts``, each image in HF datasets' Image()
+    layout (its bytes, and its image id as the path), NULL at a text's position."""
+    items = [[None if i is None else {"bytes": images[i], "path": f"{i}.{image_col}"} for i in ids]
+             for ids in meta.column("image_ids").to_pylist()]
+    column = pa.array(items, pa.list_(IMAGE_STRUCT))
+    return pa.Table.from_batches([meta]).append_column("images", column).cast(schema)
 
 
 def write_document_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, image_col: str,
                          formats: list[str]) -> int:
     """Write one output shard of documents in every format, CHUNK_ROWS documents at a time;
     returns its document count."""
+    started = time.time()
     images = ShardImages(name, _image_locations(rows), downloaded_dir, image_col)
     meta = rows.drop_columns([c for c in _LOCATION_COLUMNS if c in rows.column_names])
-    schema = meta.schema.append(pa.field("images", pa.list_(pa.binary())))
+    # datasets.load_dataset("parquet") decodes `images` as a list of Image(); the source URLs
+    # stay beside them in `image_urls`.
+    schema = with_image_features(meta.schema.append(pa.field("images", pa.list_(IMAGE_STRUCT))),
+                                 {"images": "image_list"})
     with ShardFiles(out_dir, name, formats, schema) as files:
         for chunk in meta.to_batches(max_chunksize=CHUNK_ROWS):
             records = chunk.to_pylist()
@@ -255,5 +265,6 @@ def write_document_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir
                 for record in records:
                     files.tar.write(_tar_sample(record, data, image_col))
             if files.parquet is not None:
-                files.parquet.write_table(_parquet_chunk(chunk, data, schema))
+                files.parquet.write_table(_parquet_chunk(chunk, data, schema, image_col))
+    write_shard_stats(out_dir, name, rows.num_rows, started)
     return rows.num_rows

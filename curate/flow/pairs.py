@@ -23,6 +23,7 @@ All of it is SQL over stored columns (DuckDB), so a refilter re-decides without 
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -30,9 +31,10 @@ import pyarrow as pa
 from curate.core import duck, storage
 from curate.core.inputs import InputPart, read_input_part
 from curate.core.rundir import RunDir
+from curate.flow import pair_record
 from curate.flow.decision import KEPT, case_sql
 from curate.flow.kind import Kind
-from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, json_value
+from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_stats
 from curate.schemas import columns
 from curate.schemas import reasons as R
 from curate.schemas.reasons import sql_clean_detail
@@ -45,9 +47,7 @@ if TYPE_CHECKING:
 # which follows sample_id order) skips the rest of the part by its statistics.
 MANIFEST_ROW_GROUP = 10_000
 # Candidate columns every caption has in the manifest's `captions`, NULL when a stage is off.
-STRUCT_SCORES = ("clip_score", "itm_prob", "itm_cosine")
-# Manifest columns that say where the bytes are or why, not what the sample is.
-LOCATION_COLUMNS = ("download_shard", "download_key", "output_shard", "status", "reason")
+STRUCT_SCORES = pair_record.CAPTION_SCORES
 
 
 class PairsKind(Kind):
@@ -192,26 +192,31 @@ class PairsKind(Kind):
 
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         """One output shard: ``KEY.<image>``, ``KEY.txt`` (the training caption) and
-        ``KEY.json`` (the manifest row, kept captions only) per sample, and/or Parquet."""
+        ``KEY.json`` (the training record, curate.flow.pair_record) per sample, and/or the
+        same records as Parquet; then its ``NNNNN_stats.json``."""
         image_col, formats = self.cfg.download.encode_format, self.cfg.output.formats
+        started = time.time()
         images = ShardImages(name, rows.select(["sample_id", "download_shard"]), downloaded_dir, image_col)
-        meta = rows.drop_columns([c for c in LOCATION_COLUMNS if c in rows.column_names])
-        schema = _parquet_schema(meta.schema, image_col)
+        fields = pair_record.record_schema(rows.schema)
+        schema = pair_record.parquet_schema(fields, image_col)
         with ShardFiles(out_dir, name, formats, schema) as files:
-            for chunk in meta.to_batches(max_chunksize=CHUNK_ROWS):
-                records = [_training_record(r) for r in chunk.to_pylist()]
+            for chunk in rows.to_batches(max_chunksize=CHUNK_ROWS):
+                records = [pair_record.training_record(r, fields) for r in chunk.to_pylist()]
                 data = [images[r["sample_id"]] for r in records]
                 if files.tar is not None:
                     for record, image in zip(records, data):
                         files.tar.write({
-                            "__key__": record["sample_id"],
+                            "__key__": record["key"],
                             image_col: image,
-                            "txt": record["caption_chosen"] or "",
+                            "txt": record["caption"],
                             "json": json.dumps(record, ensure_ascii=False).encode("utf-8"),
                         })
                 if files.parquet is not None:
-                    table = pa.Table.from_pylist([{**r, image_col: d} for r, d in zip(records, data)], schema=schema)
+                    table = pa.Table.from_pylist(
+                        [{**r, image_col: {"bytes": d, "path": f"{r['key']}.{image_col}"}} for r, d in zip(records, data)],
+                        schema=schema)
                     files.parquet.write_table(table)
+        write_shard_stats(out_dir, name, rows.num_rows, started)
         return rows.num_rows
 
 
@@ -238,27 +243,3 @@ def status_counts(con, table: str) -> dict:
 
 def _kept(con, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table} WHERE status = {KEPT}").fetchone()[0]
-
-
-def _training_record(row: dict) -> dict:
-    """A manifest row as the trainer sees it: the kept captions only (the manifest keeps all)."""
-    record = {k: json_value(v) for k, v in row.items()}
-    if record.get("captions") is not None:
-        record["captions"] = [
-            {k: json_value(v) for k, v in c.items() if k not in ("kept", "reason")} for c in record["captions"] if c["kept"]
-        ]
-    return record
-
-
-def _parquet_schema(meta: pa.Schema, image_col: str) -> pa.Schema:
-    """The Parquet shard's schema: the manifest's columns as a trainer sees them (captions
-    without the kept/reason fields, as in _training_record) plus the image bytes. Fixed once
-    per shard, so every chunk is written with the same types."""
-    fields = []
-    for field in meta:
-        if field.name == "captions":
-            item = field.type.value_type
-            kept = [f for f in item if f.name not in ("kept", "reason")]
-            field = field.with_type(pa.list_(pa.struct(kept)))
-        fields.append(field)
-    return pa.schema(fields + [pa.field(image_col, pa.binary())])

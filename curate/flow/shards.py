@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import tarfile
 import time
@@ -21,12 +22,29 @@ import pyarrow.parquet as pq
 from curate.core import storage
 
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
+# img2dataset's per-shard statistics file, beside each shard (and DataComp's resharder reads
+# its ``successes``); written last, after the shard's files are committed.
+STATS_SUFFIX = "_stats.json"
 
 
 def json_value(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def write_shard_stats(out_dir: str, name: str, count: int, started: float) -> None:
+    """``NNNNN_stats.json`` with the keys img2dataset's ``write_stats`` writes, for the tools
+    that read them (img2dataset's own logger sums them; DataComp's resharder reads
+    ``successes``). Every sample of an output shard is a success. Written by hand, not with
+    img2dataset.logger.write_stats: importing that module imports wandb in every write task."""
+    ended = time.time()
+    stats = {
+        "count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0,
+        "duration": ended - started, "start_time": started, "end_time": ended,
+        "status_dict": {"success": count} if count else {},
+    }
+    storage.write_text(storage.join(out_dir, name + STATS_SUFFIX), json.dumps(stats, indent=4))
 
 
 # Rows turned into Python records and written at a time: a write task holds one chunk's

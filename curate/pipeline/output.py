@@ -18,13 +18,14 @@ from curate.core import storage
 from curate.core.rundir import RunDir
 from curate.flow.kind import Kind
 from curate.flow.plan import Plan
+from curate.flow.shards import STATS_SUFFIX, SUFFIX
 from curate.pipeline.decide import Decided
-from curate.flow.shards import SUFFIX
 
 
 def shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
-    """A shard is done when every one of its files is committed."""
-    return all(storage.exists(storage.join(out_dir, name + SUFFIX[f])) for f in formats)
+    """A shard is done when every one of its files is committed, its stats file last."""
+    suffixes = [SUFFIX[f] for f in formats] + [STATS_SUFFIX]
+    return all(storage.exists(storage.join(out_dir, name + suffix)) for suffix in suffixes)
 
 
 def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
@@ -40,6 +41,26 @@ def _write_from_manifest(kind: Kind, manifest_files: list[str], name: str, out_d
     skipped by their statistics: shards follow sample_id order) and write the shard."""
     rows = storage.read_parquet(manifest_files, filters=pc.field("output_shard") == name)
     return kind.write_shard(rows.sort_by("sample_id"), name, out_dir, downloaded_dir)
+
+
+def build_index(kind: str, formats: list[str], image_format: str, counts: dict[str, int], digest: str) -> dict:
+    """``output/index.json``: the shards and counts, and with WebDataset output a wids dataset
+    description (``wids_version``, ``shardlist`` of tars relative to the index), so
+    ``wids.ShardListDataset("RUN/output/index.json")`` opens the run's shards as they are."""
+    index = {
+        "kind": kind,
+        "formats": formats,
+        "image_format": image_format,
+        "total": int(sum(counts.values())),
+        "shards": [{"name": n, "count": c, "files": [n + SUFFIX[f] for f in formats] + [n + STATS_SUFFIX]}
+                   for n, c in counts.items()],
+        "manifest_digest": digest,
+    }
+    if "webdataset" in formats:
+        index["wids_version"] = 1
+        index["name"] = "curate"
+        index["shardlist"] = [{"url": n + SUFFIX["webdataset"], "nsamples": c} for n, c in counts.items()]
+    return index
 
 
 def write_output(plan: Plan, run: RunDir, decided: Decided, on_shard=None) -> dict:
@@ -63,15 +84,10 @@ def write_output(plan: Plan, run: RunDir, decided: Decided, on_shard=None) -> di
             raise RuntimeError(f"output shard {name}: wrote {written} samples, the manifest has {counts[name]}")
         if on_shard:
             on_shard(counts[name])
-    index = {
-        "kind": cfg.input.kind,
-        "formats": cfg.output.formats,
-        "image_format": cfg.download.encode_format,
-        "total": int(sum(counts.values())),
-        "shards": [
-            {"name": n, "count": counts[n], "files": [n + SUFFIX[f] for f in cfg.output.formats]} for n in names
-        ],
-        "manifest_digest": digest,
-    }
+    index = build_index(cfg.input.kind, cfg.output.formats, cfg.download.encode_format, counts, digest)
+    if "webdataset" in cfg.output.formats:
+        # open_clip's loader (and DataComp's resharder) take the shard sizes from here.
+        sizes = {n + SUFFIX["webdataset"]: counts[n] for n in names}
+        storage.write_text(storage.join(run.output, "sizes.json"), json.dumps(sizes, indent=2))
     storage.write_text(storage.join(run.output, "index.json"), json.dumps(index, indent=2))
     return index

@@ -20,6 +20,10 @@ from curate.schemas.status import STATUS_ORDER, Status
 from curate.stages.registry import STAGES
 
 DEFAULT_SAMPLES = 24
+# Short labels for the navigation bar (the sections keep their full titles): all of them fit
+# on one line of a 1,400 px window.
+NAV_LABELS = {"kept": "Kept", "filtered": "Filtered", "duplicates": "Duplicates", "failures": "Failures",
+              "capfilt": "CapFilt captions"}
 
 
 def stage_scores() -> dict[str, tuple[str, str | None]]:
@@ -99,7 +103,7 @@ def render(con, run: RunDir, config: dict, n: int) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return html.page(
         title="curate report", subtitle=run.root, headline=headline(con, run, config, scores),
-        nav=[("summary", "Summary")] + [(a, t) for a, t, _ in parts],
+        nav=[("summary", "Summary")] + [(a, NAV_LABELS.get(a, t)) for a, t, _ in parts],
         sections=[html.section(a, t, lead, body) for a, t, (lead, body) in parts],
         footer=f"Generated {html.esc(now)} by <code>curate report</code>. Ask your own questions with "
                f"<code>curate query {html.esc(run.root)} \"SQL\"</code> (docs/queries.md).",
@@ -163,10 +167,15 @@ def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
                                   "is missing or empty): its stage was off or has not been run, so there is nothing to plot."))
             continue
         t = threshold(con, config, column)
-        hist = plots.histogram_by_status(stats.values_by_status(con, f'"{column}"'), column, f"hist-{column}", t)
+        # Kept images CapFilt rescued (a synthetic caption replaced the alt-text) are their own
+        # series: the column holds the alt-text's score, which may be far below the threshold.
+        values = stats.values_by_status(con, f'"{column}"', rescued_apart=column in samples.CAPTION_SCORES)
+        hist = plots.histogram_by_status(values, column, f"hist-{column}", t)
         curve = plots.keep_fraction_curve(stats.eligible_scores(con, column), column, f"curve-{column}", t)
         body.append(f"<h3>{html.esc(label)} (<code>{html.esc(column)}</code>)</h3><div class=\"plots\">"
-                    + html.figure(hist, "Distribution per decision; the dashed line is the threshold.")
+                    + html.figure(hist, "Distribution per decision; the dashed line is the threshold."
+                                  + (f" <b>{stats.RESCUED}</b>: kept with a synthetic caption, plotted at its "
+                                     "alt-text's score." if stats.RESCUED in values else ""))
                     + html.figure(curve, "Share of the samples no other rule removed that a threshold would keep (before dedupe).")
                     + "</div>")
     body.append("<h3>Quantiles</h3>" + html.table(stats.score_quantiles(con)))
@@ -175,12 +184,17 @@ def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
 
 def captions_section(con) -> tuple[str, str]:
     values = stats.values_by_status(con, stats.CAPTION_WORDS)
-    top = max((v.max() for v in values.values() if len(v)), default=1)
+    training = stats.training_caption_words(con)
+    top = max((v.max() for v in [*values.values(), *training.values()] if len(v)), default=1)
     bins = [b - 0.5 for b in range(0, int(min(top, 80)) + 2)]
-    svg = plots.histogram_by_status(values, "words in the original caption", "caption-words", bins=bins)
-    return "Length of the original alt-text per decision.", (
-        f'<div class="plots">{html.figure(svg, "Caption length in words (capped at 80).")}</div>'
-        + "<h3>Quantiles</h3>" + html.table(stats.caption_length_quantiles(con))
+    svg = plots.histogram_by_status(values, "words in the alt-text", "caption-words", bins=bins)
+    figures = html.figure(svg, "Alt-text length in words per decision (capped at 80).")
+    if training:
+        svg = plots.histogram_by_status(training, "words in the training caption", "training-caption-words", bins=bins)
+        figures += html.figure(svg, f"Training caption length of the kept samples: the alt-text (kept) or the "
+                                    f"synthetic caption CapFilt chose ({stats.RESCUED}).")
+    return "Length of the alt-text per decision, and of the captions the kept samples train with.", (
+        f'<div class="plots">{figures}</div>' + "<h3>Quantiles</h3>" + html.table(stats.caption_length_quantiles(con))
     )
 
 

@@ -24,7 +24,7 @@ header.top { background:#1f2630; color:#fff; padding:28px 0 22px; }
 header.top h1 { margin:0 0 4px; font-size:24px; font-weight:650; letter-spacing:-.01em; }
 header.top .sub { color:#b8c0cc; font-size:13px; word-break:break-all; }
 nav { position:sticky; top:0; z-index:5; background:#fff; border-bottom:1px solid var(--line); }
-nav .wrap { display:flex; gap:18px; overflow-x:auto; padding-top:10px; padding-bottom:10px; }
+nav .wrap { display:flex; flex-wrap:wrap; gap:6px 18px; padding-top:10px; padding-bottom:10px; }
 nav a { color:var(--muted); text-decoration:none; font-size:13px; white-space:nowrap; }
 nav a:hover { color:var(--accent); }
 section { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:20px 22px; margin:22px 0; }
@@ -52,6 +52,7 @@ svg { width:100%; height:auto; display:block; }
 .card figcaption { padding:7px 9px 9px; font-size:12px; }
 .card .cap { margin:0 0 4px; overflow-wrap:anywhere; }
 .card .meta { margin:0; color:var(--muted); display:flex; flex-wrap:wrap; gap:4px 8px; }
+.card .meta span { min-width:0; max-width:100%; overflow-wrap:anywhere; }
 .badge { display:inline-block; padding:0 6px; border-radius:9px; font-size:11px; color:#fff; background:var(--c,#888); }
 .mono { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:11px; }
 .dups { display:grid; grid-template-columns:repeat(auto-fill,minmax(500px,1fr)); gap:14px 24px; }
@@ -81,6 +82,15 @@ IMAGE_CHECK = """window.addEventListener('load', function () {
   check.setAttribute('data-images-total', String(images.length));
   check.setAttribute('data-images-loaded', String(loaded));
   check.setAttribute('data-errors', String(window.__reportErrors.length));
+  var nav = document.querySelector('nav .wrap');
+  check.setAttribute('data-nav-fits', nav && nav.scrollWidth <= nav.clientWidth ? 'yes' : 'no');
+  check.setAttribute('data-nav-rows', nav ? String(new Set(Array.prototype.map.call(
+    nav.querySelectorAll('a'), function (a) { return a.offsetTop; })).size) : '0');
+  var cut = Array.prototype.filter.call(document.querySelectorAll('.reason'), function (el) {
+    return el.scrollWidth > el.clientWidth + 1 || el.getBoundingClientRect().right > el.closest('.card').getBoundingClientRect().right + 1;
+  });
+  check.setAttribute('data-reasons', String(document.querySelectorAll('.reason').length));
+  check.setAttribute('data-reasons-cut', String(cut.length));
   check.setAttribute('data-ready', 'yes');
 });"""
 
@@ -140,8 +150,10 @@ def card(row: dict, thumb: str | None, scores: list[str], extra_class: str = "",
     image = f'<img src="{thumb}" alt="{esc(row.get("sample_id"))}">' if thumb else '<div class="noimg">no image</div>'
     caption = row.get("caption_chosen") or row.get("caption")
     meta = [f'<span>{esc(s.replace("_", " "))} <b>{row[s]:.3f}</b></span>' for s in scores if row.get(s) is not None]
+    if row.get("caption_chosen") and row.get("caption_source") == "synthetic":
+        meta.insert(0, f'<span>{badge("kept", "CapFilt caption")}</span>')
     if show_reason and row.get("reason"):
-        meta.append(f'<span class="mono">{esc(row["reason"])}</span>')
+        meta.append(f'<span class="mono reason">{esc(row["reason"])}</span>')
     meta.append(f'<span class="mono">{esc(row.get("sample_id"))}</span>')
     return (f'<figure class="card {extra_class}" title="{esc(row.get("url"))}">{image}<figcaption>'
             f'<p class="cap">{esc(caption) or "<i>(empty caption)</i>"}</p><p class="meta">{"".join(meta)}</p>'

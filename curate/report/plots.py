@@ -23,6 +23,7 @@ STATUS_COLOURS = {
     "duplicate": "#8a63d2",
     "download_failed": "#d9534f",
     "blocked": "#7f8c8d",
+    "kept (CapFilt caption)": "#1f8fb4",  # kept with a synthetic caption: curate.report.stats.RESCUED
 }
 INK, GRID = "#333a44", "#e4e7eb"
 STYLE = {

@@ -10,20 +10,36 @@ from __future__ import annotations
 import duckdb
 
 from curate.core import duck
-from curate.report.stats import score_columns
+from curate.flow.pair_record import CAPTION_SCORES
+from curate.report.stats import manifest_columns, score_columns
 from curate.schemas.status import Status
 
 BASE_COLUMNS = ("sample_id", "url", "caption", "caption_chosen", "status", "reason",
                 "width", "height", "download_shard", "download_key")
 
 
+
+
 def _select(con: duckdb.DuckDBPyConnection, extra: tuple[str, ...] = ()) -> str:
-    columns = list(BASE_COLUMNS) + score_columns(con) + list(extra)
+    present = manifest_columns(con)
+    training = tuple(c for c in ("caption_source", "captions") if c in present and c not in extra)
+    columns = list(BASE_COLUMNS) + score_columns(con) + list(extra) + list(training)
     return ", ".join(f'"{c}"' for c in columns)
 
 
+def training_caption_scores(row: dict) -> dict:
+    """A sample shown with its training caption (``caption_chosen``) shows that caption's
+    scores: the manifest's score columns are the alt-text's, which CapFilt may have replaced."""
+    captions = row.get("captions") or []
+    chosen = next((c for c in captions if c.get("kept") and c.get("text") == row.get("caption_chosen")
+                   and c.get("source") == row.get("caption_source")), None)
+    if chosen is None:
+        return row
+    return {**row, **{s: chosen[s] for s in CAPTION_SCORES if s in row and chosen.get(s) is not None}}
+
+
 def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
-    return duck.fetch_table(con, sql).to_pylist()
+    return [training_caption_scores(r) for r in duck.fetch_table(con, sql).to_pylist()]
 
 
 def kept_sample(con: duckdb.DuckDBPyConnection, n: int) -> list[dict]:

@@ -18,8 +18,15 @@ from curate.schemas.status import STATUS_ORDER, Status
 SCORE_SUFFIXES = ("_score", "_prob")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
-# Word count of the original caption; NULL and whitespace-only captions have 0 words.
-CAPTION_WORDS = "CASE WHEN caption IS NULL OR trim(caption) = '' THEN 0 ELSE len(regexp_split_to_array(trim(caption), '\\s+')) END"
+
+def _words(column: str) -> str:
+    """Word count of a caption column; NULL and whitespace-only captions have 0 words."""
+    return (f"CASE WHEN {column} IS NULL OR trim({column}) = '' THEN 0 "
+            f"ELSE len(regexp_split_to_array(trim({column}), '\\s+')) END")
+
+
+# Word count of the original caption (the alt-text).
+CAPTION_WORDS = _words("caption")
 # The URL's host, lower-cased, without user info or port (NULL when there is none).
 URL_HOST = (
     "nullif(lower(regexp_extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\\[[^\\]/]*\\]|[^/:?#]+)', 1)), '')"
@@ -75,9 +82,15 @@ def score_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 
 def caption_length_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Alt-text length per status; and the training caption's, over the kept samples."""
     words = quantiles_by_status(con, f"({CAPTION_WORDS})::DOUBLE", "caption_words")
     chars = quantiles_by_status(con, "length(coalesce(caption, ''))::DOUBLE", "caption_chars")
-    return _concat([words, chars])
+    tables = [words, chars]
+    if "caption_chosen" in manifest_columns(con):
+        kept = f"status = {Status.KEPT.sql}"
+        tables.append(quantiles_by_status(con, f"({TRAINING_CAPTION_WORDS})::DOUBLE", "training_caption_words", kept))
+        tables.append(quantiles_by_status(con, "length(caption_chosen)::DOUBLE", "training_caption_chars", kept))
+    return _concat(tables)
 
 
 def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20, table: str = "manifest") -> pa.Table:
@@ -133,15 +146,41 @@ def _filter_label(code: str) -> str:
     return code[: -len("_below")] + " threshold" if code.endswith("_below") else code
 
 
-def values_by_status(con: duckdb.DuckDBPyConnection, expr: str) -> dict[str, np.ndarray]:
-    """Non-NULL values of ``expr`` per status, statuses in a fixed order."""
+# The histogram series of kept samples whose alt-text failed and CapFilt kept a synthetic caption.
+RESCUED = "kept (CapFilt caption)"
+
+
+def values_by_status(con: duckdb.DuckDBPyConnection, expr: str, rescued_apart: bool = False) -> dict[str, np.ndarray]:
+    """Non-NULL values of ``expr`` per status, statuses in a fixed order. ``rescued_apart``:
+    kept samples whose training caption is a synthetic one (CapFilt rescued the image) are
+    their own series, RESCUED, after ``kept``."""
+    split = rescued_apart and "caption_source" in manifest_columns(con)
     out = {}
     for status in STATUS_ORDER:
-        values = con.execute(f"SELECT ({expr})::DOUBLE AS v FROM manifest WHERE status = ? AND ({expr}) IS NOT NULL",
-                             [status.value]).fetchnumpy()["v"]
-        if len(values):
-            out[status.value] = np.asarray(values, dtype=float)
+        where = f"status = ? AND ({expr}) IS NOT NULL"
+        series = [(status.value, where)]
+        if split and status == Status.KEPT:
+            series = [(status.value, f"{where} AND caption_source IS DISTINCT FROM 'synthetic'"),
+                      (RESCUED, f"{where} AND caption_source = 'synthetic'")]
+        for name, condition in series:
+            values = con.execute(f"SELECT ({expr})::DOUBLE AS v FROM manifest WHERE {condition}",
+                                 [status.value]).fetchnumpy()["v"]
+            if len(values):
+                out[name] = np.asarray(values, dtype=float)
     return out
+
+
+# Word count of the training caption (kept samples; NULL elsewhere).
+TRAINING_CAPTION_WORDS = _words("caption_chosen")
+
+
+def training_caption_words(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
+    """Words of the kept samples' training captions: the alt-text kept (``kept``) and the
+    synthetic captions CapFilt chose (RESCUED)."""
+    if "caption_chosen" not in manifest_columns(con):
+        return {}
+    return {k: v for k, v in values_by_status(con, TRAINING_CAPTION_WORDS, rescued_apart=True).items()
+            if k in (Status.KEPT.value, RESCUED)}
 
 
 def eligible_scores(con: duckdb.DuckDBPyConnection, column: str) -> np.ndarray:

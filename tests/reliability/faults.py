@@ -83,8 +83,9 @@ def output_sample_ids(run_root: str) -> dict[str, list[str]]:
     """sample_ids found in the output, per format, reading every shard file present."""
     found: dict[str, list[str]] = {"webdataset": [], "parquet": []}
     for path in sorted(glob.glob(f"{run_root}/output/*.tar")):
-        with tarfile.open(path) as tar:
-            found["webdataset"] += [m.name.split(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
+        with tarfile.open(path) as tar:  # keys are the sample_id's digits; the record names the sample_id
+            found["webdataset"] += [json.loads(tar.extractfile(m).read())["sample_id"]
+                                    for m in tar.getmembers() if m.name.endswith(".json")]
     for path in sorted(glob.glob(f"{run_root}/output/*.parquet")):
         found["parquet"] += pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
     return found
