@@ -3,7 +3,7 @@ driver may grow with the rows (target: at most 1.2x for 10x the rows).
 
     .venv/bin/python bench/driver_memory.py                        # 1M vs 10M rows
     .venv/bin/python bench/driver_memory.py --sizes 100000,1000000 # quicker
-    .venv/bin/python bench/driver_memory.py --nodes 2              # also: the same on a 2-node cluster
+    .venv/bin/python bench/driver_memory.py --nodes 1,2 --sizes 1000000   # a 1-node vs a 2-node Ray cluster
 
 Download-free and model-free at size, with the replicate trick of bench/manifest_memory.py:
 one template of T rows (bench/_shards.py's rendered images, 5% download failures) is scored
@@ -17,6 +17,12 @@ kept images only. Prepare, the manifest step (every phase) and the output step r
 download and score find their work committed. Each run is a fresh subprocess; the driver's
 VmHWM is read from /proc, and each step's time is split into its Ray tasks' own time
 (summed) and the rest (the driver, scheduling, waiting).
+
+``--nodes 1,2`` runs each size on a Ray cluster started for it (tests/cluster.py): one node
+with both cores, then a head and a worker node with one core each. The worker shares this
+machine's disk, so the run directory stays local with ``storage.shared_filesystem: true``.
+Two cores cannot show a speed-up; what the comparison shows is whether the tasks spread over
+the nodes and what the second node costs (scheduling, object transfer) per row.
 """
 
 from __future__ import annotations
@@ -116,7 +122,8 @@ def measure(args) -> dict:
     t = time.perf_counter()
     replicate(Path(args.template), run, inputs, args.n // TEMPLATE_ROWS)
     made = time.perf_counter() - t
-    cfg = _config(run, inputs, {"ray": {"address": args.address}} if args.address else None)
+    cluster = {"ray": {"address": args.address}, "storage": {"shared_filesystem": True}}
+    cfg = _config(run, inputs, cluster if args.address else None)
     with TreeMemory(label=lambda: json.loads((run / "progress.json").read_text()).get("current")
                     if (run / "progress.json").exists() else "start") as mem:
         t = time.perf_counter()
@@ -131,10 +138,30 @@ def measure(args) -> dict:
     return out
 
 
+def _node_counts(spec: str | None) -> list[int]:
+    return [int(k) for k in spec.split(",")] if spec else [0]  # 0: local Ray started by the run
+
+
+def _measure_on(nodes: int, template: Path, work: Path, n: int) -> dict:
+    """One measurement in a fresh process; with ``nodes``, on a cluster of that many nodes."""
+    argv = ["_measure", "--template", str(template), "--work", str(work), "--n", str(n)]
+    if not nodes:
+        return run_sub(__file__, *argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from cluster import Cluster
+
+    cores = 2
+    with Cluster(head_cpus=cores // nodes) as cluster:
+        for _ in range(nodes - 1):
+            cluster.add_worker(cpus=cores // nodes, private=False)
+        return {**run_sub(__file__, *argv, "--address", cluster.address), "nodes": nodes}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("cmd", nargs="?", default="bench")
     parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--nodes", help="node counts of a Ray cluster started per run, e.g. 1,2")
     parser.add_argument("--workdir")
     parser.add_argument("--json")
     for a in ("--template", "--work", "--result", "--address"):
@@ -151,15 +178,16 @@ def main(argv=None) -> None:
     template = make_template(work)
     print(f"template of {TEMPLATE_ROWS:,} rows scored in {time.perf_counter() - t:.0f} s", flush=True)
     results = []
-    for n in [int(s) for s in args.sizes.split(",")]:
-        res = run_sub(__file__, "_measure", "--template", str(template), "--work", str(work), "--n", str(n))
+    for n, nodes in [(int(s), k) for s in args.sizes.split(",") for k in _node_counts(args.nodes)]:
+        res = _measure_on(nodes, template, work, n)
         results.append(res)
-        print(f"  N={n:,}: driver VmHWM {res['driver_hwm_bytes'] / MIB:,.0f} MiB; run {res['wall_seconds']:.0f} s "
+        print(f"  N={n:,}{f' on {nodes} node(s)' if nodes else ''}: driver VmHWM {res['driver_hwm_bytes'] / MIB:,.0f} MiB; run {res['wall_seconds']:.0f} s "
               f"({res['partitions']} partitions); steps {res['step_seconds']}; in tasks {res['task_seconds']}",
               flush=True)
     session.end()
     lo, hi = results[0], results[-1]
-    print(markdown_table(["MiB"] + [f"N={r['n']:,}" for r in results] + ["ratio"], [
+    heads = [f"N={r['n']:,}" + (f", {r['nodes']} node(s)" if r.get("nodes") else "") for r in results]
+    print(markdown_table(["MiB"] + heads + ["ratio"], [
         ["driver VmHWM"] + [f"{r['driver_hwm_bytes'] / MIB:,.0f}" for r in results]
         + [f"{hi['driver_hwm_bytes'] / lo['driver_hwm_bytes']:.2f}"],
         ["peak RSS sum, all processes"] + [f"{r['peak_rss_sum_bytes'] / MIB:,.0f}" for r in results]
@@ -173,7 +201,7 @@ def main(argv=None) -> None:
                      else sum(v for k, v in r["task_seconds"].items() if k.startswith("manifest/")) if step == "manifest"
                      else None)
             rate = f"{r['rows_in'] / seconds:,.0f}" if seconds else "-"
-            rows.append([f"{r['n']:,}", step, f"{seconds:.1f}" if seconds else "-", rate,
+            rows.append([f"{r['n']:,}" + (f" ({r['nodes']} node(s))" if r.get("nodes") else ""), step, f"{seconds:.1f}" if seconds else "-", rate,
                          f"{tasks:.1f}" if tasks is not None else "-",
                          f"{r['rows_in'] / tasks:,.0f}" if tasks else "-"])
     print(markdown_table(["rows", "step", "wall s", "rows/s", "task s (summed)", "rows per task-second"], rows))

@@ -48,8 +48,6 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> "Cluster":
-        if os.geteuid() != 0 or shutil.which("unshare") is None:
-            pytest.skip("a worker node in its own mount namespace needs root and unshare (CI containers run as root)")
         self.head = subprocess.Popen(
             [RAY, "start", "--head", "--block", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
              f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"],
@@ -57,13 +55,21 @@ class Cluster:
         self._wait_for_nodes(1)
         return self
 
-    def add_worker(self, cpus: float) -> subprocess.Popen:
-        """A worker node in its own mount namespace: /tmp is a fresh tmpfs only it sees."""
-        script = (f"mount -t tmpfs -o size=4g tmpfs /tmp && exec {RAY} start --block --address={self.address} "
-                  f"--num-cpus={cpus} --node-ip-address=127.0.0.1 --temp-dir=/tmp/ray-w")
-        worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                  env=_env(self.extra_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+    def add_worker(self, cpus: float, private: bool = True) -> subprocess.Popen:
+        """A worker node; ``private``: in its own mount namespace, where /tmp is a fresh tmpfs
+        only it sees (otherwise it shares this machine's files, as on a shared filesystem)."""
+        temp = "/tmp/ray-w" if private else f"{self.temp}-w{len(self.workers)}"
+        start = (f"{RAY} start --block --address={self.address} --num-cpus={cpus} --node-ip-address=127.0.0.1 "
+                 f"--temp-dir={temp}")
+        if private:
+            if os.geteuid() != 0 or shutil.which("unshare") is None:
+                pytest.skip("a worker node in its own mount namespace needs root and unshare (CI containers run as root)")
+            command = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                       f"mount -t tmpfs -o size=4g tmpfs /tmp && exec {start}"]
+        else:
+            command = start.split()
+        worker = subprocess.Popen(command, env=_env(self.extra_env), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
         self.workers.append(worker)
         self._wait_for_nodes(1 + sum(1 for w in self.workers if w.poll() is None))
         return worker
@@ -107,7 +113,8 @@ class Cluster:
             self.kill(worker)
         if self.head is not None:
             self.kill(self.head)
-        shutil.rmtree(self.temp, ignore_errors=True)
+        for folder in [self.temp, *Path(self.temp.parent).glob(self.temp.name + "-w*")]:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _group_pids(pgid: int) -> list[int]:

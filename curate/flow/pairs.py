@@ -130,10 +130,15 @@ class PairsKind(Kind):
     def decisions_sql(self) -> str:
         """Per image: its captions (original first, then synthetic best first), the training
         caption and the reason when no caption was kept."""
+        # One GROUP BY, no window and no join: ordered aggregates (list ... ORDER BY) and
+        # window partitions per sample_id held over 1 GB at 1M images (bench/driver_memory.py).
+        # `position` orders an image's captions: 0 the original, then the synthetic best first
+        # (unique per image, so list_sort on a struct led by it is that order).
+        position = "coalesce(ord, 0)"
         if self.cfg.capfilt.prefer == "original":
-            choice = "source <> 'original', ord"
-        else:  # the best kept; on a tie the original, then the better synthetic
-            choice = "rank DESC NULLS LAST, source <> 'original', ord"
+            choice = position
+        else:  # the best kept (rank DESC NULLS LAST); on a tie the original, then the better synthetic
+            choice = f"struct_pack(no_rank := rank IS NULL, neg_rank := -rank, pos := {position})"
         if self.cfg.capfilt.mode == "caption_only":
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
@@ -143,22 +148,22 @@ class PairsKind(Kind):
         struct = ("struct_pack(text := text, source := source, clip_score := clip_score::FLOAT, "
                   "itm_prob := itm_prob::FLOAT, itm_cosine := itm_cosine::FLOAT, kept := kept, reason := reason)")
         return f"""
-            WITH chosen AS (
-                SELECT sample_id, text, source, clip_score, itm_prob,
-                       row_number() OVER (PARTITION BY sample_id ORDER BY {choice}) AS choice
-                FROM caption_ranked WHERE kept
-            ), per_image AS (
-                SELECT sample_id, list({struct} ORDER BY source <> 'original', ord) AS captions,
+            WITH per_image AS (
+                SELECT sample_id,
+                       list_transform(list_sort(list(struct_pack(pos := {position}, caption := {struct}))),
+                                      x -> x.caption) AS captions,
+                       arg_min(struct_pack(text := text, source := source, clip_score := clip_score, itm_prob := itm_prob),
+                               {choice}) FILTER (WHERE kept) AS chosen,
                        bool_or(kept) AS any_kept,
                        max(reason) FILTER (WHERE source = 'original') AS original_reason,
                        count(*) FILTER (WHERE source = 'synthetic') AS n_synthetic,
                        min_by(reason, ord) FILTER (WHERE source = 'synthetic') AS best_synthetic_reason
                 FROM caption_ranked GROUP BY sample_id
             )
-            SELECT p.sample_id, CASE WHEN any_kept THEN NULL {failure} END AS caption_reason,
-                   c.text AS caption_chosen, c.source AS caption_source, p.original_reason AS original_caption_reason,
-                   p.captions, c.clip_score::FLOAT AS chosen_clip_score, c.itm_prob::FLOAT AS chosen_itm_prob
-            FROM per_image p LEFT JOIN chosen c ON c.sample_id = p.sample_id AND c.choice = 1
+            SELECT sample_id, CASE WHEN any_kept THEN NULL {failure} END AS caption_reason,
+                   chosen.text AS caption_chosen, chosen.source AS caption_source, original_reason AS original_caption_reason,
+                   captions, chosen.clip_score::FLOAT AS chosen_clip_score, chosen.itm_prob::FLOAT AS chosen_itm_prob
+            FROM per_image
         """
 
     # -- the manifest --------------------------------------------------------------------------
