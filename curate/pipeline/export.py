@@ -32,6 +32,7 @@ from curate.core.views import open_views
 from curate.flow.pair_record import CAPTION_SCORES, output_key, record_schema, sample_uid, training_record
 from curate.core.rundir import RunDir
 from curate.flow.shards import ShardImages
+from curate.schemas.status import Status
 
 FORMATS = ("llava", "datacomp-uids", "clip-retrieval")
 # LLaVA's pretraining turns: the image token and a request for a brief description, then the
@@ -72,7 +73,7 @@ def _views(con) -> set[str]:
 
 def _kept(con, shard: str, columns: str) -> pa.Table:
     return duck.fetch_table(con, f"SELECT {columns} FROM manifest WHERE output_shard = {duck.sql_string(shard)} "
-                                 "AND status = 'kept' ORDER BY sample_id")
+                                 f"AND status = {Status.KEPT.sql} ORDER BY sample_id")
 
 
 def _config(run: RunDir) -> dict:
@@ -156,6 +157,22 @@ class _TextEncoder:
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
+def _image_embeddings(run: RunDir, kept: pa.Table) -> np.ndarray:
+    """The CLIP image embeddings of ``kept``'s rows, in its order: read from the scored parts
+    of their download shards only (RUN/scored/<download_shard>/), not the whole run's."""
+    import pyarrow.compute as pc
+
+    wanted = kept.column("sample_id")
+    found: dict[str, list[float]] = {}
+    for shard in sorted(set(kept.column("download_shard").to_pylist())):
+        files = storage.list_files(storage.join(run.scored, shard), ".parquet")
+        part = storage.read_parquet(files, columns=["sample_id", "clip_image_embedding"],
+                                    filters=pc.field("sample_id").isin(wanted))
+        for sample_id, embedding in zip(part.column("sample_id").to_pylist(), part.column("clip_image_embedding").to_pylist()):
+            found.setdefault(sample_id, embedding)  # a batch committed twice: its first copy
+    return np.array([found[s] for s in wanted.to_pylist()], np.float32)
+
+
 def _clip_retrieval(con, run: RunDir, shards: list[str], out: Path, on_shard) -> dict:
     if "clip_image_embedding" not in {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE scored)").fetchall()}:
         raise ExportError(f"{run.root} ran without the CLIP stage (clip.model): it has no CLIP embeddings to export")
@@ -169,14 +186,10 @@ def _clip_retrieval(con, run: RunDir, shards: list[str], out: Path, on_shard) ->
         folder.mkdir(parents=True, exist_ok=True)
     total = 0
     for shard in shards:
-        table = duck.fetch_table(con, f"""
-            SELECT m.*, s.clip_image_embedding
-            FROM manifest m JOIN scored s USING (sample_id)
-            WHERE m.output_shard = {duck.sql_string(shard)} AND m.status = 'kept' ORDER BY m.sample_id
-        """)
+        table = _kept(con, shard, "*")
         fields, rows = record_schema(table.schema), table.to_pylist()
         records = [training_record(r, fields) for r in rows]
-        image_emb = np.array([r["clip_image_embedding"] for r in rows], np.float32)
+        image_emb = _image_embeddings(run, table)
         text_emb = encode([r["caption"] for r in records])
         np.save(folders["img_emb"] / f"img_emb_{shard}.npy", image_emb.astype(np.float16))
         np.save(folders["text_emb"] / f"text_emb_{shard}.npy", text_emb.astype(np.float16))
