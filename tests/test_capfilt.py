@@ -344,15 +344,25 @@ def capfilt_run(tmp_path_factory, blip_dirs):
         write_input(rows, root / "input.parquet")
         (root / "c.yaml").write_text(f"input: {{path: {root / 'input.parquet'}}}\n")
         settings = FAST_SETTINGS + [
-            f"clip.model=local-dir:{clip_dir}", "clip.min_score=-1", "clip.num_cpus=0.5",
-            f"itm.model={blip_dirs['itm']}", "itm.min_prob=0", "itm.num_cpus=0.5",
-            f"caption.model={blip_dirs['caption']}", "caption.num_cpus=0.5", "caption.max_new_tokens=6",
+            # No compute keys: the three pools are sized to fit the 2 CPUs of the test session.
+            f"clip.model=local-dir:{clip_dir}", "clip.min_score=-1",
+            f"itm.model={blip_dirs['itm']}", "itm.min_prob=0",
+            f"caption.model={blip_dirs['caption']}", "caption.max_new_tokens=6",
             "caption.num_captions=3", "capfilt.max_synthetic=2",
             "dedupe.near=false",  # random CLIP embeddings: near-dedupe is tested elsewhere
         ]
         cfg = load_config(root / "c.yaml", settings, out=str(root / "run"))
         run_pipeline(cfg)
     return rows, root / "run"
+
+
+def test_three_model_pools_without_compute_keys_fit_two_cpus(capfilt_run):
+    _, run = capfilt_run
+    pools = json.loads((run / "summary.json").read_text())["pools"]
+    assert set(pools) == {"caption", "itm", "clip"}
+    assert sum(p["actors"] * p["num_cpus"] for p in pools.values()) + 0.5 <= 2  # + the read/write tasks
+    assert pools["caption"]["num_cpus"] > pools["itm"]["num_cpus"] > pools["clip"]["num_cpus"]  # by cost
+    assert all(p["threads"] == 1 and p["num_gpus"] == 0 for p in pools.values())
 
 
 def test_pipeline_capfilt_accounts_for_every_row_and_rescues_junk(capfilt_run):
@@ -420,7 +430,8 @@ def test_oversubscribed_actor_pools_stop_at_start(tmp_path, cli_env):
     out = subprocess.run(
         ["curate", "run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
          "--set", "clip.model=curate:tiny-clip", "--set", "itm.model=curate:tiny-blip-itm",
-         "--set", "caption.model=curate:tiny-blip-captioner", "--set", "ray.num_cpus=2"],
+         "--set", "caption.model=curate:tiny-blip-captioner", "--set", "ray.num_cpus=2",
+         *[a for key in ("clip", "itm", "caption") for a in ("--set", f"{key}.num_cpus=1")]],
         capture_output=True, text=True, env=cli_env, timeout=300,
     )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]

@@ -763,7 +763,7 @@ def test_a_model_pool_that_cannot_fit_stops_with_nothing_written(tmp_path, ray_s
     from curate.pipeline.runner import run_pipeline
 
     pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": [GOOD]}), tmp_path / "in.parquet")
-    settings = [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip", "clip.actors=3"]
+    settings = [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip", "clip.actors=3", "clip.num_cpus=1"]
     with pytest.raises(ConfigError, match="the model stages need"):
         run_pipeline(load_config(None, settings, out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()

@@ -197,10 +197,20 @@ class ModelComputeConfig(_Section):
     """How a model stage runs: a Ray actor pool, one model load per actor."""
 
     batch_size: int = Field(64, ge=1)
-    actors: int = Field(1, ge=1, description="actor pool size (on a GPU cluster: one per GPU)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; None: 1 if the cluster has GPUs")
-    threads: int | None = Field(None, ge=1, description="torch threads per actor; None: num_cpus, at least 1")
+    # Unset (None): sized when the run starts from the Ray cluster's resources, so every
+    # enabled model stage fits (curate.pipeline.pools); explicit values are kept and checked.
+    actors: int | None = Field(None, ge=1, description="actor pool size; None: sized from the cluster")
+    num_cpus: float | None = Field(None, gt=0, description="CPUs reserved per actor; None: sized from the cluster")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; None: the cluster's GPUs shared by cost")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor; None: its CPUs, at least 1")
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _ray_fractions(cls, value: float | None) -> float | None:
+        # Ray schedules fractions of a CPU or GPU only below one: 1.5 would fail at start.
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError(f"{value:g}: Ray takes a fraction below 1 or a whole number")
+        return value
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
 
 

@@ -47,8 +47,10 @@ def _stage(stage: Stage) -> dict:
     }
     if isinstance(stage, BatchStage) and stage.uses_model:
         c = stage.compute
-        out["resources"] = {"actors": c.actors, "num_cpus": c.num_cpus, "num_gpus": c.num_gpus if c.num_gpus is not None
-                            else "1 if the cluster has GPUs", "batch_size": c.batch_size}
+        auto = "sized at start from the cluster (docs/config.md, Compute)"
+        out["resources"] = {key: getattr(c, key) if getattr(c, key) is not None else auto
+                            for key in ("actors", "num_cpus", "num_gpus", "threads")}
+        out["resources"]["batch_size"] = c.batch_size
     elif isinstance(stage, BatchStage):
         out["resources"] = "light Ray task (0.5 CPU)"
     return out

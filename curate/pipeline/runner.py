@@ -30,7 +30,8 @@ from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
-from curate.pipeline.score import TASK_CPUS, run_score
+from curate.pipeline.pools import assign_pools
+from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
 
@@ -128,7 +129,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     with _nothing_left_unless_started(run, fresh):
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
-        check_actor_fit(plan)
+        pools = size_model_pools(plan, console)
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())
         storage.write_text(run.state, json.dumps(state))
@@ -156,7 +157,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
     with progress.step("score", total=lambda: sum(map(parquet_rows, shards)), count=committed, parts=stages):
         run_score(plan, run, shards)
     timings["score"] = round(time.perf_counter() - t, 2)
-    return finish(plan, run, console, started, timings, progress)
+    return finish(plan, run, console, started, timings, progress, pools)
 
 
 # What a run writes before its first step is committed: removed again when it stops there.
@@ -183,27 +184,18 @@ def _nothing_left_unless_started(run: RunDir, fresh: bool):
         raise
 
 
-def check_actor_fit(plan: Plan) -> None:
-    """Stop with a clear message when the model actor pools can't all be placed at once.
-
-    Ray Data starts every pool up front and waits for CPUs that never free up: on a small
-    machine an oversubscribed pipeline hangs instead of failing. Only local Ray is checked;
-    a cluster may autoscale to fit.
-    """
+def size_model_pools(plan: Plan, console: Console) -> dict[str, dict]:
+    """The model stages' actor pools for this Ray cluster (curate.pipeline.pools), checked
+    to fit on local Ray (a cluster may autoscale), printed, and set on the stages."""
     import ray
 
-    if plan.cfg.ray.address:
-        return
-    pools = [s for s in plan.batch if s.uses_model]
-    wanted = sum(s.compute.actors * s.compute.num_cpus for s in pools) + TASK_CPUS
-    have = ray.cluster_resources().get("CPU", 0)
-    if pools and wanted > have:
-        listed = ", ".join(f"{s.key}: {s.compute.actors} x {s.compute.num_cpus:g}" for s in pools)
-        raise ConfigError(
-            f"the model stages need {wanted:g} CPUs at once ({listed} actors x CPUs, + {TASK_CPUS:g} for "
-            f"reading and writing) but Ray has {have:g}; lower <stage>.num_cpus (e.g. 0.5; "
-            f"<stage>.threads still sets torch threads) or <stage>.actors"
-        )
+    resources = ray.cluster_resources()
+    pools = assign_pools(plan.batch, resources, check=not plan.cfg.ray.address)
+    if pools:
+        have = f"{resources.get('CPU', 0):g} CPUs" + (f", {resources['GPU']:g} GPUs" if resources.get("GPU") else "")
+        console.print(f"[dim]model pools for {have}: " + "; ".join(f"{k} {p.describe()}" for k, p in pools.items())
+                      + "[/dim]")
+    return {k: p.as_dict() for k, p in pools.items()}
 
 
 @contextlib.contextmanager
@@ -224,8 +216,9 @@ def _manifest_memory(cfg: CurateConfig):
 
 
 def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: dict,
-           progress: Progress | None = None) -> RunResult:
-    """Manifest, output shards, summary and report from stored results (also used by refilter)."""
+           progress: Progress | None = None, pools: dict | None = None) -> RunResult:
+    """Manifest, output shards, summary and report from stored results (also used by
+    refilter); ``pools``: the model pools the run scored with, for the summary."""
     cfg = plan.cfg
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
@@ -245,6 +238,8 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     summary["task_seconds"] = {"prepare": prepared.get("task_seconds"), **{f"manifest/{k}": v for k, v in
                                                                          decided.task_seconds.items()}}
     summary["partitions"] = decided.partitions
+    if pools:
+        summary["pools"] = pools
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)

@@ -115,20 +115,16 @@ def actor_class(stage: BatchStage) -> type:
 
 
 def actor_pool_args(stage: BatchStage) -> dict:
-    """map_batches arguments for a model stage: a fixed pool, GPUs when the cluster has them."""
-    import ray
+    """map_batches arguments for a model stage: its pool (``stage.pool``, sized at start)."""
     import ray.data
 
-    cfg = stage.compute
-    num_gpus = cfg.num_gpus
-    if num_gpus is None:
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    pool = stage.pool
     return {
-        "compute": ray.data.ActorPoolStrategy(size=cfg.actors),
-        "batch_size": cfg.batch_size,
+        "compute": ray.data.ActorPoolStrategy(size=pool.actors),
+        "batch_size": stage.compute.batch_size,
         "batch_format": "pyarrow",
-        "num_cpus": cfg.num_cpus,
-        "num_gpus": num_gpus,
+        "num_cpus": pool.num_cpus,
+        "num_gpus": pool.num_gpus,
         # A killed actor (OOM, node loss, SIGKILL) is restarted and its batch re-run; the
         # writer commits by sample_id, so a re-run batch never counts twice. Bounded task
         # retries: a batch that kills its actor every time stops the run instead of looping.

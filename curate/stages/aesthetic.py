@@ -132,6 +132,7 @@ class AestheticStage(BatchStage):
     thresholds = ("aesthetic.min_score",)
     scores = {"aesthetic_score": ("aesthetic score", "aesthetic.min_score")}
     uses_model = True
+    relative_cost = 0.05  # five small matrix products on stored embeddings
 
     @property
     def compute(self) -> AestheticConfig:

@@ -16,7 +16,7 @@ Rules are SQL over stored columns, so every decision is re-made from stored resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 import pyarrow as pa
@@ -127,6 +127,24 @@ class Stage:
         return pa.schema([self.writes.field(name) for name in self.manifest])
 
 
+@dataclass(frozen=True)
+class Pool:
+    """One model stage's actor pool: ``actors`` actors, each reserving ``num_cpus`` CPUs and
+    ``num_gpus`` GPUs and running torch with ``threads`` intra-op threads."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+    def describe(self) -> str:
+        gpu = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
+        return f"{self.actors} x ({self.num_cpus:g} CPU{gpu}, {self.threads} thread{'s' * (self.threads > 1)})"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 class BatchStage(Stage):
     """A stage of the score step: ``__call__`` takes a pyarrow batch of downloaded rows and
     returns it with the ``writes`` columns appended (NULL where the stage does not apply).
@@ -141,6 +159,12 @@ class BatchStage(Stage):
     uses_model: ClassVar[bool] = False
     rows: ClassVar[Rows] = "live"
     gates: ClassVar[bool] = False
+    # A model stage's work per image relative to CLIP ViT-B/32 scoring an image and its
+    # captions (docs/scaling.md): the share of GPUs or CPUs its pool gets when the config
+    # leaves them unset (curate.pipeline.pools).
+    relative_cost: ClassVar[float] = 1.0
+    # The pool it runs with, set when the run starts (curate.pipeline.pools.size_pools).
+    pool: Pool | None = None
 
     def setup(self) -> None:
         """Load what the stage needs once per process (a model, weights)."""
@@ -150,7 +174,8 @@ class BatchStage(Stage):
 
     @property
     def compute(self) -> ModelComputeConfig | None:
-        """The actor pool's settings (a model stage's config section), else None."""
+        """The actor pool's settings as configured (a model stage's config section; unset
+        values are sized at start into ``pool``), else None."""
         return None
 
     @property

@@ -52,6 +52,7 @@ class CaptionStage(BatchStage):
     writes = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
     kinds = ("pairs",)
     uses_model = True
+    relative_cost = 8.0  # BLIP captioner, K sampled captions: ~8x CLIP (docs/scaling.md)
 
     @property
     def compute(self) -> CaptionConfig:
@@ -77,7 +78,7 @@ class CaptionStage(BatchStage):
         from curate.stages.model_support import choose_device, set_threads
 
         cfg = self.cfg.caption
-        set_threads(cfg)
+        set_threads(self.pool)
         self.device, precision = choose_device(cfg.precision)
         self.model, self.processor = blip.load(
             blip.resolve(cfg.model, "caption.model"), "caption", "caption.model", self.device, precision

@@ -41,6 +41,7 @@ class ItmStage(BatchStage):
     thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob")
     kinds = ("pairs",)
     uses_model = True
+    relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)
     scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
     caption_columns = {
         "itm_prob": ("itm_prob", "synthetic_itm_probs"),
@@ -85,7 +86,7 @@ class ItmStage(BatchStage):
         from curate.stages.model_support import choose_device, set_threads
 
         cfg = self.cfg.itm
-        set_threads(cfg)
+        set_threads(self.pool)
         self.device, precision = choose_device(cfg.precision)
         self.model, self.processor = blip.load(blip.resolve(cfg.model, "itm.model"), "itm", "itm.model", self.device,
                                                precision)

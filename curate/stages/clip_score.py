@@ -45,6 +45,7 @@ class ClipStage(BatchStage):
     manifest = ("clip_score",)
     thresholds = ("clip.min_score",)
     uses_model = True
+    relative_cost = 1.0  # ViT-B/32: an image and its captions (docs/scaling.md)
     scores = {"clip_score": ("CLIP score", "clip.min_score")}
     caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores")}
 
@@ -78,7 +79,7 @@ class ClipStage(BatchStage):
         from curate.stages.model_support import choose_device, set_threads
 
         cfg = self.cfg.clip
-        set_threads(cfg)
+        set_threads(self.pool)
         self.device, precision = choose_device(cfg.precision)
         self.model, self.preprocess, self.tokenizer = clip.load(clip.resolve(cfg.model, cfg.pretrained), self.device,
                                                                 precision)

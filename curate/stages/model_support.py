@@ -8,7 +8,7 @@ import io
 import pyarrow as pa
 from PIL import Image
 
-from curate.core.config import ModelComputeConfig
+from curate.stages.base import Pool
 
 
 def choose_device(precision: str) -> tuple[str, str]:
@@ -21,10 +21,11 @@ def choose_device(precision: str) -> tuple[str, str]:
     return device, precision
 
 
-def set_threads(cfg: ModelComputeConfig) -> None:
+def set_threads(pool: Pool | None) -> None:
+    """torch's intra-op threads for an actor of ``pool`` (curate.pipeline.pools sized it)."""
     import torch
 
-    torch.set_num_threads(cfg.threads or max(1, int(cfg.num_cpus)))
+    torch.set_num_threads(pool.threads if pool else 1)
 
 
 def decode_rgb(data: bytes) -> Image.Image | None:
