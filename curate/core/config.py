@@ -193,6 +193,17 @@ class FilterConfig(_Section):
     junk_captions: bool = True
 
 
+def _one_threshold_of(data, field: str):
+    """A stage's threshold comes from its value or from ``keep_fraction``, not both: a
+    keep_fraction replaces the threshold's default (ITM's 0.5) but not a value the user set.
+    On the raw section, before validation, so that the saved config says ``field: null``."""
+    if not isinstance(data, dict) or data.get("keep_fraction") is None:
+        return data
+    if data.get(field) is not None:
+        raise ValueError(f"set {field} or keep_fraction, not both (keep_fraction resolves {field} over the whole run)")
+    return {**data, field: None}
+
+
 class ModelComputeConfig(_Section):
     """How a model stage runs: a Ray actor pool, one model load per actor."""
 
@@ -218,13 +229,30 @@ class ClipConfig(ModelComputeConfig):
     model: str | None = Field(None, description="ViT-B-32 | hf-hub:org/name | local-dir:/path | curate:tiny-clip; None: stage off")
     pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     min_score: float | None = Field(None, ge=-1, le=1, description="filter: clip_score below this is filtered")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep the top fraction of the run's CLIP scores (DataComp: 0.3); resolves clip.min_score at the decision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data):
+        return _one_threshold_of(data, "min_score")
 
 
 class ItmConfig(ModelComputeConfig):
     model: str | None = Field(
         None, description="BLIP ITM: hub id (Salesforce/blip-itm-base-coco) | /local/dir | curate:tiny-blip-itm; None: stage off"
     )
-    min_prob: float | None = Field(None, ge=0, le=1, description="filter: a caption whose P(match) is below this fails")
+    # BLIP's filter is the ITM head's decision: a text is noisy when the head predicts
+    # "unmatched", i.e. P(match) < 0.5 (Li et al. 2022, BLIP, section 3.3). None: score only.
+    min_prob: float | None = Field(0.5, ge=0, le=1, description="filter: a caption whose P(match) is below this fails; "
+                                   "null: score only")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep the top fraction of the run's ITM probabilities (DataComp: 0.3); resolves itm.min_prob at the decision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data):
+        return _one_threshold_of(data, "min_prob")
 
 
 class CaptionConfig(ModelComputeConfig):
@@ -258,6 +286,13 @@ class AestheticConfig(ModelComputeConfig):
         "curate:tiny-aesthetic; None: stage off (needs clip.model: it reads the CLIP image embeddings)"
     )
     min_score: float | None = Field(None, description="filter: aesthetic_score below this is filtered (LAION-Aesthetics: 5, 6, 6.5)")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep the top fraction of the run's aesthetic scores (DataComp: 0.3); resolves aesthetic.min_score at the decision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data):
+        return _one_threshold_of(data, "min_score")
     # Five matrix products per batch: a small share of a CPU and large batches.
     batch_size: int = Field(1024, ge=1)
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor")

@@ -37,6 +37,7 @@ from curate.core.progress import Progress
 from curate.core.rundir import RunDir
 from curate.flow.decision import PartitionFiles, apply_globals, candidates_sql, decide_units, followed, open_views
 from curate.flow.plan import Plan
+from curate.pipeline import quantiles
 from curate.schemas.status import Status
 
 TASK_CPUS = 0.5
@@ -205,6 +206,7 @@ class Decided:
     digest: str
     task_seconds: dict[str, float]  # per phase, summed over its tasks (benchmarks)
     partitions: int
+    thresholds: dict  # keep fractions resolved (curate.pipeline.quantiles.resolve)
 
 
 def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | None = None,
@@ -216,6 +218,7 @@ def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | Non
     for folder in (out.staged, out.manifest, out.manifest_images):
         storage.remove_tree(folder)
     partitions = plan_partitions(prepared, plan.cfg.manifest.partition_rows)
+    plan, thresholds = quantiles.resolve(plan, run, partitions)  # keep_fraction -> its threshold
     task = lambda fn: ray.remote(num_cpus=TASK_CPUS)(fn)  # noqa: E731
     decided = ray.get([task(_timed(_phase_decide)).remote(plan, run, p, out) for p in partitions])
     for stage in plan.globals:
@@ -248,7 +251,7 @@ def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | Non
     seconds = {"decide": sum(d["seconds"] for d in decided), "finish": sum(f["seconds"] for f in finished),
                "shards": sum(s["seconds"] for s in sharded)}
     return Decided(_merge_counts(finished), dict(sorted(shard_counts.items())), shard_parts, digest,
-                   {k: round(v, 3) for k, v in seconds.items()}, len(partitions))
+                   {k: round(v, 3) for k, v in seconds.items()}, len(partitions), thresholds)
 
 
 def _merge_counts(finished: list[dict]) -> dict:

@@ -240,6 +240,11 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     summary["partitions"] = decided.partitions
     if pools:
         summary["pools"] = pools
+    if decided.thresholds:
+        summary["thresholds"] = decided.thresholds
+        for key, t in decided.thresholds.items():
+            console.print(f"{key}: {t['resolved']:.6g} keeps the top {t['keep_fraction']:.0%} of {t['scored']:,} scored "
+                          f"images ({t['at_or_above']:,} at or above it)")
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)

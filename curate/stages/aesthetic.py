@@ -129,7 +129,8 @@ class AestheticStage(BatchStage):
     reads = ("clip_image_embedding",)
     writes = pa.schema([("aesthetic_score", pa.float32())])
     manifest = ("aesthetic_score",)
-    thresholds = ("aesthetic.min_score",)
+    thresholds = ("aesthetic.min_score", "aesthetic.keep_fraction")
+    keep_fractions = {"aesthetic.keep_fraction": "aesthetic.min_score"}
     scores = {"aesthetic_score": ("aesthetic score", "aesthetic.min_score")}
     uses_model = True
     relative_cost = 0.05  # five small matrix products on stored embeddings

@@ -77,6 +77,7 @@ class Stage:
       kinds: the input kinds it runs for (``pairs``, ``documents``).
       caption_columns: what it adds to each candidate caption of a pair (see below).
       scores: its manifest score columns, as the report shows them.
+      keep_fractions: fraction keys resolved into its thresholds over the whole run.
     """
 
     key: ClassVar[str]
@@ -94,6 +95,10 @@ class Stage:
     # Manifest score columns -> (a label for people, the config key of its threshold or None):
     # the report plots these, with the threshold line.
     scores: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # Quantile thresholds: a config key holding a fraction -> the threshold key it sets,
+    # resolved over the whole run from the score column ``scores`` names for that threshold
+    # (curate.pipeline.quantiles). E.g. {"clip.keep_fraction": "clip.min_score"}.
+    keep_fractions: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg

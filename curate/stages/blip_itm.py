@@ -38,7 +38,8 @@ class ItmStage(BatchStage):
         ("synthetic_itm_cosines", pa.list_(pa.float32())),
     ])
     manifest = ("itm_prob", "itm_cosine")
-    thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob")
+    thresholds = ("itm.min_prob", "itm.keep_fraction", "capfilt.synthetic_min_prob")
+    keep_fractions = {"itm.keep_fraction": "itm.min_prob"}
     kinds = ("pairs",)
     uses_model = True
     relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)

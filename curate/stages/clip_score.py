@@ -43,7 +43,8 @@ class ClipStage(BatchStage):
         ("sentence_sims", pa.list_(pa.float32())),
     ])
     manifest = ("clip_score",)
-    thresholds = ("clip.min_score",)
+    thresholds = ("clip.min_score", "clip.keep_fraction")
+    keep_fractions = {"clip.keep_fraction": "clip.min_score"}
     uses_model = True
     relative_cost = 1.0  # ViT-B/32: an image and its captions (docs/scaling.md)
     scores = {"clip_score": ("CLIP score", "clip.min_score")}
