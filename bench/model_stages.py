@@ -180,9 +180,12 @@ def measure_bare(args) -> dict:
                       use_itm_head=True)
         else:
             from curate.core.config import CaptionConfig
-            from curate.stages.blip_caption import generation_kwargs
 
-            kwargs = generation_kwargs(CaptionConfig(model=args.ref, **CAPTION_ARGS))
+            cfg = CaptionConfig(model=args.ref, **CAPTION_ARGS)
+            # The bare loop samples as transformers does by itself (one global generator); the
+            # pipeline draws per caption from its own seeded stream, and pays for it here.
+            kwargs = {"max_new_tokens": cfg.max_new_tokens, "num_return_sequences": cfg.num_captions,
+                      "do_sample": True, "top_p": cfg.top_p, "top_k": 0}
 
             def step(s, e):
                 torch.manual_seed(s)

@@ -42,3 +42,27 @@ def write_input(rows: list[dict], path) -> None:
 def read_manifest(run_root: str) -> pa.Table:
     run = RunDir(run_root)
     return storage.read_parquet(storage.list_files(run.manifest, ".parquet")).sort_by("sample_id")
+
+
+# Model scores of one image can differ in their last float bits when it is scored in another
+# batch (other batch shapes take other BLAS blockings): decisions must not, scores only so much.
+FLOAT_TOLERANCE = 1e-5
+
+
+def same_but_float_bits(a, b) -> bool:
+    """``a == b``, floats within FLOAT_TOLERANCE, recursing through lists and dicts."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= FLOAT_TOLERANCE
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_but_float_bits(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_but_float_bits(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_decisions(got: pa.Table, want: pa.Table) -> None:
+    """Every column and row equal, floats (model scores) within FLOAT_TOLERANCE."""
+    assert got.column_names == want.column_names and got.num_rows == want.num_rows
+    for name in got.column_names:
+        for i, (a, b) in enumerate(zip(got.column(name).to_pylist(), want.column(name).to_pylist())):
+            assert same_but_float_bits(a, b), (name, i, a, b)

@@ -304,16 +304,25 @@ def test_captioner_generates_k_clean_captions_reproducibly(blip_dirs):
     images = _images(4)
     captioner = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.num_captions=3",
                       "caption.max_new_tokens=6", "caption.prompt=a picture of", "itm.model=curate:tiny-blip-itm")
-    first, again = captioner.generate(images, seed=7), captioner.generate(images, seed=7)
-    assert first == again and len(first) == 4
+    ids = [f"00000-{i:010d}" for i in range(4)]
+    first = captioner.generate(images, ids)
+    assert len(first) == 4
+    # per-caption seeds: the same image gets the same captions alone, in another batch, in another order
+    assert [captioner.generate([images[i]], [ids[i]])[0] for i in (3, 1)] == [first[3], first[1]]
+    assert captioner.generate([images[2], images[0]], [ids[2], ids[0]]) == [first[2], first[0]]
+    other_seed = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.num_captions=3",
+                       "caption.max_new_tokens=6", "caption.prompt=a picture of", "itm.model=curate:tiny-blip-itm",
+                       "caption.seed=1")
+    assert other_seed.generate(images, ids) != first
     assert all(1 <= len(caps) <= 3 for caps in first)
     assert not any(c.startswith("a picture of") or not c for caps in first for c in caps)
     beam = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.mode=beam", "caption.num_captions=2",
                  "caption.num_beams=3", "caption.max_new_tokens=6", "itm.model=curate:tiny-blip-itm")
-    beams = beam.generate(images, seed=0)
-    # beam search is deterministic whatever the seed; a random decoder may emit only special
-    # tokens, which decode to nothing and are dropped
-    assert beams == beam.generate(images, seed=1) and len(beams) == 4 and all(len(caps) <= 2 for caps in beams)
+    beams = beam.generate(images, ids)
+    # beam search is deterministic; a random decoder may emit only special tokens, which
+    # decode to nothing and are dropped
+    assert beams == beam.generate(images[::-1], ids[::-1])[::-1] and len(beams) == 4
+    assert all(len(caps) <= 2 for caps in beams)
 
 
 def test_blip_references_fail_clearly(blip_dirs, tmp_path, monkeypatch):

@@ -40,6 +40,30 @@ def test_demo_command_end_to_end(tmp_path, cli_env):
     assert variants["CapFilt"]["kept_correct"] > max(v["kept_correct"] for v in filtering)
     assert "filtering alone vs. CapFilt" in out.stdout
 
+    # The same command with other batches and two captioner actors: the same decision for every
+    # row (the captioner draws per caption from seeds of its sample_id, not per batch).
+    again = subprocess.run(
+        ["curate", "demo", "--out", str(tmp_path / "again"), "--n", "160", "--seed", "1",
+         "--set", "caption.actors=2", "--set", "caption.batch_size=7", "--set", "clip.batch_size=5",
+         "--set", "itm.batch_size=9"],
+        capture_output=True, text=True, env=cli_env, timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    first, second = (_manifest(tmp_path / d / "run") for d in (".", "again"))
+    assert [(r["status"], r["reason"], r["caption_chosen"]) for r in first] == \
+        [(r["status"], r["reason"], r["caption_chosen"]) for r in second]
+    texts = lambda run: [[(c["source"], c["text"]) for c in r["captions"] or []] for r in run]  # noqa: E731
+    assert texts(first) == texts(second) and any(s == "synthetic" for caps in texts(first) for s, _ in caps)
+    for score in ("clip_score", "itm_prob"):  # other batchings: the same scores but for float rounding
+        pairs = [(a[score], b[score]) for a, b in zip(first, second) if a[score] is not None]
+        assert pairs and max(abs(a - b) for a, b in pairs) < 1e-5
+
+
+def _manifest(run) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetDataset(str(run / "manifest")).read().sort_by("sample_id").to_pylist()
+
 
 def test_documents_corpus_is_deterministic_and_its_truth_points_at_describing_sentences():
     from curate.synth import domain

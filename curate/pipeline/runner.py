@@ -45,8 +45,11 @@ class RunResult:
 
 
 # Keys that set resources, not results: a run may resume with other values (more memory
-# after the manifest step ran out of it, another Ray cluster).
-RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem")
+# after the manifest step ran out of it, another Ray cluster, other actor pools: captions are
+# drawn per sample, so batches and actors do not change them).
+RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem") + tuple(
+    f"{stage}.{key}" for stage in ("clip", "itm", "caption", "aesthetic")
+    for key in ("actors", "num_cpus", "num_gpus", "threads", "batch_size"))
 
 
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:

@@ -9,13 +9,12 @@ Only images that passed the image rules are captioned (``caption.rejected_images
 widens that): captioning is the most expensive stage, and a rejected image's sample is
 filtered whatever its caption.
 
-Sampling is seeded per batch from ``caption.seed`` and the batch's sample_ids, so a
-batch gets the same captions every time it runs.
+Sampling is seeded per caption from ``caption.seed``, the image's sample_id and the
+caption's index (curate.models.seeded_sampling): an image gets the same captions in any
+batch, on any actor, in a resumed run as in an uninterrupted one.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import pyarrow as pa
 
@@ -35,12 +34,21 @@ def clean_captions(texts: list[str], prompt: str | None) -> list[str]:
     return out
 
 
-def generation_kwargs(cfg: CaptionConfig) -> dict:
+def generation_kwargs(cfg: CaptionConfig, sample_ids: list[str], device="cpu") -> dict:
+    """``generate()`` arguments for the images ``sample_ids``: K beams, or K nucleus samples
+    drawn per caption from its own seeded stream (top_k=0: pure nucleus sampling as in BLIP;
+    generate()'s own top_p is off because the sampler applies it)."""
     common = {"max_new_tokens": cfg.max_new_tokens, "num_return_sequences": cfg.num_captions}
     if cfg.mode == "beam":
         return {**common, "num_beams": cfg.num_beams, "do_sample": False}
-    # top_k=0: pure nucleus sampling as BLIP does (generate() would otherwise also apply top_k=50).
-    return {**common, "do_sample": True, "top_p": cfg.top_p, "top_k": 0}
+    from transformers import LogitsProcessorList
+
+    from curate.models.seeded_sampling import SeededNucleusSampler, sequence_seed
+
+    seeds = [sequence_seed(cfg.seed, sample_id, k) for sample_id in sample_ids for k in range(cfg.num_captions)]
+    sampler = SeededNucleusSampler(seeds, cfg.top_p, device)
+    return {**common, "do_sample": True, "top_p": 1.0, "top_k": 0, "temperature": 1.0,
+            "logits_processor": LogitsProcessorList([sampler])}
 
 
 class CaptionStage(BatchStage):
@@ -86,16 +94,16 @@ class CaptionStage(BatchStage):
         self.dtype = next(self.model.parameters()).dtype
         self.torch = torch
 
-    def generate(self, images, seed: int) -> list[list[str]]:
+    def generate(self, images, sample_ids: list[str]) -> list[list[str]]:
+        """K cleaned captions per image (fewer where repeats or empty ones were dropped)."""
         torch = self.torch
         cfg = self.cfg.caption
         prompt = cfg.prompt
         inputs = self.processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        torch.manual_seed(seed)
         with torch.inference_mode():
-            ids = self.model.generate(**inputs, **generation_kwargs(cfg))
+            ids = self.model.generate(**inputs, **generation_kwargs(cfg, sample_ids, self.device))
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         k = cfg.num_captions
         return [clean_captions(texts[j * k : (j + 1) * k], prompt) for j in range(len(images))]
@@ -106,11 +114,8 @@ class CaptionStage(BatchStage):
         captions: list[list[str] | None] = [None] * batch.num_rows
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
-            generated = self.generate([image for _, image in todo], self._seed(batch))
+            ids = batch.column("sample_id").to_pylist()
+            generated = self.generate([image for _, image in todo], [ids[i] for i, _ in todo])
             for (i, _), texts in zip(todo, generated):
                 captions[i] = texts
         return self.append(batch, {"synthetic_captions": captions})
-
-    def _seed(self, batch: pa.Table) -> int:
-        ids = "\n".join(sorted(batch.column("sample_id").to_pylist()))
-        return (self.cfg.caption.seed * 1_000_003 + int(hashlib.sha1(ids.encode()).hexdigest()[:8], 16)) % 2**31
