@@ -215,6 +215,10 @@ class ItmConfig(ModelComputeConfig):
         None, description="BLIP ITM: hub id (Salesforce/blip-itm-base-coco) | /local/dir | curate:tiny-blip-itm; None: stage off"
     )
     min_prob: float | None = Field(None, ge=0, le=1, description="filter: a caption whose P(match) is below this fails")
+    document_texts: int | None = Field(
+        3, ge=1, description="documents runs: each image is scored against this many texts of its document, those "
+        "CLIP finds most similar (BLIP's shortlist-then-rerank), and against its synthetic captions; null: every text"
+    )
 
 
 class CaptionConfig(ModelComputeConfig):
