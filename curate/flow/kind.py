@@ -46,6 +46,15 @@ class Kind:
         """The kind's rules over each image row, after the stages' image rules."""
         return []
 
+    def decision_rules(self, plan: Plan) -> dict[str, list[Rule]]:
+        """The kind's own rules of its unit decision before the global stages (dedupe), by a
+        title saying what they judge, for ``curate describe``."""
+        return {}
+
+    def final_rules(self, plan: Plan) -> dict[str, list[Rule]]:
+        """The kind's rules after the global stages (a document's rules, after placement)."""
+        return {}
+
     def decide(self, con, plan: Plan) -> None:
         """Create DuckDB table ``decided`` from ``image_decisions`` (curate.flow.decision)."""
         raise NotImplementedError
