@@ -104,3 +104,4 @@ def test_interleaved_demo_reports_each_part_against_the_truth(tmp_path, cli_env)
     banners = result["rules"]["aspect_ratio_above"]
     assert banners["planted_dropped"] == banners["planted_total"] > 0 and banners["others_dropped"] == 0
     assert (tmp_path / "run" / "output" / "index.json").exists()
+    assert "curate report: documents" in (tmp_path / "run" / "report" / "index.html").read_text()
