@@ -230,6 +230,25 @@ def test_documents_config_errors_name_the_problem(tmp_path):
     assert [s.key for s in plan.batch] == ["inspect", "caption", "caption_rules", "clip", "itm"]
 
 
+def test_only_a_documents_run_needs_the_per_text_scores_stored(tmp_path):
+    """A pairs run scored before ITM wrote sentence_itm_probs still refilters; a documents run
+    without them can't be re-decided (placement reads them)."""
+    import duckdb
+
+    from curate.flow.decision import missing_scored_columns
+
+    def missing(*overrides):
+        plan = make_plan(load_config(None, ["input.path=in.parquet", "clip.model=curate:tiny-clip",
+                                            "itm.model=curate:tiny-blip-itm", *overrides], out=str(tmp_path)))
+        schema = plan.scored_schema()
+        con = duckdb.connect()
+        con.register("scored", schema.remove(schema.get_field_index("sentence_itm_probs")).empty_table())
+        return missing_scored_columns(con, plan)
+
+    assert missing() == []
+    assert missing("input.kind=documents", "input.path=in.jsonl") == ["sentence_itm_probs"]
+
+
 def test_missing_layout_column_stops_at_start_with_nothing_written(tmp_path, ray_session):
     path = tmp_path / "docs.jsonl"
     path.write_text(json.dumps({"text_list": ["a"], "image_info": []}) + "\n")

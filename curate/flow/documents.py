@@ -62,6 +62,7 @@ class DocumentsKind(Kind):
     rows_schema = columns.DOCUMENT_IMAGE_ROWS.append(columns.BLOCKED_REASON)
     download_columns = ("sample_id", "url", "caption", "caption_bad_encoding", "doc_texts")
     thresholds = ("interleaved.",)
+    reads_text_scores = True
 
     def check(self, plan: Plan) -> None:
         cfg = self.cfg.interleaved

@@ -31,6 +31,9 @@ class Kind:
     rows_schema: ClassVar[pa.Schema]
     download_columns: ClassVar[tuple[str, ...]]
     thresholds: ClassVar[tuple[str, ...]] = ()
+    # Whether its decision reads the stages' ``text_columns`` (an image's score per text of its
+    # document). A run of a kind that doesn't may lack them (scored before a stage wrote them).
+    reads_text_scores: ClassVar[bool] = False
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
