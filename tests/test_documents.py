@@ -437,6 +437,14 @@ def test_obelics_documents_run_end_to_end_and_refilter(tmp_path, server, ray_ses
     assert slots["00000-0000000000-00000"] == 0 and slots["00000-0000000000-00001"] == 0
     _check_outputs(result.run, _read(result.run, result.run.manifest))
 
+    # the report of a run with CLIP alone: every kept document drawn, ITM's plots say it was off
+    from curate.report.build import write_report
+
+    page = Path(write_report(str(tmp_path / "run"))).read_text()
+    kept = [r["sample_id"] for r in _read(result.run, result.run.manifest).to_pylist() if r["status"] == "kept"]
+    assert all(f'data-doc="{doc_id}"' in page for doc_id in kept)
+    assert "No best ITM P(match) to a text of its shortlist in this run" in page
+
 
 def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
     path = tmp_path / "docs.parquet"

@@ -115,12 +115,11 @@ def scores_section(con, cfg: InterleavedConfig) -> tuple[str, str]:
     image_columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest_images)").fetchall()}
     body = []
     for column, (label, key) in IMAGE_SCORES.items():
-        if column not in image_columns:
-            continue
         placed = column.startswith("placed_")
-        values = ds.values_by(con, "manifest_images", f'"{column}"', "text_source" if placed else "status",
-                              f"status = {Status.KEPT.sql}" if placed else "TRUE")
-        if not values:
+        values = {} if column not in image_columns else ds.values_by(
+            con, "manifest_images", f'"{column}"', "text_source" if placed else "status",
+            f"status = {Status.KEPT.sql}" if placed else "TRUE")
+        if not values:  # the column is missing (its stage is off) or empty
             body.append(html.note(f"No {html.esc(label)} in this run (<code>{html.esc(column)}</code> is empty): "
                                   "its stage was off."))
             continue
