@@ -143,9 +143,9 @@ def assignment_slots(weights: np.ndarray, allowed: np.ndarray | None = None) -> 
 
 
 def placement_weights(images: list[Image], n_texts: int, cfg: InterleavedConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, allowed): the matching's weight of every (image, text) pair by
-    ``cfg.placement_by``, and which pairs may be matched (``cfg.min_itm``; for ``itm``, the
-    pairs ITM scored)."""
+    """(weights, allowed), both (len(images), n_texts): the matching's weight of every
+    (image, text) pair by ``cfg.placement_by``, and which pairs may be matched
+    (``cfg.min_itm``; for ``itm``, the pairs ITM scored)."""
     sims = np.array([im.sims for im in images], np.float64).reshape(len(images), n_texts)
     itm = np.array([[np.nan if v is None else v for v in (im.itm or [None] * n_texts)] for im in images],
                    np.float64).reshape(len(images), n_texts)
