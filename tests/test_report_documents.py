@@ -138,3 +138,23 @@ def test_report_redraws_a_documents_run_with_fewer_samples(finished_documents_ru
     shutil.copytree(finished_documents_run, run, ignore=shutil.ignore_patterns("report"))
     page = Path(write_report(str(run), 1)).read_text()
     assert len(_articles(page, "documents")) == 2 and len(_articles(page, "dropped")) == 1
+
+
+def test_manifests_of_an_older_curate_are_refused_with_the_fix(finished_documents_run, tmp_path):  # noqa: F811
+    """A documents run whose manifests predate the columns the page draws: a clear error
+    naming the command that rewrites them (a refilter, no model), not a traceback."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    import pytest
+
+    from curate.core.views import QueryError
+    from curate.report.build import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_documents_run, run, ignore=shutil.ignore_patterns("report"))
+    for part in (run / "manifest").glob("*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["text_sources", "n_images_valid", "n_synthetic_texts"]), part)
+    with pytest.raises(QueryError, match=r"has no text_sources, n_images_valid, n_synthetic_texts .* curate refilter"):
+        write_report(str(run))

@@ -79,7 +79,7 @@ def images_of(con: duckdb.DuckDBPyConnection, doc_ids: list[str]) -> dict[str, l
     if not doc_ids:
         return {}
     rows = duck.fetch_table(con, f"""
-        SELECT * EXCLUDE (sentence_sims) FROM manifest_images WHERE doc_id IN (SELECT unnest({duck.sql_list(doc_ids)}))
+        SELECT * FROM manifest_images WHERE doc_id IN (SELECT unnest({duck.sql_list(doc_ids)}))
         ORDER BY sample_id
     """).to_pylist()
     out: dict[str, list[dict]] = {d: [] for d in doc_ids}

@@ -15,6 +15,7 @@ import datetime as dt
 
 from curate.core.config import InterleavedConfig
 from curate.core.rundir import RunDir
+from curate.core.views import QueryError
 from curate.flow.document_rules import document_rules
 from curate.report import document_stats as ds
 from curate.report import html, plots, samples, stats
@@ -39,8 +40,26 @@ def _interleaved(config: dict) -> InterleavedConfig:
         return InterleavedConfig()
 
 
+# Manifest columns the page reads that a documents run's manifests gained with it.
+NEEDED = {"manifest": ("text_sources", "n_images_valid", "n_synthetic_texts"),
+          "manifest_images": ("text_source", "placed_clip_score", "placed_itm_prob")}
+
+
+def _check_columns(con, run: RunDir) -> None:
+    """QueryError, saying how to rewrite them, when the manifests predate these columns."""
+    for table, needed in NEEDED.items():
+        have = {r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
+        missing = [c for c in needed if c not in have]
+        if missing:
+            raise QueryError(f"{run.root}: its {table} has no {', '.join(missing)} (written by an older curate); "
+                             f"rewrite the manifests from the stored scores, no model runs: curate refilter "
+                             f"{run.root} --set report.enabled=true")
+
+
 def render_documents(con, run: RunDir, config: dict, n: int) -> str:
-    """The whole page of a documents run; ``n``: the report's sample size (report.samples)."""
+    """The whole page of a documents run; ``n``: the report's sample size (report.samples).
+    QueryError when its manifests were written by a curate without the columns it draws."""
+    _check_columns(con, run)
     cfg = _interleaved(config)
     image_col = (config.get("download") or {}).get("encode_format", "jpg")
     kept = ds.sample_documents(con, Status.KEPT, max(2, n // 4))
