@@ -248,10 +248,7 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)
-    if cfg.report.enabled and plan.kind.name == "documents":
-        console.print("[dim]report: the HTML report covers pair runs; for documents see `curate stats` "
-                      "and `curate query` (manifest, manifest_images)[/dim]")
-    elif cfg.report.enabled:
+    if cfg.report.enabled:
         write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
 

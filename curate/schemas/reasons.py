@@ -74,6 +74,7 @@ MISSING_FROM_DOWNLOADER = Code("missing_from_downloader", D, "the downloader ret
 # -- filtered: image rules -------------------------------------------------------------------
 IMAGE_TOO_SMALL = Code("image_too_small", F, "shorter original side below filters.min_side")
 ASPECT_RATIO_ABOVE = Code("aspect_ratio_above", F, "long/short side above filters.max_aspect_ratio")
+IMAGE_SIDE_ABOVE = Code("image_side_above", F, "longer original side above filters.max_side")
 # -- filtered: caption rules (a row's reason, and a candidate caption's) ----------------------
 CAPTION_BAD_ENCODING = Code("caption_bad_encoding", F, "the caption was not valid UTF-8")
 CAPTION_EMPTY = Code("caption_empty", F, "the caption is NULL or only whitespace")
@@ -93,8 +94,13 @@ CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the 
 MALFORMED_DOCUMENT = Code("malformed_document", F, "the row is not a document of input.documents.layout")
 TOO_FEW_IMAGES = Code("too_few_images", F, "fewer images left than interleaved.min_images")
 TOO_FEW_WORDS = Code("too_few_words", F, "fewer words of text than interleaved.min_words")
+TOO_MANY_WORDS = Code("too_many_words", F, "more words of text than interleaved.max_words")
+TOO_MANY_IMAGES = Code("too_many_images", F, "more valid images than interleaved.max_document_images")
+IMAGE_TEXT_RATIO_BELOW = Code("image_text_ratio_below", F, "kept images per word below interleaved.min_image_text_ratio")
+IMAGE_TEXT_RATIO_ABOVE = Code("image_text_ratio_above", F, "kept images per word above interleaved.max_image_text_ratio")
 # -- documents runs: an image's reasons ------------------------------------------------------
 SIM_BELOW = Code("sim_below", F, "best CLIP cosine to any text of its document below interleaved.min_sim")
+ITM_BELOW = Code("itm_below", F, "no shortlisted text of its document has ITM P(match) >= interleaved.min_itm")
 DOCUMENT_HAS_NO_TEXT = Code("document_has_no_text", F, "its document has no text to place it next to")
 OVER_MAX_IMAGES = Code("over_max_images", F, "its document had more images than interleaved.max_images")
 NO_FREE_TEXT = Code("no_free_text", F, "assignment placement: every text already has a more similar image")

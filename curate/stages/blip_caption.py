@@ -9,6 +9,13 @@ Only images that passed the image rules are captioned (``caption.rejected_images
 widens that): captioning is the most expensive stage, and a rejected image's sample is
 filtered whatever its caption.
 
+Documents runs: every live image is captioned, described by a sentence of its document or
+not. Which images no sentence describes is known only once CLIP has scored them, and CLIP
+scores the synthetic captions in the same pass, so the captioner runs first; and with the
+captions stored, ``curate refilter`` can change ``interleaved.min_sim`` or
+``interleaved.caption_unmatched`` without a model (curate.flow.documents decides which
+images get theirs).
+
 Sampling is seeded per batch from ``caption.seed`` and the batch's sample_ids, so a
 batch gets the same captions every time it runs.
 """
@@ -44,13 +51,13 @@ def generation_kwargs(cfg: CaptionConfig) -> dict:
 
 
 class CaptionStage(BatchStage):
-    """BLIP captioner: K synthetic captions per live image (CapFilt's "Cap"; Li et al. 2022, "BLIP")."""
+    """BLIP captioner: K synthetic captions per live image, pairs and documents (CapFilt's "Cap";
+    Li et al. 2022, "BLIP")."""
 
     key = "caption"
     switch = "caption.model"
     reads = (IMAGE,)
     writes = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
-    kinds = ("pairs",)
     uses_model = True
 
     @property

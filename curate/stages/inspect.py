@@ -2,7 +2,8 @@
 
 Maps img2dataset's (status, error_message) to a reason code (``download_reason``), hashes
 the decoded pixels (``pixel_sha256``: exact dedupe of re-encoded copies), and rejects images
-by their original size (``filters.min_side``, ``filters.max_aspect_ratio``). Its rules
+by their original size (``filters.min_side``, ``filters.max_side``, ``filters.max_aspect_ratio``;
+OBELICS, Laurençon et al. 2023, keeps sides of 150..20,000 pixels and aspect ratios up to 2). Its rules
 gate the score step: model stages skip the images they reject, so these thresholds are
 fixed for a run (a refilter can't score an image that was never scored).
 
@@ -61,8 +62,10 @@ class InspectStage(BatchStage):
         # Missing sizes pass: no evidence against the image.
         sized = f"{WIDTH} > 0 AND {HEIGHT} > 0"
         short, long = f"least({WIDTH}, {HEIGHT})", f"greatest({WIDTH}, {HEIGHT})"
-        return [
-            Rule.fixed(f"{sized} AND {short} < {f.min_side}", R.IMAGE_TOO_SMALL, f.min_side),
+        rules = [Rule.fixed(f"{sized} AND {short} < {f.min_side}", R.IMAGE_TOO_SMALL, f.min_side)]
+        if f.max_side is not None:
+            rules.append(Rule.fixed(f"{sized} AND {long} > {f.max_side}", R.IMAGE_SIDE_ABOVE, f.max_side))
+        return rules + [
             Rule.fixed(f"{sized} AND {long}::DOUBLE / greatest({short}, 1) > {f.max_aspect_ratio!r}",
                        R.ASPECT_RATIO_ABOVE, fmt_threshold(f.max_aspect_ratio)),
         ]
