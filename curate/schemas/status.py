@@ -3,6 +3,10 @@
 Every input row ends with exactly one ``status`` and a machine-readable ``reason``.
 Reasons are ``code`` or ``code:detail`` (e.g. ``http_404``, ``clip_score_below:0.28``,
 ``duplicate_of:00000-000000042``) so they can be grouped with ``split_part(reason, ':', 1)``.
+A detail is ASCII letters, digits and ``._+-`` only, so a reason is safe to print whatever
+text it was built from (a server's error message, say); the one exception is an IPv6
+address, written in brackets as in a URL (``private_host:[::1]``), whose colons stay. The
+detail is everything after the first ``:``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ BLOCKED_REASONS = {
     "url_missing": "the url cell is NULL or empty",
     "url_invalid": "the url cannot be parsed or has no host",
     "scheme_not_allowed": "only http and https are fetched (detail: the scheme)",
-    "private_host": "the host is loopback/private/link-local/reserved (detail: the address)",
-    "redirect_to_private_host": "a redirect led to a non-public address; not followed (detail: the address)",
+    "private_host": "the host's address is in a special-purpose range (detail: the address, IPv6 in brackets)",
+    "redirect_to_private_host": "a redirect led to such an address; not followed (detail: the address)",
 }
 DOWNLOAD_REASONS = {
     "http_<code>": "the server answered with this HTTP status",
@@ -68,12 +72,21 @@ DUPLICATE_REASONS = {
 }
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
+_IPV6_IN_BRACKETS = re.compile(r"\[[0-9A-Fa-f:.]+\]")  # curate.stages.address_policy.address_text
+
+
 def reason(code: str, detail: object | None = None) -> str:
-    """Build a reason string; details never contain ':' or newlines."""
-    if detail is None or detail == "":
+    """Build a reason string: ``code``, or ``code:detail`` with the detail reduced to
+    ASCII letters, digits and ``._+-`` (runs of anything else become ``_``; at most 120
+    characters). A detail that is an IPv6 address in brackets is kept whole. A detail left
+    empty by this gives the bare code, never ``code:``."""
+    if detail is None:
         return code
-    text = re.sub(r"[\s:]+", "_", str(detail)).strip("_")[:120]
-    return f"{code}:{text}"
+    text = str(detail)
+    if not _IPV6_IN_BRACKETS.fullmatch(text):
+        text = _UNSAFE.sub("_", text).strip("_")[:120]
+    return f"{code}:{text}" if text else code
 
 
 def fmt_threshold(value: float) -> str:
