@@ -41,12 +41,14 @@ def pixel_hash(data: bytes | None) -> str | None:
 
 def inspect_batch(batch: pa.Table, filters: FilterConfig, image_col: str) -> pa.Table:
     """Append INSPECT_COLUMNS to a batch of downloaded rows."""
-    rows = batch.select(
-        ["status", "error_message", "original_width", "original_height", "caption", "caption_bad_encoding", image_col]
-    ).to_pylist()
+    columns = ["status", "error_message", "original_width", "original_height", "caption", "caption_bad_encoding", image_col]
+    # The verdict the fetching worker verified (curate.stages.safe_downloader); shards of
+    # an earlier curate have none.
+    columns += [c for c in ("fetch_reason",) if c in batch.column_names]
+    rows = batch.select(columns).to_pylist()
     out: dict[str, list] = {name: [] for name in INSPECT_COLUMNS}
     for row in rows:
-        failed = download_reason(row["status"], row["error_message"])
+        failed = download_reason(row["status"], row["error_message"], row.get("fetch_reason"))
         out["download_reason"].append(failed)
         out["image_reject"].append(None if failed else image_reject(row["original_width"], row["original_height"], filters))
         out["caption_reject"].append(caption_reject(row["caption"], bool(row["caption_bad_encoding"]), filters))

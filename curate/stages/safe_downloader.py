@@ -1,6 +1,6 @@
 """img2dataset's Downloader carrying a FetchPolicy (see ``curate.stages.safe_fetch``).
 
-A module of its own because it must import img2dataset at module level: the class is
+A module of its own because it must import img2dataset at module level: the classes are
 pickled by reference into every worker that runs a shard.
 """
 
@@ -10,16 +10,41 @@ import contextlib
 import functools
 import importlib
 
+import pyarrow as pa
 from img2dataset.downloader import Downloader
 
-from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install
+from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
+
+# The column of a downloaded shard that holds the reason of a failed row, as verified in
+# the worker that fetched it (``safe_fetch.verified_reason``). Rows without one failed in
+# img2dataset's own code (X-Robots-Tag, the resizer) or succeeded.
+FETCH_REASON = "fetch_reason"
+
+
+class VerdictWriter:
+    """Wraps img2dataset's sample writer: every row gets ``FETCH_REASON``, read from its
+    error message in this process, where the verdict's signature can be checked."""
+
+    def __init__(self, writer_class, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+        schema = schema.append(pa.field(FETCH_REASON, pa.string()))
+        self.writer = writer_class(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
+
+    def write(self, img_str, key, caption, meta):
+        self.writer.write(img_str, key, caption, {**meta, FETCH_REASON: verified_reason(meta.get("error_message"))})
+
+    def close(self):
+        self.writer.close()
 
 
 class SafeDownloader(Downloader):
+    """img2dataset's Downloader that fetches under ``fetch_policy`` and records verified
+    verdicts."""
+
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)
         self.fetch_policy = fetch_policy
         self.resizer = PixelCappedResizer(self.resizer, fetch_policy.max_image_pixels)
+        self.sample_writer_class = functools.partial(VerdictWriter, self.sample_writer_class)
 
     def __call__(self, row):
         install(self.fetch_policy)  # runs in the worker process, before this shard's first fetch
