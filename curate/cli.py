@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
+
+from curate.textsafe import literal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
 console = Console()
@@ -16,8 +18,9 @@ err = Console(stderr=True)
 
 def _fail(message: str) -> None:
     # soft_wrap: a path or bucket URI in the message stays whole on one line, to copy or grep;
-    # escape: brackets in it (``[Errno 28]``, S3 keys) are text, not markup.
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    # literal: brackets in it (``[Errno 28]``, S3 keys, a caption quoted by DuckDB) are
+    # text, not markup, and control characters are shown, not sent to the terminal.
+    err.print(Text.assemble(("error:", "bold red"), " ", literal(message)), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -108,7 +111,7 @@ def report(
         uri = write_report(run_dir, samples)
     except QueryError as error:
         _fail(str(error))
-    console.print(f"report: {uri}")
+    console.print(literal(f"report: {uri}"))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.text import Text
 
 from curate.pipeline import storage
 from curate.pipeline.config import ConfigError, CurateConfig, config_changes
@@ -33,6 +34,7 @@ from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
 from curate.stages.dedupe_stage import check_dedupe_references
 from curate.stages.registry import model_stages
+from curate.textsafe import literal
 
 
 @dataclass
@@ -249,9 +251,10 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
         with progress.step("report"):
             uri = write_report(run.root)
     except Exception as error:  # noqa: BLE001 - any report bug must not fail a finished run
-        console.print(f"[bold red]report failed:[/bold red] {error}; retry with `curate report {run.root}`")
+        console.print(Text.assemble(("report failed:", "bold red"), " ",
+                                    literal(f"{error}; retry with `curate report {run.root}`")))
         return
-    console.print(f"report: {uri}")
+    console.print(literal(f"report: {uri}"))
 
 
 # Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
