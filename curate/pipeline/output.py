@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
+from curate.pipeline import commits, storage
 from curate.pipeline.config import CurateConfig
 from curate.pipeline.rundir import RunDir
 
@@ -130,23 +130,29 @@ class ShardFiles:
 
     Each format streams to a temporary name (storage.atomic_open): a write task never holds
     a whole shard's tar or Parquet file. They are renamed into place, one after the other,
-    only once every chunk is written; on an error the temporaries are removed. A shard is
-    done only when all its files are there (``_shard_done``), so a resume rewrites a shard
-    that stopped between two renames."""
+    only once every chunk is written; on an error the temporaries are removed. Each file's
+    size and sha256, counted as it streams, are recorded once it is renamed
+    (curate.pipeline.commits). A shard is done only when all its files are there and match
+    their records (``_shard_done``), so a resume rewrites a shard that stopped between two
+    renames, or whose files were deleted or damaged since."""
 
     def __init__(self, out_dir: str, name: str, formats: list[str], parquet_schema: pa.Schema):
         self.uris = {f: storage.join(out_dir, name + _SUFFIX[f]) for f in formats}
         self.schema = parquet_schema
         self.tar = self.parquet = None
+        self.sinks: dict[str, commits.HashingSink] = {}
+
+    def _open(self, stack: contextlib.ExitStack, fmt: str) -> commits.HashingSink:
+        self.sinks[fmt] = commits.HashingSink(stack.enter_context(storage.atomic_open(self.uris[fmt])))
+        return self.sinks[fmt]
 
     def __enter__(self) -> "ShardFiles":
         self.stack = contextlib.ExitStack()
         with self.stack as stack:
             if "webdataset" in self.uris:
-                self.tar = TarShard(stack.enter_context(storage.atomic_open(self.uris["webdataset"])))
+                self.tar = TarShard(self._open(stack, "webdataset"))
             if "parquet" in self.uris:
-                handle = stack.enter_context(storage.atomic_open(self.uris["parquet"]))
-                self.parquet = pq.ParquetWriter(handle, self.schema, compression="zstd")
+                self.parquet = pq.ParquetWriter(self._open(stack, "parquet"), self.schema, compression="zstd")
             self.stack = stack.pop_all()
         return self
 
@@ -159,7 +165,11 @@ class ShardFiles:
             except BaseException as failed:
                 self.stack.__exit__(type(failed), failed, failed.__traceback__)  # discards the files
                 raise
-        return self.stack.__exit__(kind, error, tb)
+        suppressed = self.stack.__exit__(kind, error, tb)
+        if kind is None:  # every file renamed into place: record them
+            for fmt, sink in self.sinks.items():
+                commits.record(self.uris[fmt], sink.described())
+        return suppressed
 
 
 def _parquet_schema(meta: pa.Schema, image_col: str) -> pa.Schema:
@@ -200,13 +210,14 @@ def write_shard(rows: pa.Table, name: str, out_dir: str, downloaded_dir: str, im
 
 
 def _shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
-    return all(storage.exists(storage.join(out_dir, name + _SUFFIX[f])) for f in formats)
+    """Every file of the shard is committed and matches its commit record."""
+    return all(commits.problem(storage.join(out_dir, name + _SUFFIX[f])) is None for f in formats)
 
 
 def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
     marker = storage.join(run.output, "_manifest_digest")
     if not storage.exists(marker) or storage.read_text(marker) != digest:
-        storage.remove_tree(run.output)
+        commits.remove_tree(run.output)
         storage.write_text(marker, digest)
     storage.remove_temporaries(run.output)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import storage
+from curate.pipeline import commits, storage
 from curate.pipeline.config import CurateConfig, DownloadConfig
 from curate.pipeline.inputs import InputFile, read_input_file
 from curate.pipeline.rundir import RunDir
@@ -49,7 +49,7 @@ class _DownloadListWriter:
 
     def _flush(self, n: int) -> None:
         merged = pa.concat_tables(self.pending)
-        storage.write_parquet(storage.join(self.run.download_list, f"part-{self.parts:05d}.parquet"), merged.slice(0, n))
+        commits.write_parquet(storage.join(self.run.download_list, f"part-{self.parts:05d}.parquet"), merged.slice(0, n))
         rest = merged.slice(n)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         self.parts += 1
@@ -62,20 +62,20 @@ def _read(item: InputFile, cfg: CurateConfig, run: RunDir) -> pa.Table:
     from curate.pipeline.documents_input import read_documents_file
 
     docs, images = read_documents_file(item, cfg.input)
-    storage.write_parquet(storage.join(run.documents, f"part-{item.index:05d}.parquet"), docs)
+    commits.write_parquet(storage.join(run.documents, f"part-{item.index:05d}.parquet"), docs)
     return images
 
 
 def prepare(cfg: CurateConfig, run: RunDir, files: list[InputFile]) -> dict:
     """Write rows/ and download_list/ (and documents/ for documents runs); returns counts."""
     for directory in (run.rows, run.download_list, run.documents):
-        storage.remove_tree(directory)
+        commits.remove_tree(directory)
     writer = _DownloadListWriter(run, cfg.download.shard_size)
     columns = DOCUMENT_DOWNLOAD_COLUMNS if cfg.documents else DOWNLOAD_COLUMNS
     total = blocked = 0
     for item in files:
         rows = _with_precheck(_read(item, cfg, run), cfg.download)
-        storage.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
+        commits.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
         to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
         writer.add(to_fetch.select(columns))
         total += rows.num_rows

@@ -16,7 +16,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import storage
+from curate.pipeline import commits, storage
 from curate.pipeline.config import CurateConfig
 from curate.pipeline.rundir import RunDir
 from curate.stages.inspect import inspect_batch
@@ -56,7 +56,7 @@ def write_scored(batch: pa.Table, scored_dir: str, image_col: str) -> pa.Table:
     ids = table.column("sample_id").to_pylist()
     digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
     try:
-        storage.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)
+        commits.write_parquet(storage.join(scored_dir, f"part-{min(ids)}-{digest}.parquet"), table)  # + its record
     except storage.WriteError as error:
         return _receipt([0], [str(error)])
     return _receipt([table.num_rows], [None])

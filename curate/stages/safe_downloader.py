@@ -1,7 +1,8 @@
 """img2dataset's Downloader carrying a FetchPolicy (see ``curate.stages.safe_fetch``).
 
 A module of its own because it must import img2dataset at module level: the classes are
-pickled by reference into every worker that runs a shard.
+pickled by reference into every worker that runs a shard (and into img2dataset's logger
+process).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import importlib
 
 import pyarrow as pa
 from img2dataset.downloader import Downloader
+from img2dataset.logger import LoggerProcess
 
+from curate.pipeline import commits, storage
+from curate.pipeline.lifeline import die_with_parent
 from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
 
 # The column of a downloaded shard that holds the reason of a failed row, as verified in
@@ -37,8 +41,8 @@ class VerdictWriter:
 
 
 class SafeDownloader(Downloader):
-    """img2dataset's Downloader that fetches under ``fetch_policy`` and records verified
-    verdicts."""
+    """img2dataset's Downloader that fetches under ``fetch_policy``, records verified
+    verdicts, and commits each finished shard with a record (curate.pipeline.commits)."""
 
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,17 +52,34 @@ class SafeDownloader(Downloader):
 
     def __call__(self, row):
         install(self.fetch_policy)  # runs in the worker process, before this shard's first fetch
-        return super().__call__(row)
+        done, _ = result = super().__call__(row)
+        if done:
+            # The shard's Parquet and then its stats are closed: record both. Without
+            # records a shard is not committed (a resume downloads it again).
+            name = "{shard_id:0{width}d}".format(shard_id=row[0], width=self.oom_shard_count)
+            for suffix in (".parquet", "_stats.json"):
+                commits.record(storage.join(self.output_folder, name + suffix))
+        return result
+
+
+class OrphanFreeLoggerProcess(LoggerProcess):
+    """img2dataset's logger process (it loops until the driver tells it to stop), ended
+    by the kernel when the driver dies."""
+
+    def run(self):
+        die_with_parent()
+        super().run()
 
 
 @contextlib.contextmanager
 def downloader_with_policy(policy: FetchPolicy):
     """While active, img2dataset's ``download()`` builds SafeDownloaders carrying ``policy``
-    (it constructs its Downloader from the ``img2dataset.main`` module global)."""
+    and an OrphanFreeLoggerProcess (it constructs both from ``img2dataset.main`` globals)."""
     i2d_main = importlib.import_module("img2dataset.main")  # the package re-exports a function `main`
-    original = i2d_main.Downloader
+    originals = i2d_main.Downloader, i2d_main.LoggerProcess
     i2d_main.Downloader = functools.partial(SafeDownloader, fetch_policy=policy)
+    i2d_main.LoggerProcess = OrphanFreeLoggerProcess
     try:
         yield
     finally:
-        i2d_main.Downloader = original
+        i2d_main.Downloader, i2d_main.LoggerProcess = originals
