@@ -9,6 +9,7 @@ up where a killed run stopped and produces the same manifest and output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.text import Text
 
-from curate.pipeline import storage
+from curate.pipeline import lifeline, runlock, storage
 from curate.pipeline.config import ConfigError, CurateConfig, config_changes
-from curate.pipeline.inputs import InputError, fingerprint, resolve_input_files
+from curate.pipeline.inputs import InputError
 from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import shard_counts, write_output
 from curate.pipeline.prepare import prepare
@@ -29,6 +30,8 @@ from curate.pipeline.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
 )
 from curate.pipeline.ray_session import start_ray
+from curate.pipeline.resume_check import verify_run
+from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
 from curate.pipeline.rundir import RunDir
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
@@ -59,8 +62,10 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
             f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
-    if storage.exists(run.state) and json.loads(storage.read_text(run.state)) != state:
-        raise ConfigError(f"{run.root} was started from other input files; use a new --out")
+    changed = input_changes(json.loads(storage.read_text(run.state)), state) if storage.exists(run.state) else []
+    if changed:
+        shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigError(f"{run.root} was started from other input files ({shown}); use a new --out")
 
 
 def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
@@ -92,9 +97,19 @@ def _root_os_error(error: BaseException) -> OSError | None:
     return found
 
 
+def _advice(cause: OSError) -> str:
+    """What to fix, said only when the error says it: a disk is full only on ENOSPC."""
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space, then "
+    if isinstance(cause, storage.WriteError):
+        return "check that the run directory can be written (permissions, the bucket), then "
+    return ""
+
+
 def _stops_cleanly(fn):
     """An environment error ends the run with one clear message instead of a Ray traceback;
-    every write is atomic, so what was committed stays valid and a re-run resumes."""
+    every write is atomic and every commit recorded, so what was committed stays valid (a
+    resume checks it) and a re-run resumes."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -109,7 +124,7 @@ def _stops_cleanly(fn):
             what = str(cause) if isinstance(cause, storage.WriteError) else f"{cause.__class__.__name__}: {cause}"
             raise RunStopped(
                 f"the run stopped: {what.rstrip('.')}. Work committed so far is kept; "
-                "fix the cause (free disk space, check the bucket) and run the same command again to resume."
+                f"{_advice(cause)}run the same command again to resume."
             ) from error
 
     return wrapper
@@ -117,20 +132,30 @@ def _stops_cleanly(fn):
 
 @_stops_cleanly
 def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
+    """Run (or resume) the pipeline of ``cfg`` in its run directory, which it holds for
+    the whole run: a second run on the same directory is refused (runlock.RunInUse)."""
+    os.environ.update(cfg.storage.environment())  # before the first bucket access
+    with runlock.hold(cfg.output.path):
+        return _run_pipeline(cfg, console)
+
+
+def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
     console = console or Console()
     started = time.perf_counter()
-    os.environ.update(cfg.storage.environment())  # before the first bucket access
     run = RunDir(cfg.output.path)
-    files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
-    state = fingerprint(files, cfg)
+    files = list_run_inputs(cfg.input, run.root)  # input errors stop here, before anything is written
+    state = input_state(files, cfg)
     _check_resumable(cfg, run, state)
     for stage in model_stages(cfg):
         stage.check()  # a bad model reference stops here, before anything is written
     check_dedupe_references(cfg)
+    for damaged in verify_run(run):  # committed work is checked, not trusted
+        console.print(literal(f"resume: {damaged}; done again", "yellow"))
     fresh = not storage.exists(run.config)
     storage.makedirs(run.root)
     storage.write_text(run.config, cfg.to_yaml())
     storage.write_text(run.state, json.dumps(state))
+    lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
     check_actor_fit(cfg)
 
@@ -281,7 +306,9 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
                 f"--set {key}: refilter can change only {', '.join(REFILTER_KEYS)}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(yaml.safe_load(storage.read_text(run.config)), overrides))
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    result = finish(cfg, run, console, time.perf_counter(), {})
-    storage.write_text(run.config, cfg.to_yaml())
+    with runlock.hold(run.root):
+        lifeline.start_watchdog()
+        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        result = finish(cfg, run, console, time.perf_counter(), {})
+        storage.write_text(run.config, cfg.to_yaml())
     return result
