@@ -1,9 +1,11 @@
 """Which input files a run reads, and how a resume knows they are still the same.
 
-- The run directory is never input: with ``--out`` inside the input folder, the run's own
+- A run directory is never input: with ``--out`` inside the input folder, the run's own
   Parquet files (rows/, manifest/, ...) would be listed as input on the next run, and the
   run could never resume. They are left out of the listing before the files are numbered,
-  so a first run (no run directory yet) and its resumes number the input alike.
+  so a first run (no run directory yet) and its resumes number the input alike. So are
+  the files of any other curate run directory found in the input folder (a folder with
+  a ``state.json`` above a ``rows/``, ``manifest/``, ... folder).
 - A resume must read the same bytes the run started from. File sizes alone miss an edit
   that keeps the size (another URL or caption of the same length), so each file is also
   identified by its content: a sha256 of a local file, the ETag (else modification time)
@@ -30,17 +32,32 @@ def _within(uri: str, root: str) -> bool:
     return uri == root or uri.startswith(root + "/")
 
 
+# Folders of a run directory that hold Parquet files (docs/run-directory.md).
+_RUN_FOLDERS = {"rows", "download_list", "documents", "downloaded", "scored", "manifest", "manifest_images",
+                "output", "dedupe_index"}
+
+
+def _other_run_roots(uris: list[str]) -> set[str]:
+    """Run directories among the parents of ``uris``: ``X`` when a file is in ``X/<run
+    folder>/`` and ``X/state.json`` exists."""
+    candidates = {u.rsplit("/", 2)[0] for u in uris if u.count("/") >= 2 and u.rsplit("/", 2)[1] in _RUN_FOLDERS}
+    return {root for root in candidates if storage.exists(storage.join(root, "state.json"))}
+
+
 def list_run_inputs(cfg: InputConfig, run_root: str) -> list[InputFile]:
-    """``resolve_input_files`` without the files inside ``run_root``, numbered after they
-    are left out. Raises InputError when ``input.path`` is itself inside the run directory
-    or nothing but the run's own files is there."""
+    """``resolve_input_files`` without the files inside ``run_root`` or another run
+    directory, numbered after they are left out. Raises InputError when ``input.path`` is
+    itself inside the run directory or nothing but run files is there."""
     base = cfg.path.split("*", 1)[0].split("?", 1)[0] or "."  # a glob's folder
     if _within(base, run_root) and not _within(run_root, base):  # strictly inside
         raise InputError(f"input.path: {cfg.path!r} is inside the run directory {run_root!r}; "
                          "a run never reads its own files: use another --out")
-    files = [f for f in resolve_input_files(cfg) if not _within(f.uri, run_root)]
+    listed = resolve_input_files(cfg)
+    runs = [run_root, *_other_run_roots([f.uri for f in listed])]
+    files = [f for f in listed if not any(_within(f.uri, root) for root in runs)]
     if not files:
-        raise InputError(f"input.path: no {cfg.format} files found at {cfg.path!r} besides the run directory {run_root!r}")
+        raise InputError(f"input.path: no {cfg.format} files found at {cfg.path!r} besides run directories "
+                         f"({', '.join(sorted(set(runs)))})")
     return [InputFile(index, f.uri, f.size) for index, f in enumerate(files)]
 
 
