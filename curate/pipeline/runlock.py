@@ -138,8 +138,12 @@ def _read_json(read) -> dict:
 class BucketLease:
     """A lease object in a bucket; see the module docstring."""
 
-    def __init__(self, root: str, lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS):
+    def __init__(self, root: str, lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS,
+                 on_lost=None):
+        """``on_lost()`` runs (in the renewing thread) if another run takes the lease over;
+        by default it interrupts the main thread, which stops the run."""
         self.root, self.uri = root, storage.join(root, LOCK_NAME)
+        self.on_lost = on_lost or _interrupt_main
         self.fs, self.path = storage.fs_and_path(self.uri)
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self.owner = uuid.uuid4().hex
@@ -229,9 +233,7 @@ class BucketLease:
                     return  # removed with the run directory (a fresh run stopped by its input)
                 self.lost = f"the lease on {self.root} was taken over by {_describe(current)} ({error})"
                 print(f"curate: {self.lost}; stopping this run", file=sys.stderr, flush=True)
-                import _thread
-
-                _thread.interrupt_main()
+                self.on_lost()
                 return
 
     def release(self) -> None:
@@ -242,6 +244,12 @@ class BucketLease:
         if current.get("owner") == self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(self.path)
+
+
+def _interrupt_main() -> None:
+    import _thread
+
+    _thread.interrupt_main()
 
 
 def acquire(root: str) -> LocalLock | BucketLease:
