@@ -1,5 +1,6 @@
 """Safe fetching for img2dataset: connect-time address checks, bounded redirects, a body
-cap, a whole-response deadline, and a declared-pixel check before any image is decoded.
+cap, a deadline on the whole exchange (connect, headers, body, redirects), and a
+declared-pixel check before any image is decoded.
 
 img2dataset fetches with ``urllib.request.urlopen``, i.e. through the process-wide urllib
 opener of whichever process runs a shard (a Ray worker). It has no hook for its HTTP
@@ -43,8 +44,8 @@ import warnings
 from dataclasses import dataclass, field
 
 from curate.schemas.status import reason
-from curate.stages.address_policy import address_text
-from curate.stages.precheck import ALLOWED_SCHEMES, AddressPolicy
+from curate.stages.address_policy import AddressPolicy, address_text
+from curate.stages.precheck import ALLOWED_SCHEMES
 
 _CHUNK = 64 * 1024
 
