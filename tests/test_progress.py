@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 
 from curate.dedupe import dedupe
-from curate.pipeline import storage
+from curate.pipeline import commits, storage
 from curate.pipeline.config import validate
 from curate.pipeline.progress import (
     CommittedRows, Progress, RowCounter, StageRows, parquet_rows, rows_in, stage_counts_dir,
@@ -143,7 +143,8 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     for uri in parts:
         storage.remove_tree(uri)
     committed = scored.slice(0, scored.num_rows // 2)
-    storage.write_parquet(storage.join(run.scored, "part-committed.parquet"), committed)
+    # Committed as the process step commits: the file and its record (curate.pipeline.commits).
+    commits.write_parquet(storage.join(run.scored, "part-committed.parquet"), committed)
     rescored = scored.num_rows - committed.num_rows
     stale = storage.join(stage_counts_dir(run, "clip"), "earlier-attempt.json")
     storage.write_text(stale, json.dumps({"rows": 10**6}))
