@@ -118,7 +118,7 @@ def config_on_copy(template: Path, run: Path, shard_size: int, **sections):
     ``sections`` (model stages, output layout)."""
     import shutil
 
-    from curate.pipeline.config import validate
+    from curate.core.config import validate
 
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(template / "run", run)

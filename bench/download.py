@@ -58,7 +58,7 @@ def measure(args) -> dict:
     if args.method == "curate":
         from rich.console import Console
 
-        from curate.pipeline.config import validate
+        from curate.core.config import validate
         from curate.pipeline.runner import run_pipeline
 
         cfg = validate({

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Session, markdown_table, run_sub  # noqa: E402
 
-STEPS = ("prepare", "download", "process", "manifest", "output")
+STEPS = ("prepare", "download", "score", "manifest", "output")
 
 
 def measure(args) -> dict:

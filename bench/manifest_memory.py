@@ -7,15 +7,15 @@
 
 RUN is a scored run directory (for example one that ``bench/memory.py --workdir DIR
 --keep-runs`` or a ``curate run`` left behind). For each RUN, in a fresh process, it runs
-the manifest step's parts in order (curate.pipeline.manifest: open the views, the caption
-decision, the ``decided`` table, dedupe, ``manifest_final``, reading it back in row
-groups) and prints the driver's RSS and peak RSS (VmHWM) after each, so a growth can be
+the manifest step's parts in order (curate.flow.decision.decide: open the views, the image
+decision, the kind's caption decision, the ``final`` table, reading the manifest back in row
+groups; dedupe is measured by bench/dedupe.py) and prints the driver's RSS and peak RSS (VmHWM) after each, so a growth can be
 pinned on its part. Two runs of 10x different size side by side give the ratio per part.
 
 ``--replicate 10,100``: instead, measure copies of RUN with its rows/ and scored/ parts
 repeated 10 and 100 times under new sample_ids (no images, no model: seconds to make),
 with dedupe off, so only the DuckDB parts grow. This reaches 1M rows where a real
-process step would take half an hour here.
+score step would take half an hour here.
 """
 
 from __future__ import annotations
@@ -42,25 +42,32 @@ def measure(run_root: str) -> dict:
     import ray
     import yaml
 
-    from curate.pipeline import manifest as m
-    from curate.pipeline.config import validate
-    from curate.pipeline.rundir import RunDir
-    from curate.stages.capfilt import decide_all
-    from curate.stages.dedupe_stage import find_duplicates
+    from curate.core.config import validate
+    from curate.core.rundir import RunDir
+    from curate.flow import decision
+    from curate.flow.pairs import MANIFEST_ROW_GROUP
+    from curate.flow.plan import make_plan
 
     run = RunDir(run_root)
     cfg = validate(yaml.safe_load(Path(run.config).read_text()))
+    plan = make_plan(cfg)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
     out = {"start": _mem()}
-    con = m.open_run_views(run, cfg)
+    con = decision.open_run_views(run, plan)
     out["views"] = _mem()
+    # The parts of curate.flow.decision.decide and the pairs manifest, one at a time.
+    image_status, image_reason = decision.case_sql(decision.BASE_RULES + plan.rules("image") + plan.kind.image_rules())
+    global_status, global_reason = decision.case_sql(plan.rules("global"), prior="d")
     parts = {
-        "caption decision": lambda: decide_all(con, cfg),
-        "decided table": lambda: con.execute(f"CREATE OR REPLACE TABLE decided AS {m.decided_sql(cfg)}"),
-        "dedupe": lambda: con.register("duplicates", find_duplicates(con, cfg, run)),
-        "manifest_final table": lambda: con.execute(f"CREATE OR REPLACE TABLE manifest_final AS {m.final_sql(cfg)}"),
-        "read back": lambda: sum(b.num_rows for b in con.execute("SELECT * FROM manifest_final ORDER BY sample_id")
-                                 .to_arrow_reader(m.MANIFEST_ROW_GROUP)),  # one batch at a time, as the step does
+        "image decision": lambda: con.execute(
+            f"CREATE OR REPLACE TABLE image_decisions AS SELECT sample_id, {image_status} AS status, "
+            f"{image_reason} AS reason FROM joined"),
+        "caption decision": lambda: plan.kind.decide(con, plan),
+        "final table (dedupe off)": lambda: con.execute(
+            f"CREATE OR REPLACE TABLE final AS SELECT d.sample_id, {global_status} AS status, "
+            f"{global_reason} AS reason, NULL::VARCHAR AS duplicate_of, NULL::VARCHAR AS duplicate_kind FROM decided d"),
+        "read back": lambda: sum(b.num_rows for b in con.execute(plan.kind.manifest_sql(plan))
+                                 .to_arrow_reader(MANIFEST_ROW_GROUP)),  # one batch at a time, as the step does
     }
     for part, run_part in parts.items():
         try:

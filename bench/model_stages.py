@@ -10,7 +10,7 @@ Input: img2dataset-format shards written straight into RUN/downloaded/ (bench/_s
 
 Pipeline (fresh subprocess per measurement): ``curate run`` with only the stage under test
 on (caption: ``capfilt.mode=caption_only``), 1 actor, ``num_cpus=1``, ``threads=1``; the
-figure is images scored / RUN/summary.json step_seconds["process"]. That step is the whole
+figure is images scored / RUN/summary.json step_seconds["score"]. That step is the whole
 Ray Data job: read shards, inspect (decode + pixel hash + cheap rules), the actor pool
 (start-up and model load included), write RUN/scored/. A ``none`` run (no model stage)
 measures that job's fixed cost alone.
@@ -129,7 +129,7 @@ def measure_pipeline(args) -> dict:
 def _images(template: Path):
     import pyarrow.parquet as pq
 
-    from curate.stages.model_actor import decode_rgb
+    from curate.stages.model_support import decode_rgb
 
     jpgs, captions = [], []
     for shard in sorted((template / "run" / "downloaded").glob("*.parquet")):
@@ -179,7 +179,7 @@ def measure_bare(args) -> dict:
                 model(input_ids=tok.input_ids, pixel_values=pixels[s:e], attention_mask=tok.attention_mask,
                       use_itm_head=True)
         else:
-            from curate.pipeline.config import CaptionConfig
+            from curate.core.config import CaptionConfig
             from curate.stages.blip_caption import generation_kwargs
 
             kwargs = generation_kwargs(CaptionConfig(model=args.ref, **CAPTION_ARGS))

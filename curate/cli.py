@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from curate.textsafe import literal
+from curate.core.textsafe import literal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
 console = Console()
@@ -35,8 +35,8 @@ def run(
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
     from curate.models.references import ModelReferenceError
-    from curate.pipeline.config import ConfigError, load_config
-    from curate.pipeline.inputs import InputError
+    from curate.core.config import ConfigError, load_config
+    from curate.core.inputs import InputError
     from curate.pipeline.runner import RunStopped, run_pipeline
 
     overrides = list(set_ or [])
@@ -56,7 +56,7 @@ def refilter(
 ) -> None:
     """Re-decide a finished run at new thresholds from stored scores (no model runs);
     rewrites the manifest, the output shards and the summary."""
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
     from curate.pipeline.runner import refilter as do_refilter
 
     try:
@@ -76,7 +76,8 @@ def query(
              "the run's views only)")] = False,
 ) -> None:
     """Run a DuckDB query over a run's manifest and print the result."""
-    from curate.pipeline.query import QueryError, print_result, run_query
+    from curate.core.views import QueryError, run_query
+    from curate.pipeline.query import print_result
 
     if format not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {format!r}")
@@ -94,7 +95,8 @@ def stats(
 ) -> None:
     """Ready quality queries: counts per status and reason, score and caption-length quantiles,
     top domains, kept fraction per input file."""
-    from curate.pipeline.query import QueryError, print_stats
+    from curate.core.views import QueryError
+    from curate.pipeline.query import print_stats
 
     if format not in ("table", "json"):
         _fail(f"--format must be table or json, not {format!r}")
@@ -110,7 +112,7 @@ def report(
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, max=500, help="thumbnails per grid")] = None,
 ) -> None:
     """Write RUN/report/index.html: one self-contained page with plots and sample grids (docs/report.md)."""
-    from curate.pipeline.query import QueryError
+    from curate.core.views import QueryError
     from curate.report.build import write_report
 
     try:
@@ -118,6 +120,31 @@ def report(
     except QueryError as error:
         _fail(str(error))
     console.print(literal(f"report: {uri}"))
+
+
+@app.command()
+def describe(
+    config: Annotated[Path, typer.Argument(help="a run config (YAML); see docs/config.md")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+) -> None:
+    """Print the run a config would make: its enabled stages in order, what each reads and
+    writes, its resources and rules, and the decision. Nothing runs."""
+    from curate.core.config import ConfigError, load_config
+    from curate.flow.plan import make_plan
+    from curate.pipeline.describe import print_description
+
+    if format not in ("text", "json"):
+        _fail(f"--format must be text or json, not {format!r}")
+    try:
+        # A config may leave the paths to the command line: describe reads neither.
+        cfg = load_config(config, list(set_ or []),
+                          fill_missing={"input.path": "input.parquet", "output.path": "(not needed)"})
+        plan = make_plan(cfg)
+        plan.kind.check(plan)
+    except ConfigError as error:
+        _fail(str(error))
+    print_description(plan, format, console)
 
 
 @app.command()
@@ -131,7 +158,7 @@ def demo(
         "--interleaved", help="a documents run: web pages with images, placed next to their sentences")] = False,
 ) -> None:
     """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     try:
         if interleaved:

@@ -18,10 +18,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from curate.pipeline import storage
-from curate.pipeline.config import apply_overrides, validate
-from curate.pipeline.manifest import preview_manifest
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import apply_overrides, validate
+from curate.core.rundir import RunDir
+from curate.flow.plan import make_plan
+from curate.pipeline.manifest import preview
 from curate.pipeline.runner import run_pipeline
 from curate.synth import domain
 from curate.synth.corpus import make_corpus
@@ -111,7 +112,7 @@ def compare_variants(cfg, run: RunDir, truth: pa.Table) -> dict[str, dict]:
     results = {}
     for name, overrides in VARIANTS.items():
         variant = validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
-        result = evaluate(preview_manifest(variant, run), truth)
+        result = evaluate(preview(make_plan(variant), run)["manifest"], truth)
         results[name] = {k: result[k] for k in ("kept", "kept_correct", "correct_caption_fraction_after")}
     return results
 
@@ -123,12 +124,6 @@ def print_variants(results: dict[str, dict], console: Console) -> None:
     for name, r in results.items():
         table.add_row(name, str(r["kept"]), str(r["kept_correct"]), f"{r['correct_caption_fraction_after']:.1%}")
     console.print(table)
-
-
-def evaluate_run(run_dir: Path) -> dict:
-    """Score an existing demo run (e.g. after `curate refilter`) against its corpus truth."""
-    manifest = storage.read_parquet(storage.list_files(str(run_dir / "manifest"), ".parquet"))
-    return evaluate(manifest, pq.read_table(run_dir.parent / "corpus" / "truth.parquet"))
 
 
 def serve_and_run(out: Path, corpus, input_name: str, make_config, console: Console):

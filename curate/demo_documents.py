@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.demo import serve_and_run
-from curate.pipeline import storage
-from curate.pipeline.config import apply_overrides, validate
-from curate.pipeline.documents_manifest import preview_documents
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import apply_overrides, validate
+from curate.core.rundir import RunDir
+from curate.flow.plan import make_plan
+from curate.pipeline.manifest import preview
 from curate.synth.documents import make_documents
 
 
@@ -73,7 +74,8 @@ def compare_placements(cfg, run: RunDir, truth: pa.Table) -> dict[str, dict]:
     results = {}
     for placement in ("assignment", "original"):
         variant = validate(apply_overrides(cfg.model_dump(mode="json"), [f"interleaved.placement={placement}"]))
-        results[placement] = evaluate_documents(*preview_documents(variant, run), truth)
+        tables = preview(make_plan(variant), run)
+        results[placement] = evaluate_documents(tables["manifest"], tables["manifest_images"], truth)
     return results
 
 

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus import blocked_rows, mixed_corpus
-from curate.pipeline import storage
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.rundir import RunDir
 
 FAST_SETTINGS = [
     "download.timeout=2",

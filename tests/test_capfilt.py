@@ -7,7 +7,9 @@ import io
 import json
 import tarfile
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -16,14 +18,19 @@ from PIL import Image
 from corpus import image_bytes, mixed_corpus
 from curate.models import blip
 from curate.models.references import ModelReferenceError
-from curate.pipeline.config import CaptionConfig, ConfigError, ItmConfig, load_config, validate
+from curate.core.config import ConfigError, load_config, validate
+from curate.flow.plan import make_plan
 from curate.pipeline.runner import refilter, run_pipeline
-from curate.stages.blip_caption import Captioner, clean_captions
-from curate.stages.blip_itm import ItmScorer
-from curate.stages.capfilt import Decider
+from curate.schemas.reasons import reason
+from curate.schemas.status import Status
+from curate.stages.blip_caption import CaptionStage, clean_captions
+from curate.stages.blip_itm import ItmStage
+from curate.stages.caption_rules import CaptionRulesStage
+from curate.stages.cheap_filters import junk_kind, normalize_caption
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
 from model_dirs import make_blip_dir, make_open_clip_dir
+from stage_helpers import ready
 
 
 def _cfg(**sections) -> object:
@@ -36,11 +43,40 @@ def _cfg(**sections) -> object:
     return validate(data)
 
 
-def _row(caption="a red circle on grey", caption_reject=None, clip=0.6, itm=0.9, synthetic=(), clips=(), itms=()):
-    return {"sample_id": "00000-0000000001", "caption": caption, "caption_reject": caption_reject,
-            "clip_score": clip, "itm_prob": itm, "itm_cosine": 0.5,
-            "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
+def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False):
+    return {"caption": caption, "caption_bad_encoding": bad_encoding, "clip_score": clip, "itm_prob": itm,
+            "itm_cosine": 0.5, "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
             "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic)}
+
+
+SCORED = pa.schema([
+    ("sample_id", pa.string()), ("caption", pa.string()), ("caption_bad_encoding", pa.bool_()),
+    ("download_reason", pa.string()), ("jpg", pa.binary()),
+    ("clip_score", pa.float32()), ("itm_prob", pa.float32()), ("itm_cosine", pa.float32()),
+    ("synthetic_captions", pa.list_(pa.string())), ("synthetic_clip_scores", pa.list_(pa.float32())),
+    ("synthetic_itm_probs", pa.list_(pa.float32())), ("synthetic_itm_cosines", pa.list_(pa.float32())),
+])
+
+
+def decide(cfg, rows: list[dict]) -> list[dict]:
+    """The pairs kind's decision (curate.flow.pairs) of ``rows``, every image passing the image
+    rules: the same SQL a run executes, over the facts the caption rules stage stores."""
+    plan = make_plan(cfg)
+    table = pa.Table.from_pylist([{**r, "sample_id": f"00000-{i:010d}", "download_reason": None, "jpg": b"x"}
+                                  for i, r in enumerate(rows)], schema=SCORED)
+    table = CaptionRulesStage(cfg)(table)
+    con = duckdb.connect()
+    con.register("joined", table)
+    con.execute(f"CREATE TABLE image_decisions AS SELECT sample_id, {Status.KEPT.sql} AS status, "
+                "NULL::VARCHAR AS reason FROM joined")
+    plan.kind.decide(con, plan)
+    out = con.execute("SELECT * FROM decided ORDER BY sample_id").arrow().read_all().to_pylist()
+    con.close()
+    return [{**d, "caption_reason": d["reason"]} for d in out]
+
+
+def decide_one(cfg, row: dict) -> dict:
+    return decide(cfg, [row])[0]
 
 
 SYNTHETIC = (["a blue square", "a red circle", "a green star"], [0.5, 0.7, 0.1], [0.6, 0.95, 0.9])
@@ -50,20 +86,19 @@ SYNTHETIC = (["a blue square", "a red circle", "a green star"], [0.5, 0.7, 0.1],
 
 
 def test_capfilt_keeps_passing_original_and_best_passing_synthetic():
-    d = Decider(_cfg()).decide(_row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    d = decide_one(_cfg(), _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
     kept = [(c["text"], c["source"]) for c in d["captions"] if c["kept"]]
     # "a green star" has the second-best ITM but fails clip.min_score 0.3; max_synthetic 1 keeps the best
     assert kept == [("a red circle on grey", "original"), ("a red circle", "synthetic")]
     assert d["caption_reason"] is None and d["caption_chosen"] == "a red circle on grey" and d["caption_source"] == "original"
     assert {c["text"]: c["reason"] for c in d["captions"]}["a green star"] == "clip_score_below:0.3"
-    best = Decider(_cfg(capfilt={"prefer": "best"})).decide(_row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    best = decide_one(_cfg(capfilt={"prefer": "best"}), _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
     assert best["caption_chosen"] == "a red circle" and best["chosen_itm_prob"] == pytest.approx(0.95)
 
 
 def test_junk_original_is_rescued_by_a_synthetic_caption():
-    row = _row(caption="IMG_1234.JPG", caption_reject="caption_junk:file_name", synthetic=SYNTHETIC[0],
-               clips=SYNTHETIC[1], itms=SYNTHETIC[2])
-    d = Decider(_cfg(capfilt={"max_synthetic": 2})).decide(row)
+    row = _row(caption="IMG_1234.JPG", synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2])
+    d = decide_one(_cfg(capfilt={"max_synthetic": 2}), row)
     assert d["caption_reason"] is None and d["original_caption_reason"] == "caption_junk:file_name"
     assert d["caption_chosen"] == "a red circle" and d["caption_source"] == "synthetic"
     assert [c["text"] for c in d["captions"] if c["kept"]] == ["a red circle", "a blue square"]  # by ITM, best first
@@ -71,40 +106,154 @@ def test_junk_original_is_rescued_by_a_synthetic_caption():
 
 def test_no_caption_passing_filters_the_sample_with_the_originals_reason():
     row = _row(itm=0.1, synthetic=["a cat", "x"], clips=[0.9, 0.9], itms=[0.2, 0.99])
-    d = Decider(_cfg()).decide(row)
+    d = decide_one(_cfg(), row)
     # "x" passes the scores but not the caption rules (min 2 words); "a cat" fails ITM
     assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5" and d["caption_chosen"] is None
+    assert d["status"] == "filtered" and d["reason"] == d["caption_reason"]
     # listed original first, then best first by ITM
     assert [c["reason"] for c in d["captions"]] == ["itm_prob_below:0.5", "caption_too_short:2", "itm_prob_below:0.5"]
     # without synthetic captions the reason is the original's own, as with filtering alone
-    assert Decider(_cfg()).decide(_row(itm=0.1))["caption_reason"] == "itm_prob_below:0.5"
+    assert decide_one(_cfg(), _row(itm=0.1))["caption_reason"] == "itm_prob_below:0.5"
 
 
 def test_filter_only_ignores_synthetic_and_caption_only_ignores_the_original():
     row = _row(itm=0.1, synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2])
-    only_filter = Decider(_cfg(capfilt={"mode": "filter_only"})).decide(row)
+    only_filter = decide_one(_cfg(capfilt={"mode": "filter_only"}), row)
     assert only_filter["caption_reason"] == "itm_prob_below:0.5" and len(only_filter["captions"]) == 1
-    only_caption = Decider(_cfg(capfilt={"mode": "caption_only"})).decide(row)
+    only_caption = decide_one(_cfg(capfilt={"mode": "caption_only"}), row)
     # no score thresholds on synthetic captions: the best by ITM wins even though "a green star" fails CLIP
     assert only_caption["caption_chosen"] == "a red circle" and only_caption["caption_source"] == "synthetic"
     assert only_caption["original_caption_reason"] == "caption_only_mode"
-    assert Decider(_cfg(capfilt={"mode": "caption_only"})).decide(_row())["caption_reason"] == "no_synthetic_caption"
+    assert decide_one(_cfg(capfilt={"mode": "caption_only"}), _row())["caption_reason"] == "no_synthetic_caption"
 
 
 def test_synthetic_captions_can_have_a_stricter_itm_bar():
-    row = _row(caption="IMG_1.JPG", caption_reject="caption_junk:file_name", synthetic=SYNTHETIC[0],
-               clips=SYNTHETIC[1], itms=SYNTHETIC[2])
-    d = Decider(_cfg(capfilt={"synthetic_min_prob": 0.97})).decide(row)
+    row = _row(caption="IMG_1.JPG", synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2])
+    d = decide_one(_cfg(capfilt={"synthetic_min_prob": 0.97}), row)
     assert d["caption_reason"] == "no_caption_passed:caption_junk_file_name"
     assert {c["text"]: c["reason"] for c in d["captions"]}["a red circle"] == "itm_prob_below:0.97"
     # the original is still judged at itm.min_prob
-    assert Decider(_cfg(capfilt={"synthetic_min_prob": 0.97})).decide(_row(itm=0.6))["caption_source"] == "original"
+    assert decide_one(_cfg(capfilt={"synthetic_min_prob": 0.97}), _row(itm=0.6))["caption_source"] == "original"
 
 
 def test_without_itm_synthetic_captions_are_ranked_by_clip():
-    d = Decider(_cfg(itm={"model": None}, capfilt={"prefer": "best"})).decide(
-        _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
+    d = decide_one(_cfg(itm={"model": None}, capfilt={"prefer": "best"}),
+                   _row(synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2]))
     assert d["caption_chosen"] == "a red circle"  # CLIP 0.7 beats the original's 0.6 and "a blue square"'s 0.5
+
+
+# The CapFilt decision as a plain Python statement (the implementation before it became SQL):
+# the reference the generated SQL must agree with, row for row, on random inputs.
+
+
+class ReferenceCapFilt:
+    def __init__(self, cfg):
+        self.cfg, self.mode = cfg, cfg.capfilt.mode
+        self.min_score = cfg.clip.min_score if cfg.clip.model else None
+        self.min_prob = cfg.itm.min_prob if cfg.itm.model else None
+        synthetic = cfg.capfilt.synthetic_min_prob
+        self.synthetic_min_prob = (synthetic if synthetic is not None else cfg.itm.min_prob) if cfg.itm.model else None
+        self.rank_by = "itm_prob" if cfg.itm.model else "clip_score" if cfg.clip.model else None
+
+    def text_reason(self, text, bad):
+        f = self.cfg.filters
+        if bad:
+            return "caption_bad_encoding"
+        if text and len(text) > f.max_caption_chars:
+            return f"caption_too_long:{f.max_caption_chars}_chars"
+        norm = normalize_caption(text or "")
+        if not norm:
+            return "caption_empty"
+        if f.junk_captions and junk_kind(norm):
+            return f"caption_junk:{junk_kind(norm)}"
+        words = len(norm.split())
+        if words < f.min_caption_words:
+            return f"caption_too_short:{f.min_caption_words}"
+        if words > f.max_caption_words:
+            return f"caption_too_long:{f.max_caption_words}"
+        return None
+
+    def score_reason(self, c):
+        if self.mode == "caption_only" and c["source"] == "synthetic":
+            return None
+        if self.min_score is not None and (c["clip_score"] is None or c["clip_score"] < self.min_score):
+            return f"clip_score_below:{self.min_score:g}"
+        t = self.synthetic_min_prob if c["source"] == "synthetic" else self.min_prob
+        if t is not None and (c["itm_prob"] is None or c["itm_prob"] < t):
+            return f"itm_prob_below:{t:g}"
+        return None
+
+    def rank(self, c):
+        value = c[self.rank_by] if self.rank_by else None
+        return float("-inf") if value is None else value
+
+    def decide(self, row):
+        f32 = lambda v: None if v is None else float(np.float32(v))  # noqa: E731 - stored as float32
+        original = {"text": " ".join((row["caption"] or "").split()), "source": "original",
+                    "clip_score": f32(row["clip_score"]), "itm_prob": f32(row["itm_prob"])}
+        original["reason"] = self.text_reason(row["caption"], row["caption_bad_encoding"]) or self.score_reason(original)
+        if self.mode == "caption_only":
+            original["reason"] = "caption_only_mode"
+        synthetic = []
+        if self.mode != "filter_only":
+            for j, text in enumerate(row["synthetic_captions"]):
+                c = {"text": text, "source": "synthetic", "clip_score": f32(row["synthetic_clip_scores"][j]),
+                     "itm_prob": f32(row["synthetic_itm_probs"][j])}
+                c["reason"] = self.text_reason(text, False) or self.score_reason(c)
+                synthetic.append(c)
+        synthetic = sorted(synthetic, key=self.rank, reverse=True)
+        original["kept"] = original["reason"] is None
+        limit = max(1, self.cfg.capfilt.max_synthetic) if self.mode == "caption_only" else self.cfg.capfilt.max_synthetic
+        for c in synthetic:
+            c["kept"] = False
+        for c in [c for c in synthetic if c["reason"] is None][:limit]:
+            c["kept"] = True
+        kept = [c for c in [original] + synthetic if c["kept"]]
+        chosen = None
+        if kept:
+            chosen = kept[0] if self.cfg.capfilt.prefer == "original" and kept[0]["source"] == "original" \
+                else max(kept, key=self.rank)
+        if kept:
+            why = None
+        elif self.mode == "caption_only":
+            why = reason("no_caption_passed", synthetic[0]["reason"]) if synthetic else "no_synthetic_caption"
+        else:
+            why = reason("no_caption_passed", original["reason"]) if synthetic else original["reason"]
+        return {"caption_reason": why, "caption_chosen": chosen and chosen["text"],
+                "caption_source": chosen and chosen["source"], "original_caption_reason": original["reason"],
+                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in [original] + synthetic]}
+
+
+WORDS = ["a red circle", "a blue square on white", "IMG_0042.jpg", "x", "", "click here", "a large green star",
+         "the purple ring", "a red circle"]
+
+
+def _random_row(rng):
+    k = rng.randint(0, 4)
+    score = lambda: rng.choice([None, round(rng.uniform(-0.2, 1.0), 2), 0.5])  # noqa: E731 - ties at 0.5
+    return _row(caption=rng.choice(WORDS + [None, "  a   spaced  caption "]), clip=score(), itm=score(),
+                synthetic=[rng.choice(WORDS[:-1] + ["a dog"]) for _ in range(k)],
+                clips=[score() for _ in range(k)], itms=[score() for _ in range(k)],
+                bad_encoding=rng.random() < 0.05)
+
+
+@pytest.mark.parametrize("mode", ["capfilt", "filter_only", "caption_only"])
+@pytest.mark.parametrize("prefer", ["original", "best"])
+@pytest.mark.parametrize("itm", [None, "curate:tiny-blip-itm"])
+def test_generated_sql_agrees_with_the_python_statement_of_capfilt(mode, prefer, itm):
+    import random
+
+    rng = random.Random(f"{mode}-{prefer}-{itm}")
+    cfg = _cfg(capfilt={"mode": mode, "prefer": prefer, "max_synthetic": rng.randint(0, 2),
+                        "synthetic_min_prob": rng.choice([None, 0.8])}, itm={"model": itm})
+    rows = [_random_row(rng) for _ in range(60)]
+    got = decide(cfg, rows)
+    reference = ReferenceCapFilt(cfg)
+    for row, d in zip(rows, got):
+        want = reference.decide(row)
+        have = {**{k: d[k] for k in ("caption_reason", "caption_chosen", "caption_source", "original_caption_reason")},
+                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in d["captions"]]}
+        assert have == want, row
 
 
 def test_config_rules_for_capfilt():
@@ -137,7 +286,7 @@ def _images(n: int) -> list[Image.Image]:
 
 
 def test_itm_scores_equal_the_models_own_forward(blip_dirs):
-    scorer = ItmScorer(ItmConfig(model=str(blip_dirs["itm"])), "jpg")
+    scorer = ready(ItmStage, f"itm.model={blip_dirs['itm']}")
     images = _images(3)
     texts = [["a red cat", "a dog on the grass"], ["a blue sofa"], ["small", "a large dog", "the cat"]]
     probs, cosines = scorer.score(images, texts)
@@ -153,14 +302,14 @@ def test_itm_scores_equal_the_models_own_forward(blip_dirs):
 
 def test_captioner_generates_k_clean_captions_reproducibly(blip_dirs):
     images = _images(4)
-    cfg = CaptionConfig(model=str(blip_dirs["caption"]), num_captions=3, max_new_tokens=6, prompt="a picture of")
-    captioner = Captioner(cfg, "jpg")
+    captioner = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.num_captions=3",
+                      "caption.max_new_tokens=6", "caption.prompt=a picture of", "itm.model=curate:tiny-blip-itm")
     first, again = captioner.generate(images, seed=7), captioner.generate(images, seed=7)
     assert first == again and len(first) == 4
     assert all(1 <= len(caps) <= 3 for caps in first)
     assert not any(c.startswith("a picture of") or not c for caps in first for c in caps)
-    beam = Captioner(CaptionConfig(model=str(blip_dirs["caption"]), mode="beam", num_captions=2, num_beams=3,
-                                   max_new_tokens=6), "jpg")
+    beam = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.mode=beam", "caption.num_captions=2",
+                 "caption.num_beams=3", "caption.max_new_tokens=6", "itm.model=curate:tiny-blip-itm")
     beams = beam.generate(images, seed=0)
     # beam search is deterministic whatever the seed; a random decoder may emit only special
     # tokens, which decode to nothing and are dropped

@@ -14,12 +14,13 @@ from PIL import Image
 from corpus import image_bytes, mixed_corpus
 from curate.models import clip
 from curate.models.references import ModelReferenceError
-from curate.pipeline.config import ClipConfig, load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import refilter, run_pipeline
-from curate.stages.clip_score import ClipScorer
+from curate.stages.clip_score import ClipStage
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
 from model_dirs import make_open_clip_dir
+from stage_helpers import live, ready
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +55,26 @@ def test_unreachable_hub_weights_error_says_how_to_pass_a_local_dir(monkeypatch)
     assert "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in str(info.value) and "local-dir:/abs/path" in str(info.value)
 
 
-def _batch(images: list[bytes | None], captions: list[str], rejects: list[str | None]) -> pa.Table:
-    return pa.table({
+def _batch(images: list[bytes | None], captions: list[str], rejected: list[bool]) -> pa.Table:
+    batch = pa.table({
         "jpg": pa.array(images, pa.binary()),
         "caption": captions,
         "download_reason": pa.array([None if im else "http_404" for im in images], pa.string()),
-        "image_reject": pa.array(rejects, pa.string()),
     })
+    return live(batch, [im is not None and not r for im, r in zip(images, rejected)])
 
 
 def test_scorer_scores_real_images_and_skips_failed_rows(clip_dir):
-    scorer = ClipScorer(ClipConfig(model=f"local-dir:{clip_dir}"), "jpg")
+    scorer = ready(ClipStage, f"clip.model=local-dir:{clip_dir}")
     images = [image_bytes("JPEG", seed=1), image_bytes("PNG", seed=2), None, image_bytes("JPEG", seed=3)]
-    out = scorer(_batch(images, ["a red bicycle", "a blue sky", "x", "tiny"], [None, None, None, "image_too_small:64"]))
+    out = scorer(_batch(images, ["a red bicycle", "a blue sky", "x", "tiny"], [False, False, False, True]))
     scores = out.column("clip_score").to_pylist()
     embeddings = out.column("clip_image_embedding").to_pylist()
     assert scores[2] is None and scores[3] is None and embeddings[2] is None and embeddings[3] is None
     for score, emb in zip(scores[:2], embeddings[:2]):
         assert -1.0 <= score <= 1.0 and len(emb) == 24 and abs(np.linalg.norm(emb) - 1) < 1e-4
     # the same image and caption in another batch give the same score (batching-independent)
-    again = scorer(_batch(images[:1], ["a red bicycle"], [None]))
+    again = scorer(_batch(images[:1], ["a red bicycle"], [False]))
     assert again.column("clip_score").to_pylist()[0] == pytest.approx(scores[0], abs=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_scorer_matches_a_bare_open_clip_call(clip_dir):
         a = model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0))
         b = model.encode_text(tokenizer(["a dog on grass"]))
     want = torch.nn.functional.cosine_similarity(a, b).item()
-    got = ClipScorer(ClipConfig(model=f"local-dir:{clip_dir}"), "jpg")(_batch([data], ["a dog on grass"], [None]))
+    got = ready(ClipStage, f"clip.model=local-dir:{clip_dir}")(_batch([data], ["a dog on grass"], [False]))
     assert got.column("clip_score").to_pylist()[0] == pytest.approx(want, abs=1e-5)
 
 
@@ -122,7 +123,7 @@ def test_pipeline_with_clip_then_refilter_without_the_model(tmp_path, ray_sessio
 
 
 def test_refilter_refuses_keys_that_need_a_model(tmp_path):
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     (tmp_path / "manifest").mkdir()
     (tmp_path / "config.yaml").write_text("input: {path: a.parquet}\noutput: {path: x}\n")

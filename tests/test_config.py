@@ -1,6 +1,6 @@
 import pytest
 
-from curate.pipeline.config import ConfigError, apply_overrides, load_config, validate
+from curate.core.config import ConfigError, apply_overrides, load_config, validate
 
 
 def base(**extra):
@@ -70,7 +70,7 @@ def test_config_file_errors(tmp_path):
 
 
 def test_shipped_example_configs_are_valid(repo_root):
-    from curate.pipeline.config import load_config
+    from curate.core.config import load_config
 
     assets = repo_root / "curate" / "assets"
     paths = sorted((repo_root / "configs").glob("*.yaml")) + [assets / "demo.yaml", assets / "demo-documents.yaml"]
@@ -87,7 +87,7 @@ def _started_with(tmp_path, cfg, drop: str | None = None):
     older version of curate did not have, so did not write)."""
     import yaml
 
-    from curate.pipeline.rundir import RunDir
+    from curate.core.rundir import RunDir
 
     data = cfg.model_dump(mode="json")
     if drop:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from corpus import image_bytes
-from curate.pipeline.config import load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import run_pipeline
 from curate.synth.http_server import CorpusServer, Route
 from e2e import FAST_SETTINGS, read_manifest, write_input
@@ -107,7 +107,7 @@ def test_cross_run_dedupe_against_an_earlier_run(tmp_path, ray_session):
 
 
 def test_against_a_missing_reference_stops_at_start(tmp_path):
-    from curate.pipeline.config import ConfigError
+    from curate.core.config import ConfigError
 
     write_input([{"url": "http://x.org/a.jpg", "caption": "a b c"}], tmp_path / "in.parquet")
     cfg = load_config(None, [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip",

@@ -15,13 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.pipeline import storage
-from curate.pipeline.config import ConfigError, DocumentsInputConfig, InterleavedConfig, load_config
-from curate.pipeline.documents_input import parse_mmc4, parse_obelics
-from curate.pipeline.inputs import InputError
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.flow.plan import make_plan
+from curate.core.config import ConfigError, DocumentsInputConfig, InterleavedConfig, load_config
+from curate.flow.documents_input import parse_mmc4, parse_obelics
+from curate.core.inputs import InputError
+from curate.core.rundir import RunDir
 from curate.pipeline.runner import refilter, run_pipeline
-from curate.stages import interleave
+from curate.flow import interleave
 from curate.synth import domain
 from curate.synth.http_server import CorpusServer, Route
 from e2e import FAST_SETTINGS
@@ -116,12 +117,18 @@ def _config(tmp_path, path, *extra):
 
 
 def test_documents_config_errors_name_the_problem(tmp_path):
+    """Checked with the plan, at the start of a run, before anything is written."""
+    def check(*args):
+        make_plan(_config(tmp_path, *args)).check()
+
     with pytest.raises(ConfigError, match="jsonl or parquet"):
-        _config(tmp_path, tmp_path / "docs.csv")
+        check(tmp_path / "docs.csv")
     with pytest.raises(ConfigError, match="set clip.model"):
-        _config(tmp_path, tmp_path / "docs.jsonl", "clip.model=null")
-    with pytest.raises(ConfigError, match="unset caption.model and itm.model"):
-        _config(tmp_path, tmp_path / "docs.jsonl", "itm.model=curate:tiny-blip-itm")
+        check(tmp_path / "docs.jsonl", "clip.model=null")
+    with pytest.raises(ConfigError, match="the itm stage is built for pairs runs only; unset itm.model"):
+        check(tmp_path / "docs.jsonl", "itm.model=curate:tiny-blip-itm")
+    with pytest.raises(ConfigError, match="the caption stage is built for pairs runs only; unset caption.model"):
+        check(tmp_path / "docs.jsonl", "caption.model=curate:tiny-blip-captioner")
 
 
 def test_missing_layout_column_stops_at_start_with_nothing_written(tmp_path, ray_session):
@@ -270,7 +277,8 @@ def _check_queries_and_stats(run: RunDir, images: pa.Table) -> None:
 
     from rich.console import Console
 
-    from curate.pipeline.query import print_stats, run_query
+    from curate.core.views import run_query
+    from curate.pipeline.query import print_stats
 
     text = (Path(__file__).parent.parent / "docs" / "formats.md").read_text()
     why, per_doc = re.findall(r"```sql\n(.*?)```", text, flags=re.S)[0].split(";")[:2]
@@ -329,8 +337,8 @@ def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
 
 
 def test_a_document_with_too_many_images_is_recorded_not_fetched(tmp_path):
-    from curate.pipeline.documents_input import MAX_IMAGES_PER_DOCUMENT, read_documents_file
-    from curate.pipeline.inputs import InputFile
+    from curate.flow.documents_input import MAX_IMAGES_PER_DOCUMENT, read_documents_file
+    from curate.core.inputs import InputFile
 
     n = MAX_IMAGES_PER_DOCUMENT + 1
     path = tmp_path / "docs.jsonl"

@@ -1,11 +1,11 @@
-"""DuckDB views over a run's Parquet parts (curate.pipeline.duck)."""
+"""DuckDB views over a run's Parquet parts (curate.core.duck)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.pipeline import duck
+from curate.core import duck
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("key", pa.string()), ("emb", pa.list_(pa.float32()))])
 

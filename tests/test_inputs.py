@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pipeline.config import InputConfig, load_config
-from curate.pipeline.inputs import InputError, read_input_file, resolve_input_files
+from curate.core.config import InputConfig, load_config
+from curate.core.inputs import InputError, read_input_file, resolve_input_files
 from curate.pipeline.runner import run_pipeline
 
 ROWS = [

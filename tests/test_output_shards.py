@@ -15,8 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.pipeline import output, storage
-from curate.stages.capfilt import CAPTION_STRUCT
+from curate.core import storage
+from curate.flow import pairs, shards
+from curate.flow.pairs import PairsKind
+from stage_helpers import config
+from curate.schemas.columns import CAPTION_STRUCT
 
 
 def _image(rng: random.Random, size: int) -> bytes:
@@ -72,15 +75,18 @@ def _manifest_rows(where: dict[str, tuple[str, bytes]], every: int = 2) -> pa.Ta
     })
 
 
+PAIRS = PairsKind(config("output.formats=[webdataset, parquet]"))
+
+
 def test_a_streamed_shard_holds_every_row_in_order_in_both_formats(tmp_path, monkeypatch):
-    monkeypatch.setattr(output, "CHUNK_ROWS", 7)  # many chunks from a small shard
+    monkeypatch.setattr(pairs, "CHUNK_ROWS", 7)  # many chunks from a small shard
     downloaded, where = _downloaded(tmp_path, shards=3, per_shard=40, image_bytes=300)
     rows = _manifest_rows(where)
     out = str(tmp_path / "out")
     read = []
-    monkeypatch.setattr(output.ShardImages, "_read", _counting(output.ShardImages._read, read))
+    monkeypatch.setattr(shards.ShardImages, "_read", _counting(shards.ShardImages._read, read))
 
-    assert output.write_shard(rows, "00000", out, downloaded, "jpg", ["webdataset", "parquet"]) == rows.num_rows
+    assert PAIRS.write_shard(rows, "00000", out, downloaded) == rows.num_rows
 
     assert read == ["00000", "00001", "00002"]  # each download shard read once, in order
     assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar"]
@@ -122,7 +128,7 @@ def test_a_missing_image_stops_the_shard_and_commits_nothing(tmp_path):
     pq.write_table(pq.read_table(shard).filter(pa.compute.field("sample_id") != lost), shard)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match=f"output shard 00000: image bytes not found for \\['{lost}'\\]"):
-        output.write_shard(rows, "00000", str(out), downloaded, "jpg", ["webdataset", "parquet"])
+        PAIRS.write_shard(rows, "00000", str(out), downloaded)
     assert os.listdir(out) == []  # no final file, no temporary
 
 
@@ -132,11 +138,11 @@ def test_a_full_disk_mid_shard_names_the_file_and_leaves_nothing(tmp_path, small
     rows = _manifest_rows(where, every=1)
     out = small_disk / "output"
     with pytest.raises(storage.WriteError, match=f"cannot write {out}/00000.(tar|parquet): .*No space left on device"):
-        output.write_shard(rows, "00000", str(out), downloaded, "jpg", ["webdataset", "parquet"])
+        PAIRS.write_shard(rows, "00000", str(out), downloaded)
     assert os.listdir(out) == []
     # The space was the temporaries': with them gone, a smaller shard fits again.
     small = rows.slice(0, 20)
-    assert output.write_shard(small, "00000", str(out), downloaded, "jpg", ["webdataset", "parquet"]) == 20
+    assert PAIRS.write_shard(small, "00000", str(out), downloaded) == 20
     assert pq.read_table(out / "00000.parquet").num_rows == len(list(wds.WebDataset(str(out / "00000.tar"),
                                                                                     shardshuffle=False))) == 20
 
@@ -160,7 +166,7 @@ def test_tar_shard_writes_what_webdataset_tarwriter_writes(tmp_path):
     samples = [{"__key__": f"00000-{i:010d}", "jpg": bytes([i]) * (100 + i), "txt": f"caption {i} ü",
                 "json": b'{"a": 1}', "0.jpg": b"\xff\xd8"} for i in range(5)]
     with open(tmp_path / "ours.tar", "wb") as handle:
-        ours = output.TarShard(handle)
+        ours = shards.TarShard(handle)
         for sample in samples:
             ours.write(sample)
         ours.close()

@@ -3,10 +3,11 @@ import re
 import pytest
 
 from corpus import blocked_rows
-from curate.pipeline.config import FilterConfig
-from curate.stages.cheap_filters import caption_reject, image_reject, junk_kind
+from curate.stages.cheap_filters import junk_kind
 from curate.stages.download import download_reason
+from curate.stages.inspect import InspectStage
 from curate.stages.precheck import check_url
+from stage_helpers import caption_reasons, config, reasons
 
 
 @pytest.mark.parametrize("row", blocked_rows(), ids=lambda r: r["caption"])
@@ -34,11 +35,11 @@ def test_obfuscated_loopback_is_blocked(url):
 
 
 def test_image_rules():
-    cfg = FilterConfig(min_side=64, max_aspect_ratio=3.0)
-    assert image_reject(100, 100, cfg) is None
-    assert image_reject(63, 500, cfg) == "image_too_small:64"
-    assert image_reject(400, 100, cfg) == "aspect_ratio_above:3"
-    assert image_reject(None, None, cfg) is None
+    rules = InspectStage(config("filters.min_side=64", "filters.max_aspect_ratio=3.0")).rules()
+    sizes = [(100, 100), (63, 500), (400, 100), (None, None), (0, 500), (300, 100)]
+    rows = [{"original_width": w, "original_height": h} for w, h in sizes]
+    # missing or zero sizes pass (no evidence); exactly 3:1 passes
+    assert reasons(rules, rows) == [None, "image_too_small:64", "aspect_ratio_above:3", None, None, None]
 
 
 @pytest.mark.parametrize(
@@ -61,15 +62,13 @@ def test_junk_kinds(caption, kind):
 
 
 def test_caption_rules_order_and_codes():
-    cfg = FilterConfig(min_caption_words=2, max_caption_words=5)
-    assert caption_reject(None, False, cfg) == "caption_empty"
-    assert caption_reject("  \t ", False, cfg) == "caption_empty"
-    assert caption_reject("a dog", True, cfg) == "caption_bad_encoding"
-    assert caption_reject("dog", False, cfg) == "caption_too_short:2"
-    assert caption_reject("one two three four five six", False, cfg) == "caption_too_long:5"
-    assert caption_reject("IMG_1.jpg", False, cfg) == "caption_junk:file_name"
-    assert caption_reject("a brown dog", False, cfg) is None
-    assert caption_reject("IMG_1.jpg", False, FilterConfig(junk_captions=False, min_caption_words=1)) is None
+    cfg = config("filters.min_caption_words=2", "filters.max_caption_words=5")
+    captions = [None, "  \t ", "a dog", "dog", "one two three four five six", "IMG_1.jpg", "a brown dog"]
+    assert caption_reasons(cfg, captions, [False, False, True, False, False, False, False]) == [
+        "caption_empty", "caption_empty", "caption_bad_encoding", "caption_too_short:2", "caption_too_long:5",
+        "caption_junk:file_name", None]
+    lenient = config("filters.junk_captions=false", "filters.min_caption_words=1")
+    assert caption_reasons(lenient, ["IMG_1.jpg"]) == [None]
 
 
 @pytest.mark.parametrize(
@@ -90,10 +89,9 @@ def test_download_reason_mapping(status, message, expected):
 
 
 def test_caption_char_cap_is_checked_first():
-    cfg = FilterConfig(max_caption_chars=10)
-    assert caption_reject("x" * 11, False, cfg) == "caption_too_long:10_chars"
-    assert caption_reject("IMG_1.jpg" + " " * 5, False, cfg) == "caption_too_long:10_chars"
-    assert caption_reject("a red dog", False, cfg) is None
+    cfg = config("filters.max_caption_chars=10")
+    assert caption_reasons(cfg, ["x" * 11, "IMG_1.jpg" + " " * 5, "a red dog"]) == [
+        "caption_too_long:10_chars", "caption_too_long:10_chars", None]
 
 
 @pytest.mark.parametrize(

@@ -16,18 +16,18 @@ import yaml
 from rich.console import Console
 
 from curate.dedupe import dedupe
-from curate.pipeline import commits, storage
-from curate.pipeline.config import validate
-from curate.pipeline.progress import (
+from curate.core import commits, storage
+from curate.core.config import validate
+from curate.core.progress import (
     CommittedRows, Progress, RowCounter, StageRows, parquet_rows, rows_in, stage_counts_dir,
 )
-from curate.pipeline.rundir import RunDir
+from curate.core.rundir import RunDir
 from curate.pipeline.runner import run_pipeline
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 
 # The demo config runs all three model stages (captioner first) and near-dedupe.
 MODEL_STAGES = ["caption", "clip", "itm"]
-RUN_STEPS = ["prepare", "download", "process", *[f"process/{k}" for k in MODEL_STAGES],
+RUN_STEPS = ["prepare", "download", "score", *[f"score/{k}" for k in MODEL_STAGES],
              "manifest", "dedupe", "output", "report"]
 
 
@@ -44,9 +44,9 @@ def test_a_finished_run_reports_every_step_done(finished_run):  # noqa: F811
     assert all(s["state"] == "done" and s["error"] is None and s["finished"] >= s["started"] for s in steps.values())
     assert steps["download"]["total"] == steps["download"]["done"] == rows_in(run.download_list) == ROWS
     downloaded = sum(parquet_rows(u) for u in storage.list_files(run.downloaded, ".parquet"))
-    assert steps["process"]["total"] == steps["process"]["done"] == downloaded
+    assert steps["score"]["total"] == steps["score"]["done"] == downloaded
     for key in MODEL_STAGES:
-        stage = steps[f"process/{key}"]
+        stage = steps[f"score/{key}"]
         assert stage["total"] == stage["done"] == downloaded
         # The actors did count: at least their first batch is always written, never more rows
         # than there are (the last second's rows may still be unwritten if Ray was slow to
@@ -143,7 +143,7 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     for uri in parts:
         storage.remove_tree(uri)
     committed = scored.slice(0, scored.num_rows // 2)
-    # Committed as the process step commits: the file and its record (curate.pipeline.commits).
+    # Committed as the score step commits: the file and its record (curate.core.commits).
     commits.write_parquet(storage.join(run.scored, "part-committed.parquet"), committed)
     rescored = scored.num_rows - committed.num_rows
     stale = storage.join(stage_counts_dir(run, "clip"), "earlier-attempt.json")
@@ -152,10 +152,10 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     run_pipeline(cfg, Console(record=True, width=120))
 
     steps = {s["name"]: s for s in _state(run)["steps"]}
-    downloaded = steps["process"]["total"]
+    downloaded = steps["score"]["total"]
     assert not storage.exists(stale) and 0 < rescored < downloaded
     for key in MODEL_STAGES:
-        stage = steps[f"process/{key}"]
+        stage = steps[f"score/{key}"]
         assert stage["state"] == "done" and stage["done"] == stage["total"] == downloaded
         assert 0 < StageRows(stage_counts_dir(run, key), 0)() <= rescored
     assert steps["dedupe"]["state"] == "done" and steps["dedupe"]["done"] == steps["dedupe"]["total"] > 0

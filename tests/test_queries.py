@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from curate.pipeline import storage
-from curate.pipeline.query import run_query
+from curate.core import storage
+from curate.core.views import run_query
 from e2e import read_manifest
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 from test_s3 import s3_server  # noqa: F401 - the S3-compatible server fixture

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.pipeline import storage
-from curate.pipeline.query import open_views
+from curate.core import storage
+from curate.core.views import open_views
 from curate.report import stats
 from curate.report.build import write_report
 from e2e import read_manifest

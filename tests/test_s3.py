@@ -100,9 +100,9 @@ def test_documents_are_read_from_a_bucket_in_both_layouts(s3_server, tmp_path):
     """input.kind: documents reads jsonl (OBELICS) and Parquet (MMC4) from s3:// like local files."""
     import s3fs
 
-    from curate.pipeline.config import load_config
-    from curate.pipeline.documents_input import read_documents_file
-    from curate.pipeline.inputs import resolve_input_files
+    from curate.core.config import load_config
+    from curate.flow.documents_input import read_documents_file
+    from curate.core.inputs import resolve_input_files
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("curate-docs")

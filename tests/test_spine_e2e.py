@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from corpus import blocked_rows, mixed_corpus
-from curate.pipeline.config import load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import run_pipeline
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input

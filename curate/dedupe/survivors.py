@@ -14,8 +14,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-Keep = Literal["clip_score", "itm", "resolution", "first"]
-KEEP_MODES = ("clip_score", "itm", "resolution", "first")
+Keep = Literal["score", "clip_score", "itm", "resolution", "first"]
+# "first" ignores scores; every other mode keeps the highest score it is given (the name
+# says which score the caller passed).
+KEEP_MODES = ("score", "clip_score", "itm", "resolution", "first")
 
 
 def duplicate_groups(n: int, pairs) -> np.ndarray:

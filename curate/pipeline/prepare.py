@@ -1,9 +1,10 @@
 """Step 1: read every input row, give it a sample_id, block what must not be fetched.
 
-Writes ``RUN/rows/`` (every input row, with ``blocked_reason``) and ``RUN/download_list/``
+Writes ``RUN/rows/`` (every image row, with ``blocked_reason``) and ``RUN/download_list/``
 (the rows to download, in parts of ``download.shard_size`` rows: one part becomes one
-download shard, the unit of resume). Both are deterministic from the input, so a resumed
-run that finds them complete skips this step.
+download shard, the unit of resume). The run's kind reads each input file into image rows
+(a documents run also writes ``RUN/documents/``). Both are deterministic from the input, so
+a resumed run that finds them complete skips this step.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import commits, storage
-from curate.pipeline.config import CurateConfig, DownloadConfig
-from curate.pipeline.inputs import InputFile, read_input_file
-from curate.pipeline.rundir import RunDir
+from curate.core import commits, storage
+from curate.core.config import DownloadConfig
+from curate.core.inputs import InputFile
+from curate.core.rundir import RunDir
+from curate.flow.plan import Plan
+from curate.schemas.columns import BLOCKED_REASON
 from curate.stages.precheck import check_url
-
-DOWNLOAD_COLUMNS = ["sample_id", "url", "caption", "caption_bad_encoding"]
-# Documents runs: each image row also carries its document's texts, for CLIP to score against.
-DOCUMENT_DOWNLOAD_COLUMNS = DOWNLOAD_COLUMNS + ["doc_texts"]
 
 
 def _with_precheck(rows: pa.Table, download: DownloadConfig) -> pa.Table:
     allow, networks = download.allow_private_hosts, tuple(download.allowed_networks)
     reasons = [check_url(u, allow, networks) for u in rows.column("url").to_pylist()]
-    return rows.append_column("blocked_reason", pa.array(reasons, pa.string()))
+    return rows.append_column(BLOCKED_REASON, pa.array(reasons, pa.string()))
 
 
 class _DownloadListWriter:
@@ -55,29 +54,18 @@ class _DownloadListWriter:
         self.parts += 1
 
 
-def _read(item: InputFile, cfg: CurateConfig, run: RunDir) -> pa.Table:
-    """The rows to download of one input file; a documents file also writes RUN/documents/."""
-    if not cfg.documents:
-        return read_input_file(item, cfg.input)
-    from curate.pipeline.documents_input import read_documents_file
-
-    docs, images = read_documents_file(item, cfg.input)
-    commits.write_parquet(storage.join(run.documents, f"part-{item.index:05d}.parquet"), docs)
-    return images
-
-
-def prepare(cfg: CurateConfig, run: RunDir, files: list[InputFile]) -> dict:
-    """Write rows/ and download_list/ (and documents/ for documents runs); returns counts."""
+def prepare(plan: Plan, run: RunDir, files: list[InputFile]) -> dict:
+    """Write rows/ and download_list/ (and what the kind keeps besides), each file with its
+    commit record (curate.core.commits); returns counts."""
     for directory in (run.rows, run.download_list, run.documents):
         commits.remove_tree(directory)
-    writer = _DownloadListWriter(run, cfg.download.shard_size)
-    columns = DOCUMENT_DOWNLOAD_COLUMNS if cfg.documents else DOWNLOAD_COLUMNS
+    writer = _DownloadListWriter(run, plan.cfg.download.shard_size)
     total = blocked = 0
     for item in files:
-        rows = _with_precheck(_read(item, cfg, run), cfg.download)
+        rows = _with_precheck(plan.kind.read(item, run), plan.cfg.download)
         commits.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
         to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
-        writer.add(to_fetch.select(columns))
+        writer.add(to_fetch.select(list(plan.kind.download_columns)))
         total += rows.num_rows
         blocked += rows.num_rows - to_fetch.num_rows
     writer.close()

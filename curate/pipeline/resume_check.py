@@ -1,6 +1,6 @@
 """Before a run resumes, its committed work is checked, not trusted.
 
-Every committed file has a record of its size and sha256 (curate.pipeline.commits). A
+Every committed file has a record of its size and sha256 (curate.core.commits). A
 file that is missing, of another size or other content than recorded (deleted or
 damaged by hand, by a disk, by a second run) is removed here together with the work
 derived from it, so that its step does it again:
@@ -25,8 +25,8 @@ import posixpath
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.pipeline import commits, storage
-from curate.pipeline.rundir import RunDir
+from curate.core import commits, storage
+from curate.core.rundir import RunDir
 
 _STATS = "_stats.json"
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
-from curate.pipeline import commits, storage
-from curate.pipeline.config import CurateConfig, InputConfig
-from curate.pipeline.inputs import InputError, InputFile, fingerprint, resolve_input_files
+from curate.core import commits, storage
+from curate.core.config import CurateConfig, InputConfig
+from curate.core.inputs import InputError, InputFile, fingerprint, resolve_input_files
 
 
 def _within(uri: str, root: str) -> bool:

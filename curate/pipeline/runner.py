@@ -1,7 +1,7 @@
 """Orchestration of ``curate run``: each step is resumable, the manifest is rebuilt at the end.
 
-prepare -> download -> process (inspect + model stages) -> dedupe + manifest -> output.
-A step that finished leaves a marker (``RUN/_done/<step>``); the process step resumes
+prepare -> download -> score (the plan's batch stages) -> decide + dedupe + manifest -> output.
+A step that finished leaves a marker (``RUN/_done/<step>``); the score step resumes
 from the sample_ids it has committed. Re-running the same command on the same RUN picks
 up where a killed run stopped and produces the same manifest and output.
 """
@@ -19,25 +19,25 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.text import Text
 
-from curate.pipeline import lifeline, runlock, storage
-from curate.pipeline.config import ConfigError, CurateConfig, config_changes
-from curate.pipeline.inputs import InputError
+from curate.core import lifeline, runlock, storage
+from curate.core.config import ConfigError, CurateConfig, config_changes
+from curate.core.inputs import InputError
+from curate.core.progress import (
+    Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
+)
+from curate.core.ray_session import start_ray
+from curate.core.rundir import RunDir
+from curate.flow.decision import missing_scored_columns, open_run_views
+from curate.flow.plan import Plan, make_plan
 from curate.pipeline.manifest import build_manifest
 from curate.pipeline.output import shard_counts, write_output
 from curate.pipeline.prepare import prepare
-from curate.pipeline.process import run_process
-from curate.pipeline.progress import (
-    Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
-)
-from curate.pipeline.ray_session import start_ray
 from curate.pipeline.resume_check import verify_run
 from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
-from curate.pipeline.rundir import RunDir
+from curate.pipeline.score import TASK_CPUS, run_score
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
-from curate.stages.dedupe_stage import check_dedupe_references
-from curate.stages.registry import model_stages
-from curate.textsafe import literal
+from curate.core.textsafe import literal
 
 
 @dataclass
@@ -146,9 +146,8 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
     files = list_run_inputs(cfg.input, run.root)  # input errors stop here, before anything is written
     state = input_state(files, cfg)
     _check_resumable(cfg, run, state)
-    for stage in model_stages(cfg):
-        stage.check()  # a bad model reference stops here, before anything is written
-    check_dedupe_references(cfg)
+    plan = make_plan(cfg)
+    plan.check()  # a bad model reference or stage config stops here, before anything is written
     for damaged in verify_run(run):  # committed work is checked, not trusted
         console.print(literal(f"resume: {damaged}; done again", "yellow"))
     fresh = not storage.exists(run.config)
@@ -157,24 +156,24 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
     storage.write_text(run.state, json.dumps(state))
     lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    check_actor_fit(cfg)
+    check_actor_fit(plan)
 
     timings: dict = {}
     progress = Progress(run, console)
     console.rule("[bold]prepare")
     try:
         with progress.step("prepare", count=prepared_rows(run)):
-            _step(run, "prepare", lambda: prepare(cfg, run, files), timings, console)
+            _step(run, "prepare", lambda: prepare(plan, run, files), timings, console)
     except InputError:
         if fresh:  # a malformed input leaves nothing behind
             storage.remove_tree(run.root)
         raise
     console.rule("[bold]download (img2dataset)")
+    carried = [c for c in plan.kind.download_columns if c not in ("url", "caption")]
     with progress.step("download", total=lambda: rows_in(run.download_list), count=downloaded_rows(run)):
-        extra = ("doc_texts",) if cfg.documents else ()
-        _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download, extra),
+        _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download, carried),
               timings, console)
-    console.rule("[bold]process")
+    console.rule("[bold]score")
     t = time.perf_counter()
     shards = committed_shards(run.downloaded)
     # Per model stage: rows committed by earlier attempts + what its actors count now. An
@@ -182,14 +181,14 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
     storage.remove_tree(run.progress_counts)
     committed = scored_rows(run)
     before = committed()
-    stages = {f"process/{s.key}": StageRows(stage_counts_dir(run, s.key), before) for s in model_stages(cfg)}
-    with progress.step("process", total=lambda: sum(map(parquet_rows, shards)), count=committed, parts=stages):
-        run_process(cfg, run, shards)
-    timings["process"] = round(time.perf_counter() - t, 2)
-    return finish(cfg, run, console, started, timings, progress)
+    stages = {f"score/{s.key}": StageRows(stage_counts_dir(run, s.key), before) for s in plan.batch if s.uses_model}
+    with progress.step("score", total=lambda: sum(map(parquet_rows, shards)), count=committed, parts=stages):
+        run_score(plan, run, shards)
+    timings["score"] = round(time.perf_counter() - t, 2)
+    return finish(plan, run, console, started, timings, progress)
 
 
-def check_actor_fit(cfg: CurateConfig) -> None:
+def check_actor_fit(plan: Plan) -> None:
     """Stop with a clear message when the model actor pools can't all be placed at once.
 
     Ray Data starts every pool up front and waits for CPUs that never free up: on a small
@@ -198,17 +197,15 @@ def check_actor_fit(cfg: CurateConfig) -> None:
     """
     import ray
 
-    from curate.pipeline.process import TASK_CPUS
-
-    if cfg.ray.address:
+    if plan.cfg.ray.address:
         return
-    stages = model_stages(cfg)
-    wanted = sum(s.cfg.actors * s.cfg.num_cpus for s in stages) + TASK_CPUS
+    pools = [s for s in plan.batch if s.uses_model]
+    wanted = sum(s.compute.actors * s.compute.num_cpus for s in pools) + TASK_CPUS
     have = ray.cluster_resources().get("CPU", 0)
-    if stages and wanted > have:
-        pools = ", ".join(f"{s.key}: {s.cfg.actors} x {s.cfg.num_cpus:g}" for s in stages)
+    if pools and wanted > have:
+        listed = ", ".join(f"{s.key}: {s.compute.actors} x {s.compute.num_cpus:g}" for s in pools)
         raise ConfigError(
-            f"the model stages need {wanted:g} CPUs at once ({pools} actors x CPUs, + {TASK_CPUS:g} for "
+            f"the model stages need {wanted:g} CPUs at once ({listed} actors x CPUs, + {TASK_CPUS:g} for "
             f"reading and writing) but Ray has {have:g}; lower <stage>.num_cpus (e.g. 0.5; "
             f"<stage>.threads still sets torch threads) or <stage>.actors"
         )
@@ -231,35 +228,28 @@ def _manifest_memory(cfg: CurateConfig):
         ) from error
 
 
-def finish(cfg: CurateConfig, run: RunDir, console: Console, started: float, timings: dict,
+def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: dict,
            progress: Progress | None = None) -> RunResult:
     """Manifest, output shards, summary and report from stored results (also used by refilter)."""
+    cfg = plan.cfg
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
     with progress.step("manifest", total=lambda: rows_in(run.rows)), _manifest_memory(cfg):
-        if cfg.documents:
-            from curate.pipeline.documents_manifest import build_documents_manifest
-
-            build_documents_manifest(cfg, run, progress)
-        else:
-            build_manifest(cfg, run, progress)
+        build_manifest(plan, run, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
     console.rule("[bold]output")
     t = time.perf_counter()
     counts = shard_counts(run)
     with progress.step("output", total=sum(counts.values())):
-        index = write_output(cfg, run, counts, on_shard=progress.advance)
+        index = write_output(plan, run, counts, on_shard=progress.advance)
     timings["output"] = round(time.perf_counter() - t, 2)
     summary = compute_summary(run, time.perf_counter() - started)
     summary["step_seconds"] = timings
-    if cfg.documents:
-        from curate.pipeline.documents_manifest import document_summary
-
-        summary["kind"], summary["images"] = "documents", document_summary(run)
+    summary.update(plan.kind.summary(run))
     save_summary(run, summary)
     print_summary(summary, run.root, console)
-    if cfg.report.enabled and cfg.documents:
+    if cfg.report.enabled and plan.kind.name == "documents":
         console.print("[dim]report: the HTML report covers pair runs; for documents see `curate stats` "
                       "and `curate query` (manifest, manifest_images)[/dim]")
     elif cfg.report.enabled:
@@ -282,33 +272,48 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
     console.print(literal(f"report: {uri}"))
 
 
-# Keys a refilter may change: thresholds applied to stored scores, dedupe and output layout.
-REFILTER_KEYS = (
-    "clip.min_score", "itm.min_prob", "capfilt.", "interleaved.", "dedupe.",
-    "output.formats", "output.samples_per_shard", "report.", "manifest.memory_limit",
-)
-
-
 def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:
-    """Re-decide a finished run at new thresholds from its stored scores; no model runs."""
+    """Re-decide a finished run at new thresholds from its stored scores; no model runs.
+
+    Only the keys the plan's stages and kind declare as thresholds may change
+    (Plan.refilter_keys); a change that needs a stage this run did not score is refused."""
     import yaml
 
-    from curate.pipeline.config import apply_overrides, parse_override, validate
+    from curate.core.config import apply_overrides, parse_override, validate
 
     console = console or Console()
     run = RunDir(run_root.rstrip("/"))
     if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet"):
         raise ConfigError(f"{run_root} is not a finished curate run (no config.yaml or manifest/)")
+    stored = validate(yaml.safe_load(storage.read_text(run.config)))
+    allowed = make_plan(stored).refilter_keys()
     for text in overrides:
         key = ".".join(parse_override(text)[0])
-        if not key.startswith(REFILTER_KEYS):
+        if not key.startswith(allowed):
             raise ConfigError(
-                f"--set {key}: refilter can change only {', '.join(REFILTER_KEYS)}; other keys need `curate run`"
+                f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
             )
-    cfg = validate(apply_overrides(yaml.safe_load(storage.read_text(run.config)), overrides))
+    cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
+    plan = make_plan(cfg)
+    plan.check(models=False)
     with runlock.hold(run.root):
+        _check_scored(plan, run)
         lifeline.start_watchdog()
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-        result = finish(cfg, run, console, time.perf_counter(), {})
+        result = finish(plan, run, console, time.perf_counter(), {})
         storage.write_text(run.config, cfg.to_yaml())
     return result
+
+
+def _check_scored(plan: Plan, run: RunDir) -> None:
+    """A refilter decides from stored columns: every enabled stage must have written its own."""
+    con = open_run_views(run, plan)
+    try:
+        missing = missing_scored_columns(con, plan)
+    finally:
+        con.close()
+    if missing:
+        raise ConfigError(
+            f"{run.root} has no stored {', '.join(sorted(set(missing)))}: a stage these settings need did not run "
+            "(or the run was scored by an older curate); use `curate run` with a new --out"
+        )

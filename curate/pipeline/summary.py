@@ -7,9 +7,9 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from curate.pipeline import duck, storage
-from curate.pipeline.rundir import RunDir
-from curate.textsafe import literal
+from curate.core import duck, storage
+from curate.core.rundir import RunDir
+from curate.core.textsafe import literal
 
 
 def compute_summary(run: RunDir, wall_seconds: float) -> dict:
@@ -40,7 +40,7 @@ def save_summary(run: RunDir, summary: dict) -> None:
 
 def print_summary(summary: dict, run_root: str, console: Console | None = None) -> None:
     """The summary table; statuses, reasons and the run path are shown literally
-    (curate.textsafe), whatever text they hold."""
+    (curate.core.textsafe), whatever text they hold."""
     console = console or Console()
     table = Table(title=literal(f"curate run: {run_root}"), show_lines=False)
     table.add_column("status")

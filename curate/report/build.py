@@ -11,17 +11,24 @@ import json
 
 import yaml
 
-from curate.pipeline import storage
-from curate.pipeline.query import open_views
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.views import open_views
+from curate.core.rundir import RunDir
 from curate.report import html, plots, samples, stats
 from curate.report.thumbnails import load_thumbnails
+from curate.schemas.status import STATUS_ORDER, Status
+from curate.stages.registry import STAGES
 
 DEFAULT_SAMPLES = 24
-# Scores the report always talks about: a missing one gets a note instead of a plot.
-EXPECTED_SCORES = {"clip_score": "CLIP score", "itm_prob": "ITM probability"}
-# Where each score's threshold lives in the config (section, key).
-THRESHOLD_KEYS = {"clip_score": ("clip", "min_score"), "itm_prob": ("itm", "min_prob")}
+
+
+def stage_scores() -> dict[str, tuple[str, str | None]]:
+    """Every stage's score columns: column -> (label, threshold key). The report plots the
+    present ones and says which are missing (their stage was off)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for stage in STAGES:
+        out.update(stage.scores)
+    return out
 
 
 def _read_yaml(uri: str) -> dict:
@@ -49,9 +56,17 @@ def write_report(run_root: str, samples_per_group: int | None = None) -> str:
 
 
 def threshold(con, config: dict, column: str) -> float | None:
-    section, key = THRESHOLD_KEYS.get(column, (None, None))
-    value = (config.get(section) or {}).get(key) if section else None
-    return value if value is not None else stats.threshold_from_reasons(con, column)
+    """The threshold the run applied to ``column``: from its config, else read back from its reasons."""
+    key = stage_scores().get(column, (None, None))[1]
+    value = _config_value(config, key) if key else None
+    return value if isinstance(value, (int, float)) else stats.threshold_from_reasons(con, column)
+
+
+def _config_value(config: dict, key: str):
+    """``config["a"]["b"]`` for the dotted key ``a.b``; None where a part is missing."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def present_scores(con) -> list[str]:
@@ -102,7 +117,7 @@ def headline(con, run: RunDir, config: dict, scores: list[str]) -> str:
     counts = dict(con.execute("SELECT status, count(*) FROM manifest GROUP BY 1").fetchall())
     total = sum(counts.values())
     items = [("rows in", total, None, "#3569c9")]
-    for status in stats.STATUS_ORDER:
+    for status in (s.value for s in STATUS_ORDER):
         share = f"{counts.get(status, 0) / max(total, 1):.1%} of rows in"
         items.append((status.replace("_", " "), counts.get(status, 0), share, plots.status_colour(status)))
     facts = _facts(run, config, scores, con)
@@ -140,8 +155,9 @@ def funnel_section(con) -> tuple[str, str]:
 
 def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
     body = []
-    for column in scores + [c for c in EXPECTED_SCORES if c not in scores]:
-        label = EXPECTED_SCORES.get(column, column)
+    expected = {column: label for column, (label, _) in stage_scores().items()}
+    for column in scores + [c for c in expected if c not in scores]:
+        label = expected.get(column, column)
         if column not in scores:
             body.append(html.note(f"No {html.esc(label)} in this run (manifest column <code>{html.esc(column)}</code> "
                                   "is missing or empty): its stage was off or has not been run, so there is nothing to plot."))
@@ -201,7 +217,7 @@ def duplicates_section(groups, thumbs, scores) -> tuple[str, str]:
 
 def failures_section(con) -> tuple[str, str]:
     body = []
-    for status in ("download_failed", "blocked"):
+    for status in (Status.DOWNLOAD_FAILED.value, Status.BLOCKED.value):
         rows = samples.failure_examples(con, status)
         if rows:
             for r in rows:

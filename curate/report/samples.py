@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import duckdb
 
-from curate.pipeline import duck
+from curate.core import duck
 from curate.report.stats import score_columns
+from curate.schemas.status import Status
 
 BASE_COLUMNS = ("sample_id", "url", "caption", "caption_chosen", "status", "reason",
                 "width", "height", "download_shard", "download_key")
@@ -26,7 +27,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
 
 
 def kept_sample(con: duckdb.DuckDBPyConnection, n: int) -> list[dict]:
-    return _rows(con, f"SELECT {_select(con)} FROM manifest WHERE status = 'kept' ORDER BY md5(sample_id) LIMIT {int(n)}")
+    return _rows(con, f"SELECT {_select(con)} FROM manifest WHERE status = {Status.KEPT.sql} ORDER BY md5(sample_id) LIMIT {int(n)}")
 
 
 def filtered_samples(con: duckdb.DuckDBPyConnection, n: int) -> dict[str, list[dict]]:
@@ -36,7 +37,7 @@ def filtered_samples(con: duckdb.DuckDBPyConnection, n: int) -> dict[str, list[d
             SELECT {_select(con)}, split_part(reason, ':', 1) AS code,
                    row_number() OVER (PARTITION BY split_part(reason, ':', 1) ORDER BY md5(sample_id)) AS rank,
                    count(*) OVER (PARTITION BY split_part(reason, ':', 1)) AS code_rows
-            FROM manifest WHERE status = 'filtered'
+            FROM manifest WHERE status = {Status.FILTERED.sql}
         ) WHERE rank <= {int(n)} ORDER BY code_rows DESC, code, rank
     """)
     groups: dict[str, list[dict]] = {}
@@ -49,14 +50,14 @@ def duplicate_groups(con: duckdb.DuckDBPyConnection, n_groups: int) -> list[dict
     """The largest duplicate groups: the survivor (None when it is from an earlier run) and its copies."""
     groups = _rows(con, f"""
         SELECT split_part(reason, ':', 2) AS survivor, count(*) AS copies FROM manifest
-        WHERE status = 'duplicate' GROUP BY 1 ORDER BY copies DESC, md5(survivor) LIMIT {int(n_groups)}
+        WHERE status = {Status.DUPLICATE.sql} GROUP BY 1 ORDER BY copies DESC, md5(survivor) LIMIT {int(n_groups)}
     """)
     if not groups:
         return []
     survivors = duck.sql_list([g["survivor"] for g in groups])
     members = _rows(con, f"""
         SELECT {_select(con)} FROM manifest
-        WHERE sample_id IN (SELECT unnest({survivors})) OR (status = 'duplicate' AND split_part(reason, ':', 2) IN (SELECT unnest({survivors})))
+        WHERE sample_id IN (SELECT unnest({survivors})) OR (status = {Status.DUPLICATE.sql} AND split_part(reason, ':', 2) IN (SELECT unnest({survivors})))
         ORDER BY sample_id
     """)
     by_id = {m["sample_id"]: m for m in members}
@@ -80,6 +81,6 @@ def capfilt_sample(con: duckdb.DuckDBPyConnection, n: int) -> list[dict]:
     """Kept rows with their candidate captions (the CapFilt ``captions`` column), when it exists."""
     return _rows(con, f"""
         SELECT {_select(con, ('captions',))} FROM manifest
-        WHERE status = 'kept' AND captions IS NOT NULL AND len(captions) > 0
+        WHERE status = {Status.KEPT.sql} AND captions IS NOT NULL AND len(captions) > 0
         ORDER BY md5(sample_id) LIMIT {int(n)}
     """)

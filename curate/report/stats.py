@@ -1,6 +1,6 @@
 """Ready quality queries over a run (``curate stats``, and the figures of the report).
 
-Each function takes a connection from ``curate.pipeline.query.open_views`` and returns an
+Each function takes a connection from ``curate.core.views.open_views`` and returns an
 Arrow table, so the CLI prints them like ``curate query`` results and the report and the
 tests read the same numbers.
 """
@@ -11,11 +11,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from curate.pipeline import duck
+from curate.core import duck
+from curate.schemas.status import STATUS_ORDER, Status
 
 # Score columns are found by name so that stages added later (ITM: itm_prob) are covered.
 SCORE_SUFFIXES = ("_score", "_prob")
-STATUS_ORDER = ("kept", "filtered", "duplicate", "download_failed", "blocked")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 # Word count of the original caption; NULL and whitespace-only captions have 0 words.
@@ -84,17 +84,17 @@ def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20, table: str = "m
     """The hosts with the most input rows: how many were kept and how many failed to download."""
     return duck.fetch_table(con, f"""
         SELECT {URL_HOST} AS host, count(*) AS rows,
-               count(*) FILTER (status = 'kept') AS kept,
-               count(*) FILTER (status = 'download_failed') AS download_failed,
-               round(count(*) FILTER (status = 'kept') / count(*), 4) AS kept_fraction
+               count(*) FILTER (status = {Status.KEPT.sql}) AS kept,
+               count(*) FILTER (status = {Status.DOWNLOAD_FAILED.sql}) AS download_failed,
+               round(count(*) FILTER (status = {Status.KEPT.sql}) / count(*), 4) AS kept_fraction
         FROM {table} GROUP BY host ORDER BY rows DESC, host LIMIT {int(limit)}
     """)
 
 
 def kept_per_input_file(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    return duck.fetch_table(con, """
-        SELECT input_file, count(*) AS rows, count(*) FILTER (status = 'kept') AS kept,
-               round(count(*) FILTER (status = 'kept') / count(*), 4) AS kept_fraction
+    return duck.fetch_table(con, f"""
+        SELECT input_file, count(*) AS rows, count(*) FILTER (status = {Status.KEPT.sql}) AS kept,
+               round(count(*) FILTER (status = {Status.KEPT.sql}) / count(*), 4) AS kept_fraction
         FROM manifest GROUP BY input_file ORDER BY input_file
     """)
 
@@ -138,9 +138,9 @@ def values_by_status(con: duckdb.DuckDBPyConnection, expr: str) -> dict[str, np.
     out = {}
     for status in STATUS_ORDER:
         values = con.execute(f"SELECT ({expr})::DOUBLE AS v FROM manifest WHERE status = ? AND ({expr}) IS NOT NULL",
-                             [status]).fetchnumpy()["v"]
+                             [status.value]).fetchnumpy()["v"]
         if len(values):
-            out[status] = np.asarray(values, dtype=float)
+            out[status.value] = np.asarray(values, dtype=float)
     return out
 
 
@@ -149,7 +149,7 @@ def eligible_scores(con: duckdb.DuckDBPyConnection, column: str) -> np.ndarray:
     filtered by this score (a reason starting with the column name, e.g. clip_score_below)."""
     values = con.execute(
         f'SELECT "{column}"::DOUBLE AS v FROM manifest WHERE "{column}" IS NOT NULL '
-        f"AND (status IN ('kept', 'duplicate') OR starts_with(reason, ?))", [column]
+        f"AND (status IN ({Status.KEPT.sql}, {Status.DUPLICATE.sql}) OR starts_with(reason, ?))", [column]
     ).fetchnumpy()["v"]
     return np.asarray(values, dtype=float)
 
@@ -193,7 +193,3 @@ READY_DOCUMENTS = {
     "top_image_domains": ("top image domains", lambda con: top_domains(con, table="manifest_images")),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
 }
-
-
-def compute_stats(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
-    return {name: query(con) for name, (_, query) in READY.items()}

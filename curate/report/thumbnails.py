@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curate.pipeline import storage
+from curate.core import storage
 
 THUMB_SIDE = 160  # pixels of the longer side: sharp at the grid's 128 CSS pixels on HiDPI screens
 

@@ -19,10 +19,8 @@ import hashlib
 
 import pyarrow as pa
 
-from curate.pipeline.config import CaptionConfig
-from curate.stages.model_actor import ModelStage
-
-SCORED_SCHEMA = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
+from curate.core.config import CaptionConfig
+from curate.stages.base import IMAGE, BatchStage
 
 
 def clean_captions(texts: list[str], prompt: str | None) -> list[str]:
@@ -45,59 +43,73 @@ def generation_kwargs(cfg: CaptionConfig) -> dict:
     return {**common, "do_sample": True, "top_p": cfg.top_p, "top_k": 0}
 
 
-class Captioner:
-    def __init__(self, cfg: CaptionConfig, image_col: str):
+class CaptionStage(BatchStage):
+    """BLIP captioner: K synthetic captions per live image (CapFilt's "Cap"; Li et al. 2022, "BLIP")."""
+
+    key = "caption"
+    switch = "caption.model"
+    reads = (IMAGE,)
+    writes = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
+    kinds = ("pairs",)
+    uses_model = True
+
+    @property
+    def compute(self) -> CaptionConfig:
+        return self.cfg.caption
+
+    @property
+    def rows(self) -> str:  # type: ignore[override]
+        # Captioning is the most expensive stage: rejected images only when asked for.
+        return "downloaded" if self.cfg.caption.rejected_images else "live"
+
+    def configured(self) -> bool:
+        return self.cfg.captioning
+
+    def check(self) -> None:
+        from curate.models import blip
+
+        blip.check(self.cfg.caption.model, "caption.model", "caption")
+
+    def setup(self) -> None:
         import torch
 
         from curate.models import blip
-        from curate.stages.model_actor import choose_device, set_threads
+        from curate.stages.model_support import choose_device, set_threads
 
+        cfg = self.cfg.caption
         set_threads(cfg)
         self.device, precision = choose_device(cfg.precision)
         self.model, self.processor = blip.load(
             blip.resolve(cfg.model, "caption.model"), "caption", "caption.model", self.device, precision
         )
         self.dtype = next(self.model.parameters()).dtype
-        self.cfg = cfg
-        self.image_col = image_col
         self.torch = torch
 
     def generate(self, images, seed: int) -> list[list[str]]:
         torch = self.torch
-        prompt = self.cfg.prompt
+        cfg = self.cfg.caption
+        prompt = cfg.prompt
         inputs = self.processor(images=images, text=[prompt] * len(images) if prompt else None, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         torch.manual_seed(seed)
         with torch.inference_mode():
-            ids = self.model.generate(**inputs, **generation_kwargs(self.cfg))
+            ids = self.model.generate(**inputs, **generation_kwargs(cfg))
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
-        k = self.cfg.num_captions
+        k = cfg.num_captions
         return [clean_captions(texts[j * k : (j + 1) * k], prompt) for j in range(len(images))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import usable_images
+        from curate.stages.model_support import decoded
 
         captions: list[list[str] | None] = [None] * batch.num_rows
-        todo = usable_images(batch, self.image_col, include_rejected=self.cfg.rejected_images)
+        todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             generated = self.generate([image for _, image in todo], self._seed(batch))
             for (i, _), texts in zip(todo, generated):
                 captions[i] = texts
-        return batch.append_column("synthetic_captions", pa.array(captions, pa.list_(pa.string())))
+        return self.append(batch, {"synthetic_captions": captions})
 
     def _seed(self, batch: pa.Table) -> int:
         ids = "\n".join(sorted(batch.column("sample_id").to_pylist()))
-        return (self.cfg.seed * 1_000_003 + int(hashlib.sha1(ids.encode()).hexdigest()[:8], 16)) % 2**31
-
-
-class CaptionStage(ModelStage):
-    key = "caption"
-    actor = Captioner
-    scored_schema = SCORED_SCHEMA
-    manifest_columns = []  # the captions reach the manifest through the decision's `captions`
-
-    def check(self) -> None:
-        from curate.models import blip
-
-        blip.check(self.cfg.model, "caption.model", "caption")
+        return (self.cfg.caption.seed * 1_000_003 + int(hashlib.sha1(ids.encode()).hexdigest()[:8], 16)) % 2**31

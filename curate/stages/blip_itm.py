@@ -2,12 +2,12 @@
 
 ``itm_prob`` is the softmax of BLIP's ITM head, P(match); ``itm_cosine`` is its ITC
 cosine (the ``use_itm_head=False`` score). Both are stored for the original caption and,
-as lists, for the captioner's captions; ``itm.min_prob`` is applied in the caption
-decision (curate.stages.capfilt) from these stored scores.
+as lists, for the captioner's captions; ``itm.min_prob`` is a rule over each candidate
+caption, applied in the decision (curate.flow.pairs) from these stored scores.
 
 The vision tower runs once per image, not once per (image, caption) pair: with K
 synthetic captions, calling ``BlipForImageTextRetrieval.forward`` per pair would encode
-each image K+1 times. ``ItmScorer.score`` therefore calls the model's own submodules in
+each image K+1 times. ``ItmStage.score`` therefore calls the model's own submodules in
 the order its ``forward`` does (checked against ``forward`` in tests/test_capfilt.py).
 """
 
@@ -15,29 +15,81 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curate.pipeline.config import ItmConfig
-from curate.stages.model_actor import ModelStage
-
-SCORED_SCHEMA = pa.schema([
-    ("itm_prob", pa.float32()),
-    ("itm_cosine", pa.float32()),
-    ("synthetic_itm_probs", pa.list_(pa.float32())),
-    ("synthetic_itm_cosines", pa.list_(pa.float32())),
-])
+from curate.core.config import ItmConfig
+from curate.schemas import reasons as R
+from curate.schemas.reasons import fmt_threshold
+from curate.stages.base import IMAGE, BatchStage, Rule
 
 
-class ItmScorer:
-    def __init__(self, cfg: ItmConfig, image_col: str):
+class ItmStage(BatchStage):
+    """BLIP image-text matching: P(match) and the ITC cosine of every candidate caption (pairs).
+
+    Source: Li et al. 2022, "BLIP" (the ITM head as CapFilt's filter).
+    """
+
+    key = "itm"
+    switch = "itm.model"
+    reads = (IMAGE, "caption")
+    optional_reads = ("synthetic_captions",)
+    writes = pa.schema([
+        ("itm_prob", pa.float32()),
+        ("itm_cosine", pa.float32()),
+        ("synthetic_itm_probs", pa.list_(pa.float32())),
+        ("synthetic_itm_cosines", pa.list_(pa.float32())),
+    ])
+    manifest = ("itm_prob", "itm_cosine")
+    thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob")
+    kinds = ("pairs",)
+    uses_model = True
+    scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
+    caption_columns = {
+        "itm_prob": ("itm_prob", "synthetic_itm_probs"),
+        "itm_cosine": ("itm_cosine", "synthetic_itm_cosines"),
+    }
+
+    @property
+    def compute(self) -> ItmConfig:
+        return self.cfg.itm
+
+    def configured(self) -> bool:
+        return self.cfg.itm.model is not None
+
+    def check(self) -> None:
+        from curate.models import blip
+
+        blip.check(self.cfg.itm.model, "itm.model", "itm")
+
+    def rules(self) -> list[Rule]:
+        """P(match) below ``itm.min_prob``; for synthetic captions below
+        ``capfilt.synthetic_min_prob`` when set (a captioner's mistakes are fluent and nearly
+        right, the hardest negatives an ITM model sees: a stricter bar is often worth it)."""
+        original = self.cfg.itm.min_prob
+        synthetic = self.cfg.capfilt.synthetic_min_prob
+        synthetic = original if synthetic is None else synthetic
+        if original is None and synthetic is None:
+            return []
+        rules = []
+        for source, t in (("original", original), ("synthetic", synthetic)):
+            if t is not None:
+                rules.append(Rule.fixed(f"source = '{source}' AND (itm_prob IS NULL OR itm_prob < {t!r})",
+                                        R.ITM_PROB_BELOW, fmt_threshold(t), scope="caption"))
+        return rules
+
+    def keep_scores(self) -> dict[str, str]:
+        return {"itm": "chosen_itm_prob"}
+
+    def setup(self) -> None:
         import torch
 
         from curate.models import blip
-        from curate.stages.model_actor import choose_device, set_threads
+        from curate.stages.model_support import choose_device, set_threads
 
+        cfg = self.cfg.itm
         set_threads(cfg)
         self.device, precision = choose_device(cfg.precision)
-        self.model, self.processor = blip.load(blip.resolve(cfg.model, "itm.model"), "itm", "itm.model", self.device, precision)
+        self.model, self.processor = blip.load(blip.resolve(cfg.model, "itm.model"), "itm", "itm.model", self.device,
+                                               precision)
         self.dtype = next(self.model.parameters()).dtype
-        self.image_col = image_col
         self.torch = torch
 
     def score(self, images, texts_per_image: list[list[str]]) -> tuple[list[list[float]], list[list[float]]]:
@@ -64,20 +116,18 @@ class ItmScorer:
         return _split(probs.cpu().tolist(), texts_per_image), _split(cosines.cpu().tolist(), texts_per_image)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import candidate_texts, usable_images
+        from curate.stages.model_support import candidate_texts, decoded
 
         n = batch.num_rows
-        prob, cosine = [None] * n, [None] * n
-        synthetic_prob, synthetic_cosine = [None] * n, [None] * n
-        todo = usable_images(batch, self.image_col)
+        out = {field.name: [None] * n for field in self.writes}
+        todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             texts = candidate_texts(batch, [i for i, _ in todo])
             probs, cosines = self.score([image for _, image in todo], texts)
             for (i, _), p, c in zip(todo, probs, cosines):
-                prob[i], cosine[i], synthetic_prob[i], synthetic_cosine[i] = p[0], c[0], p[1:], c[1:]
-        for field, values in zip(SCORED_SCHEMA, (prob, cosine, synthetic_prob, synthetic_cosine)):
-            batch = batch.append_column(field, pa.array(values, field.type))
-        return batch
+                out["itm_prob"][i], out["itm_cosine"][i] = p[0], c[0]
+                out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[1:], c[1:]
+        return self.append(batch, out)
 
 
 def _split(values: list[float], groups: list[list[str]]) -> list[list[float]]:
@@ -86,15 +136,3 @@ def _split(values: list[float], groups: list[list[str]]) -> list[list[float]]:
         out.append(values[offset : offset + len(group)])
         offset += len(group)
     return out
-
-
-class ItmStage(ModelStage):
-    key = "itm"
-    actor = ItmScorer
-    scored_schema = SCORED_SCHEMA
-    manifest_columns = ["itm_prob", "itm_cosine"]
-
-    def check(self) -> None:
-        from curate.models import blip
-
-        blip.check(self.cfg.model, "itm.model", "itm")

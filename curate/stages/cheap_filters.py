@@ -1,17 +1,13 @@
-"""Cheap filters: rules on image size and caption text, no model.
+"""Caption text facts for the caption rules: words, junk kind. No model.
 
-Image rules reject the sample (``image_reject``). Caption rules reject only the original
-caption (``caption_reject``): with CapFilt on, a good image with junk alt-text can still
-be kept with a synthetic caption, so the final decision is taken in the manifest.
+The rules themselves are SQL over the stored facts (curate.stages.caption_rules), so a
+refilter can change ``filters.min_caption_words`` and friends without re-reading a caption.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-
-from curate.pipeline.config import FilterConfig
-from curate.schemas.status import fmt_threshold, reason
 
 _IMAGE_EXT = r"(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"
 _FILE_NAME = re.compile(rf"^[\w\-. ()]*\.{_IMAGE_EXT}$", re.IGNORECASE)
@@ -26,26 +22,21 @@ _BOILERPLATE = {
     "add to cart", "view product", "see more", "default", "featured image", "image not found",
 }
 _BOILERPLATE_PREFIXES = ("click here", "buy now", "shop now", "add to cart", "free shipping", "sale ")
-
-
-def image_reject(width: int | None, height: int | None, cfg: FilterConfig) -> str | None:
-    """Reason to reject by the original image size, or None. Missing sizes pass (no evidence)."""
-    if not width or not height:
-        return None
-    short, long = sorted((int(width), int(height)))
-    if short < cfg.min_side:
-        return reason("image_too_small", cfg.min_side)
-    if long / max(short, 1) > cfg.max_aspect_ratio:
-        return reason("aspect_ratio_above", fmt_threshold(cfg.max_aspect_ratio))
-    return None
+JUNK_KINDS = ("file_name", "url", "boilerplate", "mostly_symbols")
 
 
 def normalize_caption(caption: str) -> str:
+    """NFKC, whitespace runs folded to one space, trimmed."""
     return " ".join(unicodedata.normalize("NFKC", caption).split())
 
 
+def count_words(text: str) -> int:
+    """Words of a normalised caption."""
+    return len(text.split())
+
+
 def junk_kind(caption: str) -> str | None:
-    """Why a (normalised, non-empty) caption is junk, or None."""
+    """Why a (normalised, non-empty) caption is junk (one of JUNK_KINDS), or None."""
     lowered = caption.lower().strip(" .!:-_|")
     if _FILE_NAME.match(caption) or _CAMERA_NAME.match(caption):
         return "file_name"
@@ -59,23 +50,14 @@ def junk_kind(caption: str) -> str | None:
     return None
 
 
-def caption_reject(caption: str | None, bad_encoding: bool, cfg: FilterConfig) -> str | None:
-    """Reason to reject the original caption, or None."""
-    if bad_encoding:
-        return reason("caption_bad_encoding")
-    if caption and len(caption) > cfg.max_caption_chars:
-        # before normalising or matching: a multi-megabyte caption costs nothing more
-        return reason("caption_too_long", f"{cfg.max_caption_chars} chars")
+def caption_facts(caption: str | None, max_chars: int) -> tuple[int, int, str | None]:
+    """(characters, words, junk kind) of a caption, as the caption rules read them.
+
+    A caption longer than ``max_chars`` (``filters.max_caption_chars``) is not normalised or
+    matched: words and junk are left at 0 and None (it fails on its length first, and a
+    multi-megabyte caption costs nothing more)."""
+    chars = len(caption or "")
+    if chars > max_chars:
+        return chars, 0, None
     text = normalize_caption(caption or "")
-    if not text:
-        return reason("caption_empty")
-    if cfg.junk_captions:
-        kind = junk_kind(text)
-        if kind:
-            return reason("caption_junk", kind)
-    words = len(text.split())
-    if words < cfg.min_caption_words:
-        return reason("caption_too_short", cfg.min_caption_words)
-    if words > cfg.max_caption_words:
-        return reason("caption_too_long", cfg.max_caption_words)
-    return None
+    return chars, count_words(text), junk_kind(text) if text else None

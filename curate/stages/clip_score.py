@@ -1,15 +1,15 @@
 """CLIP stage: L2-normalised image and text embeddings and clip_score = their cosine.
 
-Runs as a Ray actor pool: one model load per actor, batches of ``clip.batch_size``. Rows
-whose image failed to download or was rejected by an image rule are passed through
-unscored. Synthetic captions (when the captioner ran before) are scored too, in the same
-text pass. The image embeddings are stored in RUN/scored/ for dedupe; ``clip_score`` goes
-to the manifest and ``clip.min_score`` filters on it in the caption decision
-(curate.stages.capfilt, from the stored scores, so a refilter never runs the model).
+Runs as a Ray actor pool: one model load per actor, batches of ``clip.batch_size``. Only
+live rows are scored (downloaded, not rejected by an image rule). Synthetic captions (when
+the captioner ran before) are scored too, in the same text pass. The image embeddings are
+stored in RUN/scored/ for dedupe and the aesthetic stage; ``clip_score`` goes to the
+manifest, and ``clip.min_score`` is a rule over each candidate caption's score, applied in
+the decision from the stored scores (a refilter never runs the model).
 
 Documents runs: an image row carries its document's texts (``doc_texts``) instead of a
 caption; the image is scored against each (``sentence_sims``, in text order) and
-``clip_score`` is the best of them. Placement (curate.stages.interleave) reads the stored
+``clip_score`` is the best of them. Placement (curate.flow.interleave) reads the stored
 similarities, so it too can be redone by a refilter.
 """
 
@@ -18,31 +18,71 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.pipeline.config import ClipConfig
-from curate.stages.model_actor import ModelStage
+from curate.core.config import ClipConfig
+from curate.schemas import reasons as R
+from curate.schemas.reasons import fmt_threshold
+from curate.stages.base import IMAGE, BatchStage, Rule
 
 TEXT_CHUNK = 512  # texts per text-tower call
 
-SCORED_SCHEMA = pa.schema([
-    ("clip_score", pa.float32()),
-    ("clip_image_embedding", pa.list_(pa.float32())),
-    ("synthetic_clip_scores", pa.list_(pa.float32())),
-    ("sentence_sims", pa.list_(pa.float32())),
-])
 
+class ClipStage(BatchStage):
+    """open_clip: image embeddings and the cosine to each candidate text; ``clip.min_score`` per caption.
 
-class ClipScorer:
-    def __init__(self, cfg: ClipConfig, image_col: str):
+    Source: Radford et al. 2021 (CLIP); thresholds as in LAION-5B (Schuhmann et al. 2022).
+    """
+
+    key = "clip"
+    switch = "clip.model"
+    reads = (IMAGE,)
+    optional_reads = ("caption", "synthetic_captions", "doc_texts")
+    writes = pa.schema([
+        ("clip_score", pa.float32()),
+        ("clip_image_embedding", pa.list_(pa.float32())),
+        ("synthetic_clip_scores", pa.list_(pa.float32())),
+        ("sentence_sims", pa.list_(pa.float32())),
+    ])
+    manifest = ("clip_score",)
+    thresholds = ("clip.min_score",)
+    uses_model = True
+    scores = {"clip_score": ("CLIP score", "clip.min_score")}
+    caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores")}
+
+    @property
+    def compute(self) -> ClipConfig:
+        return self.cfg.clip
+
+    def configured(self) -> bool:
+        return self.cfg.clip.model is not None
+
+    def check(self) -> None:
+        """Fail at start, naming the reference, if it can't be resolved."""
+        from curate.models import clip
+
+        clip.resolve(self.cfg.clip.model, self.cfg.clip.pretrained)
+
+    def rules(self) -> list[Rule]:
+        t = self.cfg.clip.min_score
+        if t is None:
+            return []
+        return [Rule.fixed(f"clip_score IS NULL OR clip_score < {t!r}", R.CLIP_SCORE_BELOW, fmt_threshold(t),
+                           scope="caption")]
+
+    def keep_scores(self) -> dict[str, str]:
+        return {"clip_score": "chosen_clip_score"}
+
+    def setup(self) -> None:
         import torch
 
         from curate.models import clip
-        from curate.stages.model_actor import choose_device, set_threads
+        from curate.stages.model_support import choose_device, set_threads
 
+        cfg = self.cfg.clip
         set_threads(cfg)
         self.device, precision = choose_device(cfg.precision)
-        self.model, self.preprocess, self.tokenizer = clip.load(clip.resolve(cfg.model, cfg.pretrained), self.device, precision)
+        self.model, self.preprocess, self.tokenizer = clip.load(clip.resolve(cfg.model, cfg.pretrained), self.device,
+                                                                precision)
         self.dtype = next(self.model.parameters()).dtype
-        self.image_col = image_col
         self.torch = torch
 
     def _embed_images(self, images) -> np.ndarray:
@@ -68,8 +108,9 @@ class ClipScorer:
         where = {text: i for i, text in enumerate(unique)}
         return emb[[where[t] for t in texts]]
 
-    def _texts(self, batch: pa.Table, rows: list[int]) -> list[list[str]]:
-        from curate.stages.model_actor import candidate_texts, model_text
+    @staticmethod
+    def _texts(batch: pa.Table, rows: list[int]) -> list[list[str]]:
+        from curate.stages.model_support import candidate_texts, model_text
 
         if "doc_texts" in batch.column_names:
             doc_texts = batch.column("doc_texts").to_pylist()
@@ -77,14 +118,14 @@ class ClipScorer:
         return candidate_texts(batch, rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_actor import usable_images
+        from curate.stages.model_support import decoded
 
         n = batch.num_rows
         documents = "doc_texts" in batch.column_names
         scores: list[float | None] = [None] * n
         embeddings: list[list[float] | None] = [None] * n
         other_scores: list[list[float] | None] = [None] * n  # synthetic captions' or document texts'
-        todo = usable_images(batch, self.image_col)
+        todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             # One text pass for every text of the batch: captions (original, then synthetic)
             # or, for documents, each image's document texts.
@@ -100,20 +141,5 @@ class ClipScorer:
                     scores[i], other_scores[i] = (max(cosines) if cosines else None), cosines
                 else:
                     scores[i], other_scores[i] = cosines[0], cosines[1:]
-        batch = batch.append_column("clip_score", pa.array(scores, pa.float32()))
-        batch = batch.append_column("clip_image_embedding", pa.array(embeddings, pa.list_(pa.float32())))
-        name = "sentence_sims" if documents else "synthetic_clip_scores"
-        return batch.append_column(name, pa.array(other_scores, pa.list_(pa.float32())))
-
-
-class ClipStage(ModelStage):
-    key = "clip"
-    actor = ClipScorer
-    scored_schema = SCORED_SCHEMA
-    manifest_columns = ["clip_score"]
-
-    def check(self) -> None:
-        """Fail at start, naming the reference, if it can't be resolved."""
-        from curate.models import clip
-
-        clip.resolve(self.cfg.model, self.cfg.pretrained)
+        other = "sentence_sims" if documents else "synthetic_clip_scores"
+        return self.append(batch, {"clip_score": scores, "clip_image_embedding": embeddings, other: other_scores})

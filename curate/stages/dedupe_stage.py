@@ -1,62 +1,65 @@
-"""Dedupe stage: the one global step. Runs over the samples that passed every filter, on
-the stored sha256 / pixel hashes and CLIP image embeddings (curate.dedupe does the FAISS
-work), and returns ``(sample_id, duplicate_of)`` for the manifest.
+"""Dedupe stage: the one global stage. It runs over the samples that passed every other
+rule and marks all but one of each duplicate group ``duplicate``.
 
-``dedupe.against`` entries (earlier runs, or index directories written by
-``curate.dedupe.save_index``) are matched first: a sample that duplicates already-curated
-or held-out evaluation data gets ``duplicate_of:<name>/<sample_id>``. Every run saves the
-embeddings of its kept samples to ``RUN/dedupe_index/`` so later runs can dedupe against it.
+Kinds of duplicate (``duplicate_kind`` in the manifest), found in this order:
+- ``exact``: the same bytes (sha256) or the same decoded pixels (``pixel_sha256``);
+- any kind an upstream stage contributes as a :class:`DuplicateMatcher` (the pHash stage:
+  ``phash``), searched on one image per exact group;
+- ``embedding``: CLIP image-embedding cosine >= ``dedupe.threshold`` (needs the CLIP stage),
+  within the run and against ``dedupe.against`` (earlier runs or saved indexes, matched
+  first: ``duplicate_of:<name>/<sample_id>``).
+A group is a connected component of all these edges; its survivor is the copy with the best
+``dedupe.keep`` score (curate.dedupe.choose_survivors). Every run saves its kept samples'
+embeddings to ``RUN/dedupe_index/`` so later runs can dedupe against it.
 
-Progress (the ``dedupe`` entry of RUN/progress.json): candidates whose search has finished,
-out of all candidates. Rows matched to a reference are done after that match; the others as
-exact groups settle and near-search blocks or partitions finish.
+Progress (the ``dedupe`` entry of RUN/progress.json): candidates whose search has finished.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
 from curate import dedupe
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.config import ConfigError
+from curate.core.rundir import RunDir
+from curate.schemas import reasons as R
+from curate.schemas.status import Status
+from curate.stages.base import BatchStage, GlobalStage, Rule
 
-if TYPE_CHECKING:
-    from curate.pipeline.progress import Progress
-
-EMPTY = pa.schema([("sample_id", pa.string()), ("duplicate_of", pa.string())])
-# Scores of the sample's training caption (curate.stages.capfilt), so a duplicate group keeps
-# the copy whose chosen caption matches best. A stage that is off gives NULL: every score
-# ties and the smallest sample_id survives.
-_KEEP_SCORE_SQL = {
-    "clip_score": "c.chosen_clip_score",
-    "itm": "c.chosen_itm_prob",
-    "resolution": "CAST(s.original_width AS DOUBLE) * s.original_height",
+# dedupe.keep options every run has; stages add theirs (clip_score, itm, ...). A stage that
+# is off gives NULL scores: every copy ties and the smallest sample_id survives.
+BUILTIN_KEEP = {
+    "resolution": "CAST(original_width AS DOUBLE) * original_height",
     "first": "NULL::DOUBLE",
 }
 
 
-def _embeddings(column: pa.ChunkedArray) -> np.ndarray | None:
-    values = column.combine_chunks()
+@runtime_checkable
+class DuplicateMatcher(Protocol):
+    """A batch stage that contributes a kind of near duplicate: ``duplicate_kind`` names it,
+    ``match_column()`` is (candidate column, SQL over the decided rows) of its key, and
+    ``duplicate_pairs(values)`` returns row pairs (i, j) of ``values`` that are duplicates."""
+
+    duplicate_kind: str
+
+    def matches_duplicates(self) -> bool: ...
+
+    def match_column(self) -> tuple[str, str]: ...
+
+    def duplicate_pairs(self, values: pa.Array) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _embeddings(column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if values.null_count or len(values) == 0:
         return None
     flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return flat.reshape(len(values), -1)
-
-
-def _candidates(con, cfg: CurateConfig, with_embeddings: bool) -> pa.Table:
-    emb = ", s.clip_image_embedding AS emb" if with_embeddings else ""
-    return con.execute(f"""
-        SELECT d.sample_id, coalesce(s.pixel_sha256, s.sha256) AS exact_key,
-               {_KEEP_SCORE_SQL[cfg.dedupe.keep]} AS score {emb}
-        FROM decided d JOIN scored s USING (sample_id) JOIN captions_decided c USING (sample_id)
-        WHERE d.status = 'kept' ORDER BY d.sample_id
-    """).arrow().read_all()
 
 
 def _reference(entry: str) -> tuple[str, dedupe.EmbeddingIndex]:
@@ -71,79 +74,121 @@ def _reference(entry: str) -> tuple[str, dedupe.EmbeddingIndex]:
     raise FileNotFoundError(f"dedupe.against: {entry!r} is neither a curate run with dedupe_index/ nor an index directory")
 
 
-def check_dedupe_references(cfg: CurateConfig) -> None:
-    """Fail at start, naming the entry, if a dedupe.against reference can't be read."""
-    from curate.pipeline.config import ConfigError
+class DedupeStage(GlobalStage):
+    """Exact, matcher-contributed (pHash) and CLIP-embedding duplicates among the kept samples;
+    one survivor per group by ``dedupe.keep``."""
 
-    if cfg.dedupe.against and not cfg.clip.model:
-        raise ConfigError("dedupe.against: matching against other runs needs CLIP embeddings; set clip.model")
-    for entry in cfg.dedupe.against:
-        try:
-            _reference(entry)
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(str(error)) from None
+    key = "dedupe"
+    switch = "dedupe.enabled"
+    writes = pa.schema([("duplicate_of", pa.string()), ("duplicate_kind", pa.string())])
+    manifest = ("duplicate_kind",)
+    thresholds = ("dedupe.",)
 
+    def configured(self) -> bool:
+        return self.cfg.dedupe.enabled
 
-@contextmanager
-def _followed(progress: Progress | None, candidates: int) -> Iterator[dedupe.Searched]:
-    """``advance(rows)`` of the ``dedupe`` progress entry (a no-op when nobody follows)."""
-    if progress is None:
-        yield dedupe.no_report
-        return
-    with progress.part("dedupe", total=candidates) as advance:
-        yield advance
+    def bind(self, upstream: list[BatchStage], every: list) -> None:
+        super().bind(upstream, every)
+        self.matchers = [s for s in upstream if isinstance(s, DuplicateMatcher) and s.matches_duplicates()]
 
+    @property
+    def near(self) -> bool:
+        return self.cfg.dedupe.near and self.cfg.clip.model is not None
 
-def find_duplicates(con, cfg: CurateConfig, run: RunDir, progress: Progress | None = None) -> pa.Table:
-    if not cfg.dedupe.enabled:
-        return EMPTY.empty_table()
-    near = cfg.dedupe.near and cfg.clip.model is not None
-    table = _candidates(con, cfg, near)
-    with _followed(progress, table.num_rows) as searched:
-        return _duplicates(table, cfg, near, searched)
+    def keep_options(self) -> dict[str, str]:
+        """dedupe.keep name -> SQL score, over every stage of the list (NULL for one that is off)."""
+        options = dict(BUILTIN_KEEP)
+        for stage in self.all_stages:
+            for name, sql in stage.keep_scores().items():
+                options[name] = sql if stage.enabled() else "NULL::DOUBLE"
+        return options
 
+    def check(self) -> None:
+        d = self.cfg.dedupe
+        if d.keep not in self.keep_options():
+            raise ConfigError(f"dedupe.keep: {d.keep!r} is not offered by any stage; allowed: "
+                              f"{', '.join(sorted(self.keep_options()))}")
+        if d.against and not self.cfg.clip.model:
+            raise ConfigError("dedupe.against: matching against other runs needs CLIP embeddings; set clip.model")
+        for entry in d.against:
+            try:
+                _reference(entry)
+            except (FileNotFoundError, ValueError) as error:
+                raise ConfigError(str(error)) from None
 
-def _duplicates(table: pa.Table, cfg: CurateConfig, near: bool, searched: dedupe.Searched) -> pa.Table:
-    if table.num_rows == 0:
-        return EMPTY.empty_table()
-    ids = table.column("sample_id").to_pylist()
-    emb = _embeddings(table.column("emb")) if near else None
-    threshold = cfg.dedupe.threshold or dedupe.DEFAULT_THRESHOLD
-    duplicate_of = np.full(len(ids), None, dtype=object)
+    def rules(self) -> list[Rule]:
+        return [Rule("duplicate_of IS NOT NULL", f"{R.DUPLICATE_OF.sql()} || ':' || duplicate_of", (R.DUPLICATE_OF,),
+                     Status.DUPLICATE)]
 
-    for entry in cfg.dedupe.against:
+    def keep_scores(self) -> dict[str, str]:
+        return {}
+
+    def candidates(self) -> dict[str, str]:
+        columns = {"exact_key": "coalesce(pixel_sha256, sha256)", "score": self.keep_options()[self.cfg.dedupe.keep]}
+        if self.near:
+            columns["emb"] = "clip_image_embedding"
+        for matcher in self.matchers:
+            name, sql = matcher.match_column()
+            columns[name] = sql
+        return columns
+
+    def find(self, candidates: pa.Table, advance: Callable[[int], None]) -> pa.Table:
+        """(sample_id, duplicate_of, duplicate_kind) of every duplicate among ``candidates``."""
+        empty = pa.schema([("sample_id", pa.string())] + list(self.writes)).empty_table()
+        if candidates.num_rows == 0:
+            return empty
+        d = self.cfg.dedupe
+        ids = candidates.column("sample_id").to_pylist()
+        emb = _embeddings(candidates.column("emb")) if self.near else None
+        threshold = d.threshold or dedupe.DEFAULT_THRESHOLD
+        duplicate_of = np.full(len(ids), None, dtype=object)
+        kind = np.full(len(ids), None, dtype=object)
+
+        for entry in d.against:  # earlier runs first: what they kept stays the survivor
+            name, index = _reference(entry)
+            matched = index.match(emb, threshold)
+            for row in np.flatnonzero(matched != None):  # noqa: E711 - object array of ids / None
+                if duplicate_of[row] is None:
+                    duplicate_of[row], kind[row] = f"{name}/{matched[row]}", "embedding"
+
+        rest = np.flatnonzero(duplicate_of == None)  # noqa: E711
+        advance(len(ids) - len(rest))  # matched to a reference: no search within the run
+        searches = [(m.duplicate_kind, _subset(m.duplicate_pairs, candidates.column(m.match_column()[0]), rest))
+                    for m in self.matchers]
+        scores = candidates.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        keys = candidates.column("exact_key").to_pylist() if d.exact else None
+        within, within_kind = dedupe.find_duplicates(
+            [ids[r] for r in rest], scores[rest], keep="first" if d.keep == "first" else "score",
+            exact_keys=None if keys is None else [keys[r] for r in rest],
+            searches=searches, emb=None if emb is None else emb[rest], threshold=threshold, method=d.method,
+            on_searched=advance,
+        )
+        duplicate_of[rest], kind[rest] = within, within_kind
+        found = np.flatnonzero(duplicate_of != None)  # noqa: E711
+        return pa.table({"sample_id": [ids[r] for r in found], "duplicate_of": [duplicate_of[r] for r in found],
+                         "duplicate_kind": [kind[r] for r in found]}, schema=empty.schema)
+
+    def finish(self, con, run: RunDir) -> None:
+        """Write RUN/dedupe_index/ from the kept samples' embeddings (local runs; needs CLIP)."""
+        if not self.cfg.clip.model or storage.is_remote(run.root):
+            return  # the index writer takes local paths; bucket runs can be matched by run dir later
+        table = con.execute(f"""
+            SELECT sample_id, clip_image_embedding AS emb FROM final JOIN joined USING (sample_id)
+            WHERE final.status = {Status.KEPT.sql} ORDER BY sample_id
+        """).arrow().read_all()
+        emb = _embeddings(table.column("emb")) if table.num_rows else None
         if emb is None:
-            raise ValueError("dedupe.against needs CLIP image embeddings: set clip.model")
-        name, index = _reference(entry)
-        matched = index.match(emb, threshold)
-        for row in np.flatnonzero(matched != None):  # noqa: E711 - object array of ids / None
-            if duplicate_of[row] is None:
-                duplicate_of[row] = f"{name}/{matched[row]}"
-
-    rest = np.flatnonzero(duplicate_of == None)  # noqa: E711
-    searched(len(ids) - len(rest))  # matched to a reference: no search within the run
-    scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    keys = table.column("exact_key").to_pylist() if cfg.dedupe.exact else None
-    within = dedupe.dedupe(
-        [ids[r] for r in rest], None if emb is None else emb[rest], scores[rest],
-        threshold=threshold, keep=cfg.dedupe.keep, method=cfg.dedupe.method,
-        exact_keys=None if keys is None else [keys[r] for r in rest], on_searched=searched,
-    )
-    duplicate_of[rest] = within
-    found = np.flatnonzero(duplicate_of != None)  # noqa: E711
-    return pa.table({"sample_id": [ids[r] for r in found], "duplicate_of": [duplicate_of[r] for r in found]}, schema=EMPTY)
+            return
+        storage.remove_tree(storage.join(run.root, "dedupe_index"))
+        dedupe.save_index(Path(run.root) / "dedupe_index", emb, table.column("sample_id").to_pylist())
 
 
-def save_kept_index(con, run: RunDir) -> None:
-    """Write RUN/dedupe_index/ from the kept samples' embeddings (local runs; needs CLIP)."""
-    if storage.is_remote(run.root):
-        return  # the index writer takes local paths; bucket runs can be matched by run dir later
-    table = con.execute("""
-        SELECT m.sample_id, s.clip_image_embedding AS emb FROM manifest_final m JOIN scored s USING (sample_id)
-        WHERE m.status = 'kept' ORDER BY m.sample_id
-    """).arrow().read_all()
-    emb = _embeddings(table.column("emb")) if table.num_rows else None
-    if emb is None:
-        return
-    storage.remove_tree(storage.join(run.root, "dedupe_index"))
-    dedupe.save_index(Path(run.root) / "dedupe_index", emb, table.column("sample_id").to_pylist())
+def _subset(pairs_of, values: pa.ChunkedArray, rows: np.ndarray):
+    """A search over ``values[rows]`` as the dedupe library calls it: on a subset of those
+    rows (one per exact group), returning pairs in that subset's numbering."""
+    values = values.combine_chunks().take(pa.array(rows, pa.int64()))
+
+    def search(subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pairs_of(values.take(pa.array(subset, pa.int64())))
+
+    return search

@@ -3,8 +3,8 @@
 img2dataset does the fetching, retries, X-Robots-Tag opt-out handling, resizing and
 re-encoding; this module only calls it and turns each failed row into a reason code: the
 verdict the fetching worker verified (``fetch_reason``, see curate.stages.safe_fetch), or
-else img2dataset's own message for what happened after the fetch. Its Parquet output keeps failed rows, and it writes a shard's
-``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
+else img2dataset's own message for what happened after the fetch. Its Parquet output
+keeps failed rows, and it writes a shard's ``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
 
 Fetching goes through ``curate.stages.safe_fetch`` (address checks at connect time, body
@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 import signal
 
-from curate.pipeline import storage
-from curate.pipeline.config import DownloadConfig
-from curate.schemas.status import reason
+from curate.core import storage
+from curate.core.config import DownloadConfig
+from curate.schemas.reasons import reason
 from curate.stages.safe_fetch import FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
@@ -67,9 +67,9 @@ def download_reason(status: str | None, error_message: str | None, fetch_reason:
     return reason("download_error", message[:60] or status or "unknown")
 
 
-def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns: tuple[str, ...] = ()) -> None:
+def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
     """Download every part of ``list_dir`` into ``out_dir`` (one img2dataset shard per part);
-    ``extra_columns`` of the list are carried into the downloaded shards."""
+    the ``carried`` columns of the list (beyond url and caption) go into the downloaded shards."""
     from img2dataset import download  # heavy import (cv2, albumentations, wandb): only when used
 
     from curate.stages.safe_downloader import downloader_with_policy
@@ -80,7 +80,7 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         with downloader_with_policy(FetchPolicy.from_config(cfg)):
-            _download(download, list_dir, out_dir, cfg, extra_columns)
+            _download(download, list_dir, out_dir, cfg, carried)
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
@@ -93,13 +93,13 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns
         )
 
 
-def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, extra_columns: tuple[str, ...]) -> None:
+def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
     download(
         url_list=list_dir,
         input_format="parquet",
         url_col="url",
         caption_col="caption",
-        save_additional_columns=["sample_id", "caption_bad_encoding", *extra_columns],
+        save_additional_columns=list(carried),
         output_folder=out_dir,
         output_format="parquet",
         image_size=cfg.image_size,

@@ -1,7 +1,12 @@
-"""Per-row checks after download: map the downloader's errors to reasons, apply the cheap
-filters, and hash the decoded pixels (for exact dedupe of re-encoded copies).
+"""Inspect stage: what the downloader said about each row, and the image rules.
 
-Runs as a Ray Data task over pyarrow batches; no model.
+Maps img2dataset's (status, error_message) to a reason code (``download_reason``), hashes
+the decoded pixels (``pixel_sha256``: exact dedupe of re-encoded copies), and rejects images
+by their original size (``filters.min_side``, ``filters.max_aspect_ratio``). Its rules
+gate the score step: model stages skip the images they reject, so these thresholds are
+fixed for a run (a refilter can't score an image that was never scored).
+
+Runs as a light Ray Data task; no model.
 """
 
 from __future__ import annotations
@@ -13,16 +18,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate.pipeline.config import FilterConfig
-from curate.stages.cheap_filters import caption_reject, image_reject
+from curate.schemas import reasons as R
+from curate.schemas.reasons import fmt_threshold
+from curate.stages.base import IMAGE, BatchStage, Rule
 from curate.stages.download import download_reason
 
-INSPECT_COLUMNS = {
-    "download_reason": pa.string(),
-    "image_reject": pa.string(),
-    "caption_reject": pa.string(),
-    "pixel_sha256": pa.string(),
-}
+WIDTH, HEIGHT = "original_width", "original_height"
 
 
 def pixel_hash(data: bytes | None) -> str | None:
@@ -39,20 +40,33 @@ def pixel_hash(data: bytes | None) -> str | None:
     return digest.hexdigest()
 
 
-def inspect_batch(batch: pa.Table, filters: FilterConfig, image_col: str) -> pa.Table:
-    """Append INSPECT_COLUMNS to a batch of downloaded rows."""
-    columns = ["status", "error_message", "original_width", "original_height", "caption", "caption_bad_encoding", image_col]
-    # The verdict the fetching worker verified (curate.stages.safe_downloader); shards of
-    # an earlier curate have none.
-    columns += [c for c in ("fetch_reason",) if c in batch.column_names]
-    rows = batch.select(columns).to_pylist()
-    out: dict[str, list] = {name: [] for name in INSPECT_COLUMNS}
-    for row in rows:
-        failed = download_reason(row["status"], row["error_message"], row.get("fetch_reason"))
-        out["download_reason"].append(failed)
-        out["image_reject"].append(None if failed else image_reject(row["original_width"], row["original_height"], filters))
-        out["caption_reject"].append(caption_reject(row["caption"], bool(row["caption_bad_encoding"]), filters))
-        out["pixel_sha256"].append(None if failed else pixel_hash(row[image_col]))
-    for name, type_ in INSPECT_COLUMNS.items():
-        batch = batch.append_column(name, pa.array(out[name], type_))
-    return batch
+class InspectStage(BatchStage):
+    """The downloader's verdict as a reason code, a pixel hash, and the image-size rules (which gate scoring)."""
+
+    key = "inspect"
+    section = "filters"
+    reads = ("status", "error_message", WIDTH, HEIGHT, IMAGE)
+    # The verdict the fetching worker verified (curate.stages.safe_downloader); download
+    # shards of an earlier curate have none.
+    optional_reads = ("fetch_reason",)
+    writes = pa.schema([("download_reason", pa.string()), ("pixel_sha256", pa.string())])
+    rows = "all"
+    gates = True
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        columns = ["status", "error_message", self.image_col] + [c for c in self.optional_reads if c in batch.column_names]
+        rows = batch.select(columns).to_pylist()
+        failed = [download_reason(r["status"], r["error_message"], r.get("fetch_reason")) for r in rows]
+        hashes = [None if f else pixel_hash(r[self.image_col]) for f, r in zip(failed, rows)]
+        return self.append(batch, {"download_reason": failed, "pixel_sha256": hashes})
+
+    def rules(self) -> list[Rule]:
+        f = self.cfg.filters
+        # Missing sizes pass: no evidence against the image.
+        sized = f"{WIDTH} > 0 AND {HEIGHT} > 0"
+        short, long = f"least({WIDTH}, {HEIGHT})", f"greatest({WIDTH}, {HEIGHT})"
+        return [
+            Rule.fixed(f"{sized} AND {short} < {f.min_side}", R.IMAGE_TOO_SMALL, f.min_side),
+            Rule.fixed(f"{sized} AND {long}::DOUBLE / greatest({short}, 1) > {f.max_aspect_ratio!r}",
+                       R.ASPECT_RATIO_ABOVE, fmt_threshold(f.max_aspect_ratio)),
+        ]

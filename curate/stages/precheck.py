@@ -15,7 +15,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from curate.schemas.status import reason
+from curate.schemas.reasons import reason
 from curate.stages.address_policy import AddressPolicy, address_text, embedded_ipv4, is_public_address
 
 __all__ = ["ALLOWED_SCHEMES", "AddressPolicy", "check_url", "embedded_ipv4", "is_public_address", "parse_ip_literal"]

@@ -1,25 +1,24 @@
-"""The model stages enabled by a config, in pipeline order."""
+"""The stage list: the one place that knows every stage.
+
+Order matters only where the declarations leave it open: a stage runs after the stages
+that write what it reads (``reads``/``optional_reads``, checked by curate.flow.plan), and
+otherwise in this order, which is also the order of their rules.
+"""
 
 from __future__ import annotations
 
-from curate.pipeline.config import CurateConfig
+from curate.stages.blip_caption import CaptionStage
+from curate.stages.blip_itm import ItmStage
+from curate.stages.caption_rules import CaptionRulesStage
+from curate.stages.clip_score import ClipStage
+from curate.stages.dedupe_stage import DedupeStage
+from curate.stages.inspect import InspectStage
 
-
-def model_stages(cfg: CurateConfig) -> list:
-    """Stages with ``check()``, ``apply(ds, image_col)``, ``scored_schema`` and
-    ``manifest_columns``; a stage is on when its model is configured.
-
-    The captioner runs first so that CLIP and ITM score its captions with the original's.
-    """
-    from curate.stages.blip_caption import CaptionStage
-    from curate.stages.blip_itm import ItmStage
-    from curate.stages.clip_score import ClipStage
-
-    stages = []
-    if cfg.captioning:
-        stages.append(CaptionStage(cfg.caption))
-    if cfg.clip.model:
-        stages.append(ClipStage(cfg.clip))
-    if cfg.itm.model:
-        stages.append(ItmStage(cfg.itm))
-    return stages
+STAGES = (
+    InspectStage,
+    CaptionStage,
+    CaptionRulesStage,
+    ClipStage,
+    ItmStage,
+    DedupeStage,
+)

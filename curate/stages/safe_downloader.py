@@ -15,8 +15,8 @@ import pyarrow as pa
 from img2dataset.downloader import Downloader
 from img2dataset.logger import LoggerProcess
 
-from curate.pipeline import commits, storage
-from curate.pipeline.lifeline import die_with_parent
+from curate.core import commits, storage
+from curate.core.lifeline import die_with_parent
 from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
 
 # The column of a downloaded shard that holds the reason of a failed row, as verified in
@@ -42,7 +42,7 @@ class VerdictWriter:
 
 class SafeDownloader(Downloader):
     """img2dataset's Downloader that fetches under ``fetch_policy``, records verified
-    verdicts, and commits each finished shard with a record (curate.pipeline.commits)."""
+    verdicts, and commits each finished shard with a record (curate.core.commits)."""
 
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)

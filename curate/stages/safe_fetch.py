@@ -43,7 +43,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 
-from curate.schemas.status import reason
+from curate.schemas.reasons import reason
 from curate.stages.address_policy import AddressPolicy, address_text
 from curate.stages.precheck import ALLOWED_SCHEMES
 

@@ -69,18 +69,6 @@ class DocumentsCorpus:
         """The demo's input: the OBELICS layout."""
         return self.obelics_table(base_url)
 
-    def mmc4_table(self, base_url: str) -> pa.Table:
-        """MMC4 layout: ``text_list`` and ``image_info`` (raw_url, matched_text_index)."""
-        return pa.Table.from_pylist([
-            {
-                "text_list": doc["texts"],
-                "image_info": [{"raw_url": base_url + p, "matched_text_index": min(s, len(doc["texts"]) - 1)}
-                               for p, s in zip(doc["image_paths"], doc["input_slots"])],
-                "url": f"https://example.test/page/{i}",
-            }
-            for i, doc in enumerate(self.documents)
-        ])
-
 
 def _jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from curate.schemas.status import reason
+from curate.schemas.reasons import reason
 from curate.stages.address_policy import IPV4_DENY, IPV6_DENY, AddressPolicy, address_text, is_public_address
 from curate.stages.precheck import check_url
 from curate.stages.safe_fetch import FetchPolicy, FetchVerdict, build_opener

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from curate.pipeline.lifeline import start_time
-from curate.pipeline.runlock import BucketLease, RunInUse, machine
+from curate.core.lifeline import start_time
+from curate.core.runlock import BucketLease, RunInUse, machine
 from s3_server import s3_server  # noqa: F401 - the fixture
 
 BUCKET = "curate-lease"

@@ -105,12 +105,12 @@ def _assert_nothing_half_written_is_committed(fs, run: str) -> None:
 # Where the bucket starts refusing, how, and what the message must say:
 # - "download": after the first download shard is committed (its _stats.json), while the
 #   others are still being written by img2dataset in Ray workers; 403 AccessDenied.
-# - "process": after the first scored part is committed, so the Ray Data tasks that commit
+# - "score": after the first scored part is committed, so the Ray Data tasks that commit
 #   the other parts meet the fault; 503 SlowDown, persistent (every retry is throttled too).
 CASES = {
     "download": (lambda key: "/downloaded/" in key and key.endswith("_stats.json"), "AccessDenied",
                  "shards could not be written to s3://{bucket}/runs/{run}/downloaded"),
-    "process": (lambda key: "/scored/part-" in key and ".tmp-" not in key, "SlowDown",
+    "score": (lambda key: "/scored/part-" in key and ".tmp-" not in key, "SlowDown",
                 "cannot write s3://{bucket}/runs/{run}/scored/part-"),
 }
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from corpus import mixed_corpus
-from curate.pipeline.lifeline import descendants, start_time
+from curate.core.lifeline import descendants, start_time
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, write_input
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pipeline.config import load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import run_pipeline
 from curate.synth.corpus import make_corpus
 from curate.synth.http_server import CorpusServer
@@ -50,7 +50,7 @@ def hostile_run(tmp_path_factory, ray_session):
         cfg = load_config(None, overrides, out=run_root)
         # The CLIP actor is killed while it runs a batch (its title ends in ".submit"),
         # before any scored batch is committed: the batch must be re-run, not lost.
-        killer = KillOnce("ClipScorer", ").submit", ready=lambda: scored_parts(run_root) == 0)
+        killer = KillOnce("ClipStage", ").submit", ready=lambda: scored_parts(run_root) == 0)
         killer.start()
         try:
             result = run_pipeline(cfg)

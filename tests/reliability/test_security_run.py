@@ -20,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from corpus import image_bytes
-from curate.pipeline.config import load_config
+from curate.core.config import load_config
 from curate.pipeline.runner import run_pipeline
 from curate.pipeline.summary import print_summary
 from curate.synth.http_server import CorpusServer, Route

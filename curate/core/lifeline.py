@@ -130,7 +130,7 @@ def start_watchdog() -> None:
     if started is None:
         return
     _started[os.getpid()] = subprocess.Popen(
-        [sys.executable, "-m", "curate.pipeline.lifeline", str(os.getpid()), str(started)],
+        [sys.executable, "-m", "curate.core.lifeline", str(os.getpid()), str(started)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )

@@ -14,7 +14,7 @@ import weakref
 import duckdb
 import pyarrow as pa
 
-from curate.pipeline import storage
+from curate.core import storage
 
 
 def sql_string(value: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from curate.pipeline import storage
+from curate.core import storage
 
 
 @dataclass(frozen=True)

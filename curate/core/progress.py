@@ -10,9 +10,9 @@ poller never reads half a file:
 A step may have parts: entries of their own, listed after the step, with their own bar,
 that end with it (``step(parts=...)``) or earlier (``part()``):
 
-- ``process/caption``, ``process/clip``, ``process/itm``: rows each enabled model stage has
-  finished, out of the process step's rows. The stages run at once on Ray Data, so an earlier
-  stage is usually ahead of a later one and all of them ahead of ``process`` (rows committed).
+- ``score/caption``, ``score/clip``, ``score/itm``: rows each enabled model stage has
+  finished, out of the score step's rows. The stages run at once on Ray Data, so an earlier
+  stage is usually ahead of a later one and all of them ahead of ``score`` (rows committed).
 - ``dedupe`` (inside ``manifest``): samples that passed every filter (the dedupe candidates)
   whose duplicate search has finished.
 
@@ -38,8 +38,8 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bars, TaskID, TextColumn, TimeElapsedColumn
 
-from curate.pipeline import storage
-from curate.pipeline.rundir import RunDir
+from curate.core import storage
+from curate.core.rundir import RunDir
 
 POLL_SECONDS = 1.0
 # A model actor rewrites its counter file at most this often: one small write per second

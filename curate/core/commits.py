@@ -19,7 +19,7 @@ import posixpath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
+from curate.core import storage
 
 RECORDS = "_commits"
 _BLOCK = 1 << 20

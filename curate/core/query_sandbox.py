@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
+from curate.core import storage
 
 _PART = "_curate_part"
 

@@ -32,9 +32,9 @@ import time
 import uuid
 from pathlib import Path
 
-from curate.pipeline import storage
-from curate.pipeline.config import ConfigError
-from curate.pipeline.lifeline import start_time
+from curate.core import storage
+from curate.core.config import ConfigError
+from curate.core.lifeline import start_time
 
 LOCK_NAME = "_lock"
 LEASE_SECONDS = 60.0

@@ -210,7 +210,8 @@ class DedupeConfig(_Section):
     exact: bool = Field(True, description="identical bytes (sha256) or identical decoded pixels")
     near: bool = Field(True, description="CLIP image-embedding cosine >= threshold (needs the CLIP stage)")
     threshold: float | None = Field(None, gt=0, le=1, description="None: the documented default (docs/dedupe.md)")
-    keep: Literal["clip_score", "itm", "resolution", "first"] = "clip_score"
+    keep: str = Field("clip_score", description="the copy of a duplicate group that is kept: the highest score of "
+                      "clip_score | itm | resolution | first (the smallest sample_id), or a score a stage offers")
     method: Literal["auto", "flat", "ivf", "clustered"] = "auto"
     against: list[str] = Field([], description="earlier runs or saved embedding indexes to dedupe against")
 
@@ -276,25 +277,6 @@ class CurateConfig(_Section):
         if mode == "capfilt" and self.caption.model and not (self.itm.model or self.clip.model):
             raise ValueError("capfilt.mode capfilt needs a filter for the synthetic captions: set itm.model or clip.model")
         return self
-
-    @model_validator(mode="after")
-    def _documents_need_clip(self) -> "CurateConfig":
-        if self.input.kind != "documents":
-            return self
-        if self.input.format in ("csv", "tsv"):
-            raise ValueError("input.kind documents reads jsonl or parquet (its rows hold lists), not csv/tsv")
-        if not self.clip.model:
-            raise ValueError("input.kind documents places images next to texts by CLIP similarity: set clip.model")
-        if self.caption.model or self.itm.model:
-            raise ValueError(
-                "input.kind documents runs the CLIP stage only; unset caption.model and itm.model "
-                "(captioning and ITM filtering of document images are not built yet)"
-            )
-        return self
-
-    @property
-    def documents(self) -> bool:
-        return self.input.kind == "documents"
 
     @property
     def captioning(self) -> bool:
@@ -388,7 +370,11 @@ def config_changes(stored_yaml: str, cfg: CurateConfig, ignore: tuple[str, ...] 
             if not key.startswith(ignore) and (key not in before or key not in after or before[key] != after[key])]
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> CurateConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None,
+                fill_missing: dict[str, Any] | None = None) -> CurateConfig:
+    """The validated config of YAML file ``path`` with ``--set`` ``overrides`` and ``--out``;
+    ``fill_missing`` gives dotted keys a value where the file and overrides give none
+    (``curate describe`` needs no paths). ConfigError names what is wrong."""
     data: dict = {}
     if path is not None:
         try:
@@ -402,4 +388,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), out: str | N
     data = apply_overrides(data, list(overrides))
     if out is not None:
         data.setdefault("output", {})["path"] = out
+    for key, value in (fill_missing or {}).items():
+        *sections, name = key.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.setdefault(name, value)
     return validate(data)

@@ -24,32 +24,17 @@ import json
 
 import pyarrow as pa
 
-from curate.pipeline import storage
-from curate.pipeline.config import DocumentsInputConfig, InputConfig
-from curate.pipeline.inputs import ROWS_SCHEMA, InputError, InputFile, read_raw, sample_id
+from curate.core import storage
+from curate.core.config import DocumentsInputConfig, InputConfig
+from curate.core.inputs import InputError, InputFile, read_raw, sample_id
+from curate.schemas.columns import DOCUMENT_IMAGE_ROWS, DOCUMENTS
+from curate.schemas import reasons as R
 
 # A row beyond these is not a web page (OBELICS keeps pages of at most 30 images): it is
 # recorded as malformed before anything is downloaded or scored, so one hostile row can't
 # make the run fetch millions of URLs or score one image against millions of texts.
 MAX_IMAGES_PER_DOCUMENT = 1_000
 MAX_TEXTS_PER_DOCUMENT = 10_000
-
-DOCUMENTS_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("input_file", pa.string()),
-    ("input_row", pa.int64()),
-    ("texts", pa.list_(pa.string())),
-    ("n_images_in", pa.int32()),
-    ("doc_error", pa.string()),
-    ("metadata", pa.string()),  # input.documents.keep_columns, as a JSON object
-])
-IMAGE_ROWS_SCHEMA = (
-    ROWS_SCHEMA.append(pa.field("doc_id", pa.string()))
-    .append(pa.field("image_index", pa.int32()))
-    .append(pa.field("original_slot", pa.int32()))
-    .append(pa.field("doc_texts", pa.list_(pa.string())))
-)
-
 
 def image_id(doc_id: str, index: int) -> str:
     return f"{doc_id}-{index:05d}"
@@ -169,7 +154,7 @@ def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa
             if len(texts) > MAX_TEXTS_PER_DOCUMENT:
                 raise ValueError(f"more_than_{MAX_TEXTS_PER_DOCUMENT}_texts")
         except ValueError as problem:
-            texts, found, error = [], [], f"malformed_document:{problem}"
+            texts, found, error = [], [], R.MALFORMED_DOCUMENT(problem)
         docs.append({
             "sample_id": doc_id, "input_file": item.uri, "input_row": r, "texts": texts,
             "n_images_in": len(found), "doc_error": error,
@@ -181,5 +166,5 @@ def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa
                 "caption": None, "caption_bad_encoding": False, "doc_id": doc_id, "image_index": k,
                 "original_slot": slot, "doc_texts": texts,
             })
-    return (pa.Table.from_pylist(docs, schema=DOCUMENTS_SCHEMA),
-            pa.Table.from_pylist(images, schema=IMAGE_ROWS_SCHEMA))
+    return (pa.Table.from_pylist(docs, schema=DOCUMENTS),
+            pa.Table.from_pylist(images, schema=DOCUMENT_IMAGE_ROWS))

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from curate.pipeline.config import InterleavedConfig
-from curate.schemas.status import reason
+from curate.core.config import InterleavedConfig
+from curate.schemas import reasons as R
+from curate.schemas.status import Status
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Document:
     texts: list[str]
     images: list[Image]
     doc_error: str | None = None
-    status: str = "kept"
+    status: str = Status.KEPT
     reason: str | None = None
     sequence: list[tuple[str, object]] = field(default_factory=list)  # ("text", str) | ("image", Image)
 
@@ -60,11 +61,11 @@ class Document:
 
     @property
     def placed(self) -> list[Image]:
-        return [im for im in self.images if im.status == "kept"]
+        return [im for im in self.images if im.status == Status.KEPT]
 
 
 def _drop(image: Image, why: str) -> None:
-    image.status, image.reason, image.slot = "filtered", why, None
+    image.status, image.reason, image.slot = Status.FILTERED, why, None
 
 
 def assignment_slots(sims: np.ndarray) -> list[int | None]:
@@ -81,7 +82,7 @@ def place(doc: Document, cfg: InterleavedConfig) -> None:
     candidates = sorted(doc.placed, key=lambda im: (-im.best, im.index))
     if cfg.max_images is not None:
         for image in candidates[cfg.max_images:]:
-            _drop(image, reason("over_max_images", cfg.max_images))
+            _drop(image, R.OVER_MAX_IMAGES(cfg.max_images))
         candidates = candidates[: cfg.max_images]
     if not candidates:
         return
@@ -92,7 +93,7 @@ def place(doc: Document, cfg: InterleavedConfig) -> None:
     slots = assignment_slots(np.array([im.sims for im in candidates], np.float64))
     for image, slot in zip(candidates, slots):
         if slot is None:
-            _drop(image, "no_free_text")
+            _drop(image, R.NO_FREE_TEXT())
         else:
             image.slot = slot
 
@@ -101,9 +102,9 @@ def document_reason(doc: Document, cfg: InterleavedConfig) -> str | None:
     if doc.doc_error:
         return doc.doc_error
     if doc.words < cfg.min_words:
-        return reason("too_few_words", cfg.min_words)
+        return R.TOO_FEW_WORDS(cfg.min_words)
     if len(doc.placed) < cfg.min_images:
-        return reason("too_few_images", cfg.min_images)
+        return R.TOO_FEW_IMAGES(cfg.min_images)
     return None
 
 
@@ -126,8 +127,8 @@ def decide_document(doc: Document, cfg: InterleavedConfig) -> Document:
     place(doc, cfg)
     why = document_reason(doc, cfg)
     if why is not None:
-        doc.status, doc.reason = "filtered", why
+        doc.status, doc.reason = Status.FILTERED, why
         for image in doc.placed:
-            _drop(image, reason("document_dropped", why.split(":", 1)[0]))
-    doc.sequence = sequence(doc) if doc.status == "kept" else []
+            _drop(image, R.DOCUMENT_DROPPED(why.split(":", 1)[0]))
+    doc.sequence = sequence(doc) if doc.status == Status.KEPT else []
     return doc

@@ -21,21 +21,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from curate.pipeline import storage
-from curate.pipeline.config import CurateConfig, InputConfig
+from curate.core import storage
+from curate.core.config import CurateConfig, InputConfig
+from curate.schemas.columns import ROWS as ROWS_SCHEMA
 
 EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv",), "tsv": (".tsv",), "jsonl": (".jsonl", ".json")}
 
-ROWS_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("input_file", pa.string()),
-        ("input_row", pa.int64()),
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("caption_bad_encoding", pa.bool_()),
-    ]
-)
 
 
 class InputError(ValueError):

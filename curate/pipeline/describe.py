@@ -1,0 +1,95 @@
+"""``curate describe CONFIG``: the run a config would make, without running it.
+
+Prints the kind, then every enabled stage in run order with what it reads and writes, where
+it runs (a light task, or an actor pool and its resources) and its rules, then the decision
+in the order it is made (first match wins). Modelled on NeMo Curator's
+``Pipeline.describe()``. Nothing is read or written; model references are not resolved.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.markup import escape
+
+from curate.flow.decision import BASE_RULES
+from curate.flow.plan import Plan
+from curate.stages.base import BatchStage, Rule, Stage
+
+
+def describe(plan: Plan) -> dict:
+    """The plan as data: ``kind``, ``stages`` (in run order) and ``decision`` (rule order)."""
+    return {
+        "kind": plan.kind.name,
+        "stages": [_stage(s) for s in plan.stages],
+        "not_enabled": [s.key for s in plan.every if s not in plan.stages],
+        "decision": {
+            "image rules": [_rule(r) for r in BASE_RULES + plan.rules("image") + plan.kind.image_rules()],
+            "caption rules (each candidate caption of a pair)": [_rule(r) for r in plan.rules("caption")],
+            "global rules": [_rule(r) for r in plan.rules("global")],
+        },
+        "refilter_keys": list(plan.refilter_keys()),
+    }
+
+
+def _stage(stage: Stage) -> dict:
+    out = {
+        "key": stage.key,
+        "type": "global" if not isinstance(stage, BatchStage) else "model" if stage.uses_model else "task",
+        "config": stage.config_section,
+        "switch": stage.switch,
+        "reads": list(stage.reads) + [f"{c} (if written)" for c in stage.optional_reads],
+        "writes": {f.name: str(f.type) for f in stage.writes},
+        "manifest": list(stage.manifest),
+        "thresholds": list(stage.thresholds),
+        "rules": [_rule(r) for r in stage.rules()],
+    }
+    if isinstance(stage, BatchStage) and stage.uses_model:
+        c = stage.compute
+        out["resources"] = {"actors": c.actors, "num_cpus": c.num_cpus, "num_gpus": c.num_gpus if c.num_gpus is not None
+                            else "1 if the cluster has GPUs", "batch_size": c.batch_size}
+    elif isinstance(stage, BatchStage):
+        out["resources"] = "light Ray task (0.5 CPU)"
+    return out
+
+
+def _rule(rule: Rule) -> dict:
+    return {"when": rule.when, "status": rule.status.value, "reason": rule.reason, "scope": rule.scope}
+
+
+def print_description(plan: Plan, fmt: str, console: Console) -> None:
+    """``fmt``: ``text`` (for people) or ``json``."""
+    data = describe(plan)
+    console = Console(file=console.file, soft_wrap=True, highlight=False)  # rules stay whole, one per line
+    if fmt == "json":
+        console.file.write(json.dumps(data, indent=2) + "\n")
+        return
+    console.print(f"[bold]kind[/bold]: {data['kind']}")
+    for i, stage in enumerate(data["stages"], 1):
+        on = f", on when {stage['switch']} is set" if stage["switch"] else ""
+        console.print(f"\n[bold]{i}. {stage['key']}[/bold] ({stage['type']}, config section {stage['config']}{on})")
+        console.print(f"   reads:    {escape(', '.join(stage['reads']) or '-')}")
+        console.print(f"   writes:   {escape(', '.join(f'{k}: {v}' for k, v in stage['writes'].items()) or '-')}")
+        console.print(f"   manifest: {escape(', '.join(stage['manifest']) or '-')}")
+        if stage.get("resources"):
+            resources = stage["resources"]
+            text = resources if isinstance(resources, str) else ", ".join(f"{k} {v}" for k, v in resources.items())
+            console.print(f"   runs as:  {escape(text)}")
+        if stage["thresholds"]:
+            console.print(f"   refilter: {escape(', '.join(stage['thresholds']))}")
+        for rule in stage["rules"]:
+            console.print(f"   rule:     {escape(_rule_line(rule))}")
+    if data["not_enabled"]:
+        console.print(f"\n[dim]not enabled: {', '.join(data['not_enabled'])}[/dim]")
+    console.print("\n[bold]decision[/bold] (first match wins)")
+    for title, rules in data["decision"].items():
+        if rules:
+            console.print(f"  {title}:")
+            for rule in rules:
+                console.print(f"    {escape(_rule_line(rule))}")
+    console.print(f"  otherwise: kept\n\n[bold]refilter may change[/bold]: {escape(', '.join(data['refilter_keys']))}")
+
+
+def _rule_line(rule: dict) -> str:
+    return f"{rule['when']}  ->  {rule['status']}, reason {rule['reason']}"

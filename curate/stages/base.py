@@ -1,0 +1,197 @@
+"""The stage contract: a stage is one class (docs/stages.md, DESIGN.md "The stage contract").
+
+A stage declares its config section, the columns it reads and writes, which of those reach
+the manifest, the config keys a refilter may change, and its decisions as :class:`Rule`
+objects. The runner, the decision, refilter, progress, the report and ``curate describe``
+read these declarations; none of them names a stage.
+
+- :class:`BatchStage` runs in the score step on pyarrow batches: a Ray Data task, or an
+  actor pool when it ``uses_model`` (``setup()`` loads the model once per actor).
+- :class:`GlobalStage` needs every candidate at once (dedupe): ``find()`` returns a table
+  by sample_id that its rules read.
+
+Rules are SQL over stored columns, so every decision is re-made from stored results
+(``curate refilter``) without running a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
+
+import pyarrow as pa
+
+from curate.schemas.reasons import Code
+from curate.schemas.status import Status
+
+if TYPE_CHECKING:
+    from curate.core.config import CurateConfig, ModelComputeConfig
+
+Scope = Literal["image", "caption"]
+# A batch stage's rows: every row of the batch, the downloaded ones, or the "live" ones
+# (downloaded and not rejected by a gating rule: the rows worth a model's time).
+Rows = Literal["all", "downloaded", "live"]
+IMAGE = "image"  # the column name stages use for the image bytes (download.encode_format)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A decision as data: rows where ``when`` holds get ``status`` and ``reason``.
+
+    ``when`` and ``reason`` are SQL expressions over stored columns (``reason`` evaluates to
+    the reason string); ``codes`` are the reason codes it can produce. ``scope`` is
+    ``image`` (one row per image) or ``caption`` (one row per candidate caption of a pair:
+    ``text``, ``source``, and the stages' per-caption scores). The first rule that matches
+    a row decides it.
+    """
+
+    when: str
+    reason: str
+    codes: tuple[Code, ...]
+    status: Status = Status.FILTERED
+    scope: Scope = "image"
+
+    @classmethod
+    def fixed(cls, when: str, code: Code, detail: object | None = None, *, status: Status | None = None,
+              scope: Scope = "image") -> "Rule":
+        """A rule whose reason is one fixed string, ``code`` or ``code:detail``."""
+        return cls(when, code.sql(detail), (code,), status or code.status, scope)
+
+    def describe(self) -> str:
+        return f"{self.when}  ->  {self.status.value} {self.reason}"
+
+
+class Stage:
+    """Base of every stage; an instance is bound to one run's config.
+
+    Class attributes (the declaration):
+      key: the stage's name: its progress entry and, unless ``section`` says otherwise,
+        its config section.
+      switch: the config key that turns it on (``clip.model``); None: always on for its kinds.
+      reads: columns it needs, each written by an earlier stage or present in the
+        downloaded shards (``image`` is the image bytes column); checked at start.
+      optional_reads: columns it uses when an earlier enabled stage writes them.
+      writes: the columns it adds (RUN/scored/ for batch stages).
+      manifest: which of ``writes`` reach the manifest.
+      thresholds: config keys a refilter may change (decided from stored columns).
+      kinds: the input kinds it runs for (``pairs``, ``documents``).
+      caption_columns: what it adds to each candidate caption of a pair (see below).
+      scores: its manifest score columns, as the report shows them.
+    """
+
+    key: ClassVar[str]
+    section: ClassVar[str | None] = None
+    switch: ClassVar[str | None] = None
+    reads: ClassVar[tuple[str, ...]] = ()
+    optional_reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[pa.Schema] = pa.schema([])
+    manifest: ClassVar[tuple[str, ...]] = ()
+    thresholds: ClassVar[tuple[str, ...]] = ()
+    kinds: ClassVar[tuple[str, ...]] = ("pairs", "documents")
+    # Per candidate caption of a pair: column name -> (its column for the original caption,
+    # the list column of its synthetic captions, or None). Caption-scope rules read these.
+    caption_columns: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # Manifest score columns -> (a label for people, the config key of its threshold or None):
+    # the report plots these, with the threshold line.
+    scores: ClassVar[dict[str, tuple[str, str | None]]] = {}
+
+    def __init__(self, cfg: CurateConfig):
+        self.cfg = cfg
+
+    @property
+    def config_section(self) -> str:
+        return self.section or self.key
+
+    def configured(self) -> bool:
+        """Whether the config asks for this stage (its model is set, its switch is on)."""
+        return True
+
+    def enabled(self) -> bool:
+        """Whether it runs in this run: configured, and built for the run's input kind."""
+        return self.configured() and self.cfg.input.kind in self.kinds
+
+    def check(self) -> None:
+        """Fail before anything is written (ConfigError, ModelReferenceError) when the
+        stage's config or model reference is bad. Default: nothing to check."""
+
+    def rules(self) -> list[Rule]:
+        """This stage's decisions, in the order they apply."""
+        return []
+
+    def keep_scores(self) -> dict[str, str]:
+        """``dedupe.keep`` options this stage offers: name -> SQL score over the decided rows
+        (the highest-scoring copy of a duplicate group is kept)."""
+        return {}
+
+    def manifest_schema(self) -> pa.Schema:
+        return pa.schema([self.writes.field(name) for name in self.manifest])
+
+
+class BatchStage(Stage):
+    """A stage of the score step: ``__call__`` takes a pyarrow batch of downloaded rows and
+    returns it with the ``writes`` columns appended (NULL where the stage does not apply).
+
+    ``uses_model``: run as a Ray actor pool, one ``setup()`` per actor (``compute`` gives
+    the pool's size and resources); else as light Ray tasks. ``rows``: which rows it works
+    on (see :data:`Rows`). ``gates``: its image rules mark rows not live, so later stages
+    skip them (only for rules a refilter may not change: a row never scored could not be
+    re-decided).
+    """
+
+    uses_model: ClassVar[bool] = False
+    rows: ClassVar[Rows] = "live"
+    gates: ClassVar[bool] = False
+
+    def setup(self) -> None:
+        """Load what the stage needs once per process (a model, weights)."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    @property
+    def compute(self) -> ModelComputeConfig | None:
+        """The actor pool's settings (a model stage's config section), else None."""
+        return None
+
+    @property
+    def image_col(self) -> str:
+        return self.cfg.download.encode_format
+
+    def todo(self, batch: pa.Table) -> list[int]:
+        """Row indices of ``batch`` this stage works on, by its ``rows`` policy."""
+        if self.rows == "all":
+            return list(range(batch.num_rows))
+        column = "_live" if self.rows == "live" and "_live" in batch.column_names else "download_reason"
+        values = batch.column(column).to_pylist()
+        if column == "_live":
+            return [i for i, live in enumerate(values) if live]
+        images = batch.column(self.image_col).to_pylist()
+        return [i for i, failed in enumerate(values) if failed is None and images[i]]
+
+    def append(self, batch: pa.Table, columns: dict[str, list]) -> pa.Table:
+        """``batch`` with this stage's ``writes`` columns appended, in declared order and types."""
+        for field in self.writes:
+            values = columns.get(field.name, [None] * batch.num_rows)
+            batch = batch.append_column(field, pa.array(values, field.type))
+        return batch
+
+
+class GlobalStage(Stage):
+    """A stage that needs every candidate at once (dedupe). ``candidates()`` names the
+    columns it needs, as SQL over the decided rows; ``find()`` returns a table keyed by
+    ``sample_id`` with its ``writes`` columns, which its rules read."""
+
+    def bind(self, upstream: list[BatchStage], every: list[Stage]) -> None:
+        """``upstream``: the enabled batch stages before it (dedupe asks them for duplicate
+        matchers); ``every``: every stage of the list, enabled or not."""
+        self.upstream, self.all_stages = upstream, every
+
+    def candidates(self) -> dict[str, str]:
+        """Candidate column name -> SQL expression over the decided rows (``decided``)."""
+        return {}
+
+    def find(self, candidates: pa.Table, advance: Callable[[int], None]) -> pa.Table:
+        raise NotImplementedError
+
+    def finish(self, con, run) -> None:
+        """After the decision (table ``final``): write what the stage keeps of a run."""

@@ -1,0 +1,77 @@
+"""Caption rules stage: cheap rules on caption text, for the original and every synthetic caption.
+
+Stores the facts of each caption (characters, words, junk kind; ``caption_text`` is the
+original with its whitespace folded, as a training caption is written) and decides from
+them with SQL rules over each candidate caption (``scope="caption"``). A junk alt-text only
+rejects the original caption: with CapFilt on, a good image can still be kept with a
+synthetic caption (curate.flow.pairs decides the sample).
+
+Runs as a light Ray Data task after the captioner; no model. Pairs runs only.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from curate.schemas import reasons as R
+from curate.stages.base import BatchStage, Rule
+from curate.stages.cheap_filters import caption_facts
+
+
+class CaptionRulesStage(BatchStage):
+    """Text facts of every candidate caption and the cheap caption rules over them (pairs)."""
+
+    key = "caption_rules"
+    section = "filters"
+    reads = ("caption", "caption_bad_encoding")
+    optional_reads = ("synthetic_captions",)
+    writes = pa.schema([
+        ("caption_text", pa.string()),
+        ("caption_chars", pa.int32()),
+        ("caption_words", pa.int32()),
+        ("caption_junk", pa.string()),
+        ("synthetic_caption_chars", pa.list_(pa.int32())),
+        ("synthetic_caption_words", pa.list_(pa.int32())),
+        ("synthetic_caption_junk", pa.list_(pa.string())),
+    ])
+    # filters.max_caption_chars is fixed for a run: longer captions' words are never counted.
+    thresholds = ("filters.min_caption_words", "filters.max_caption_words", "filters.junk_captions")
+    kinds = ("pairs",)
+    rows = "downloaded"
+    # Per candidate caption: its column for the original, and the list column of its synthetic captions.
+    caption_columns = {
+        "chars": ("caption_chars", "synthetic_caption_chars"),
+        "words": ("caption_words", "synthetic_caption_words"),
+        "junk": ("caption_junk", "synthetic_caption_junk"),
+        "bad_encoding": ("caption_bad_encoding", None),
+    }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        limit = self.cfg.filters.max_caption_chars
+        captions = batch.column("caption").to_pylist()
+        synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
+                     else [None] * batch.num_rows)
+        out: dict[str, list] = {field.name: [None] * batch.num_rows for field in self.writes}
+        for i in self.todo(batch):
+            out["caption_text"][i] = " ".join((captions[i] or "").split())
+            out["caption_chars"][i], out["caption_words"][i], out["caption_junk"][i] = caption_facts(captions[i], limit)
+            if synthetic[i] is not None:
+                facts = [caption_facts(text, limit) for text in synthetic[i]]
+                for j, name in enumerate(("chars", "words", "junk")):
+                    out[f"synthetic_caption_{name}"][i] = [f[j] for f in facts]
+        return self.append(batch, out)
+
+    def rules(self) -> list[Rule]:
+        f = self.cfg.filters
+        rules = [
+            Rule.fixed("coalesce(bad_encoding, false)", R.CAPTION_BAD_ENCODING, scope="caption"),
+            Rule.fixed(f"chars > {f.max_caption_chars}", R.CAPTION_TOO_LONG, f"{f.max_caption_chars} chars",
+                       scope="caption"),
+            Rule.fixed("coalesce(words, 0) = 0", R.CAPTION_EMPTY, scope="caption"),
+        ]
+        if f.junk_captions:
+            rules.append(Rule("junk IS NOT NULL", R.CAPTION_JUNK.sql_with("junk"), (R.CAPTION_JUNK,), scope="caption"))
+        return rules + [
+            Rule.fixed(f"words < {f.min_caption_words}", R.CAPTION_TOO_SHORT, f.min_caption_words, scope="caption"),
+            Rule.fixed(f"words > {f.max_caption_words}", R.CAPTION_TOO_LONG, f.max_caption_words, scope="caption"),
+        ]
