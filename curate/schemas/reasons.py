@@ -2,10 +2,10 @@
 
 A reason is ``code`` or ``code:detail`` (``http_404``, ``clip_score_below:0.28``,
 ``duplicate_of:00000-0000000042``), so it groups with ``split_part(reason, ':', 1)``. A
-detail is ASCII letters, digits and ``._+-`` only, so a reason is safe to print whatever
-text it was built from (a server's error message, say); the one exception is an IPv6
-address, written in brackets as in a URL (``private_host:[::1]``), whose colons stay. The
-detail is everything after the first ``:``.
+detail built by :func:`reason` is ASCII letters, digits and ``._+-`` only, so a reason is
+safe to print whatever text it was built from (a server's error message, say); the one
+exception is an IPv6 address, written in brackets as in a URL (``private_host:[::1]``),
+whose colons stay. The detail is everything after the first ``:``.
 
 Every code curate can emit is a :class:`Code` in :data:`CODES`, with the status it goes with
 and its meaning; docs/manifest.md documents exactly these (``tests/test_vocabulary.py``), and
