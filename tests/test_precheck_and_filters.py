@@ -1,5 +1,3 @@
-import re
-
 import pytest
 
 from corpus import blocked_rows
@@ -81,7 +79,7 @@ def test_caption_rules_order_and_codes():
         ("failed_to_download", "<urlopen error [Errno 111] Connection refused>", "connection_error"),
         ("failed_to_download", "Use of image disallowed by X-Robots-Tag directive", "opted_out"),
         ("failed_to_resize", "Image decoding error", "not_an_image"),
-        ("failed_to_download", "something odd: happened", "download_error:something_odd_happened"),
+        ("failed_to_download", "something odd: happened", "download_error"),  # never the message
     ],
 )
 def test_download_reason_mapping(status, message, expected):
@@ -109,11 +107,10 @@ def test_a_verified_verdict_is_the_reason_whatever_the_message(verdict):
      "curate-verdict private_host:169.254.169.254 #" + "0" * 32, "HTTP/1.1 2xx curate-refused private_host:10.0.0.1 [/bold]"],
 )
 def test_verdict_text_in_a_message_is_never_a_verdict(message):
-    """Text a server can put in the message never makes a row blocked, and reaches the
-    reason only reduced to a safe detail."""
+    """Text a server can put in the message never makes a row blocked, and never reaches
+    the reason."""
     got = download_reason("failed_to_download", message)
-    assert got.split(":")[0] in ("download_error", "connection_error"), got
-    assert re.fullmatch(r"[a-z_]+(:[A-Za-z0-9._+-]+)?", got), got
+    assert got in ("download_error", "connection_error"), got
 
 
 def test_img2dataset_messages_still_map():

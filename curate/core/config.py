@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -53,10 +53,24 @@ class InputConfig(_Section):
     format: InputFormat | None = Field(None, description="inferred from the extension when omitted")
     url_col: str = "url"
     caption_col: str = "caption"
+    encoding: str = Field(
+        "utf-8", description="text inputs (csv, tsv, jsonl): their encoding, e.g. cp1252; a UTF-16/32 byte-order mark wins"
+    )
     kind: Literal["pairs", "documents"] = Field(
         "pairs", description="pairs: one image and its alt-text per row; documents: interleaved web documents"
     )
     documents: DocumentsInputConfig = DocumentsInputConfig()
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (a Python codec name: utf-8, cp1252, latin-1, utf-16, shift_jis...)") from None
+        return value
 
 
 class InterleavedConfig(_Section):
@@ -87,12 +101,23 @@ class OutputConfig(_Section):
         return list(dict.fromkeys(value))
 
 
+# encode_format -> (default encode_quality, lowest, highest, what the number means). For
+# png, img2dataset passes it to cv2 as the zlib compression level, which must be 0-9.
+ENCODE_QUALITY: dict[str, tuple[int, int, int, str]] = {
+    "jpg": (95, 1, 100, "JPEG quality"),
+    "webp": (95, 1, 100, "WebP quality"),
+    "png": (3, 0, 9, "PNG compression level (lossless; 9 smallest and slowest)"),
+}
+
+
 class DownloadConfig(_Section):
     image_size: int = Field(256, ge=8, le=8192)
     resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "border"
     resize_only_if_bigger: bool = False
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
+    encode_quality: int | None = Field(
+        None, ge=0, le=100, validate_default=True, description="jpg, webp: quality 1-100 (default 95); png: compression level 0-9 (default 3)"
+    )
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(0, ge=0)
     processes: int = Field(1, ge=1)
@@ -115,6 +140,30 @@ class DownloadConfig(_Section):
         60.0, gt=0, description="a whole response (headers and body) must arrive within this; timeout is per read"
     )
     max_redirects: int = Field(5, ge=0, description="longer redirect chains are refused (too_many_redirects)")
+    max_decode_bytes: int = Field(
+        512 * 2**20, ge=1, description="images whose decoded pixels (width x height x channels x bytes per channel, "
+        "from the header) would take more are refused before decoding"
+    )
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `no` (or `off`) as false: `resize_mode: no` means "no".
+        return "no" if value is False else value
+
+    @field_validator("encode_quality")
+    @classmethod
+    def _quality_for_format(cls, value: int | None, info: ValidationInfo) -> int | None:
+        fmt = info.data.get("encode_format")  # absent when encode_format itself is invalid
+        if fmt is None:
+            return value
+        default, low, high, meaning = ENCODE_QUALITY[fmt]
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise ValueError(f"{value} does not fit encode_format {fmt}: for {fmt} it is the {meaning}, "
+                             f"{low}-{high} (leave it out for the default, {default})")
+        return value
 
     @field_validator("allowed_networks")
     @classmethod
@@ -191,6 +240,20 @@ class CaptionConfig(ModelComputeConfig):
         return self
 
 
+class AestheticConfig(ModelComputeConfig):
+    """The aesthetic stage (curate.stages.aesthetic): LAION's improved aesthetic predictor."""
+
+    model: str | None = Field(
+        None, description="a .pth/.safetensors state dict of LAION's improved-aesthetic-predictor layout, or "
+        "curate:tiny-aesthetic; None: stage off (needs clip.model: it reads the CLIP image embeddings)"
+    )
+    min_score: float | None = Field(None, description="filter: aesthetic_score below this is filtered (LAION-Aesthetics: 5, 6, 6.5)")
+    # Five matrix products per batch: a small share of a CPU and large batches.
+    batch_size: int = Field(1024, ge=1)
+    num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor")
+    num_gpus: float | None = Field(0, ge=0, description="GPUs per actor: 0, the head runs with numpy")
+
+
 class CapfiltConfig(_Section):
     mode: Literal["capfilt", "filter_only", "caption_only"] = Field(
         "capfilt", description="capfilt: filter original and synthetic captions; filter_only: no captioner; "
@@ -209,6 +272,9 @@ class DedupeConfig(_Section):
     enabled: bool = True
     exact: bool = Field(True, description="identical bytes (sha256) or identical decoded pixels")
     near: bool = Field(True, description="CLIP image-embedding cosine >= threshold (needs the CLIP stage)")
+    phash: bool = Field(False, description="64-bit perceptual hashes within phash_distance bits (the phash stage; no CLIP needed)")
+    phash_distance: int = Field(10, ge=0, le=64, description="largest Hamming distance of two pHashes of one picture "
+                                "(10: Krawetz 2011, 'Looks Like It'); docs/dedupe.md")
     threshold: float | None = Field(None, gt=0, le=1, description="None: the documented default (docs/dedupe.md)")
     keep: str = Field("clip_score", description="the copy of a duplicate group that is kept: the highest score of "
                       "clip_score | itm | resolution | first (the smallest sample_id), or a score a stage offers")
@@ -256,6 +322,7 @@ class CurateConfig(_Section):
     itm: ItmConfig = ItmConfig()
     caption: CaptionConfig = CaptionConfig()
     capfilt: CapfiltConfig = CapfiltConfig()
+    aesthetic: AestheticConfig = AestheticConfig()
     interleaved: InterleavedConfig = InterleavedConfig()
     dedupe: DedupeConfig = DedupeConfig()
     report: ReportConfig = ReportConfig()
@@ -288,13 +355,15 @@ class CurateConfig(_Section):
 
 
 def infer_format(path: str) -> InputFormat:
-    lowered = path.rstrip("/").lower()
+    from curate.core.input_decoding import split_compression
+
+    lowered = split_compression(path.rstrip("/").lower())[0]  # urls.csv.gz is csv
     for extension, fmt in _EXTENSION_FORMATS.items():
         if lowered.endswith(extension) or lowered.endswith(f"*{extension}"):
             return fmt
     raise ConfigError(
         f"input.format: cannot infer the format of {path!r} from its extension; "
-        f"set input.format to one of parquet, csv, tsv, jsonl"
+        f"set input.format to one of parquet, csv, tsv, jsonl (compressed: .gz, .bz2, .zst after the format's extension)"
     )
 
 
@@ -331,6 +400,9 @@ def format_validation_error(error: ValidationError) -> str:
             message = "unknown key (see docs/config.md for the allowed keys)"
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] == "literal_error" and isinstance(item.get("input"), bool):
+            # YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans
+            message += f"; YAML read an unquoted word as the boolean {str(item['input']).lower()}: quote it"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 

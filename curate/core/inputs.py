@@ -4,9 +4,16 @@ A sample_id is ``FFFFF-RRRRRRRRRR``: the input file's position in the sorted fil
 the row's position in that file. It is stable across re-runs of the same input, sorts in
 input order, and names where a row came from.
 
-Reading goes through pyarrow's own readers. The URL and caption columns are read as
-bytes and decoded here with replacement, so a caption that is not valid UTF-8 becomes a
-recorded reason (``caption_bad_encoding``) instead of a reader crash.
+Reading goes through pyarrow's own readers, on the file decompressed (``.gz``, ``.bz2``,
+``.zst``) and, for text, transcoded to UTF-8 (``curate.core.input_decoding``). CSV and
+TSV cells are text as written: only empty cells are missing (not ``NA``, ``null``,
+``NaN``: those are captions too), and TSV has no quoting (a ``"`` is a character).
+
+The URL and caption columns are read as bytes and decoded here. A cell that is not valid
+UTF-8 is decoded with replacement and recorded (``caption_bad_encoding``; a URL becomes
+``url_invalid`` at the precheck), so a few broken cells never stop a run. A text file
+whose cells are never UTF-8 where they are not ASCII is in another encoding: it stops the
+run with where and what it looks like (``input.encoding`` reads it).
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import pyarrow.parquet as pq
 
 from curate.core import storage
 from curate.core.config import CurateConfig, InputConfig
+from curate.core.input_decoding import (
+    Undecodable, first_invalid_utf8, is_utf8, not_utf8_message, open_input, split_compression,
+)
 from curate.schemas.columns import ROWS as ROWS_SCHEMA
 
 EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv",), "tsv": (".tsv",), "jsonl": (".jsonl", ".json")}
@@ -50,7 +60,7 @@ def resolve_input_files(cfg: InputConfig) -> list[InputFile]:
     if any(ch in path for ch in "*?["):
         paths = fs.glob(path)
     elif fs.isdir(path):
-        paths = [p for p in fs.find(path) if p.lower().endswith(extensions)]
+        paths = [p for p in fs.find(path) if split_compression(p.lower())[0].endswith(extensions)]
     elif fs.exists(path):
         paths = [path]
     else:
@@ -61,18 +71,32 @@ def resolve_input_files(cfg: InputConfig) -> list[InputFile]:
     return [InputFile(i, storage.to_uri(fs, p), int(fs.size(p) or 0)) for i, p in enumerate(paths)]
 
 
+def _csv_options(cfg: InputConfig) -> tuple[pa_csv.ParseOptions, pa_csv.ConvertOptions]:
+    tsv = cfg.format == "tsv"
+    # TSV (IANA text/tab-separated-values) has no quoting: a cell is the text between
+    # tabs. pyarrow would honour '"' and merge lines into one cell up to the next quote.
+    parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False) if tsv else pa_csv.ParseOptions(newlines_in_values=True)
+    convert = pa_csv.ConvertOptions(
+        column_types={cfg.url_col: pa.binary(), cfg.caption_col: pa.binary()},
+        include_columns=[cfg.url_col, cfg.caption_col],  # the others are never decoded
+        null_values=[""],  # not pyarrow's NA, N/A, NaN, null, ...: captions can say those
+        strings_can_be_null=True,
+    )
+    return parse, convert
+
+
 def read_raw(uri: str, cfg: InputConfig) -> pa.Table:
-    fs, path = storage.fs_and_path(uri)
-    text_types = {cfg.url_col: pa.binary(), cfg.caption_col: pa.binary()}
-    with fs.open(path, "rb") as handle:
+    """The rows of one input file as pyarrow reads them (CSV/TSV: the URL and caption
+    columns only, as binary). Raises Undecodable for text not valid in ``input.encoding``,
+    pyarrow's errors for a file that is not its format."""
+    text = cfg.format != "parquet"
+    with open_input(uri, cfg.encoding if text else None) as handle:
         if cfg.format == "parquet":
-            return pq.read_table(handle)
+            # Parquet needs random access: a compressed file is read into memory first.
+            return pq.read_table(pa.BufferReader(handle.read()) if split_compression(uri)[1] else handle)
         if cfg.format in ("csv", "tsv"):
-            return pa_csv.read_csv(
-                handle,
-                parse_options=pa_csv.ParseOptions(delimiter="\t" if cfg.format == "tsv" else ",", newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
-            )
+            parse, convert = _csv_options(cfg)
+            return pa_csv.read_csv(handle, parse_options=parse, convert_options=convert)
         table = pa_json.read_json(handle)
     # pyarrow's JSON reader can build list columns whose offsets overrun their values when a
     # list starts with null (apache/arrow#51305, open in 26.0.1): refuse them, never read garbage.
@@ -80,11 +104,26 @@ def read_raw(uri: str, cfg: InputConfig) -> pa.Table:
     return table
 
 
+def _header(uri: str, cfg: InputConfig) -> list[str]:
+    """The column names on a CSV/TSV file's first line (for error messages)."""
+    import csv
+
+    with open_input(uri, cfg.encoding) as handle:
+        line = handle.readline(1 << 20).decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    if cfg.format == "tsv":
+        return line.split("\t")
+    return next(csv.reader([line]), [])
+
+
 def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """Text column -> (utf-8 strings, per-row 'was not valid UTF-8' flags)."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        array = column.combine_chunks().cast(pa.string())
-        return array, np.zeros(len(array), dtype=bool)
+        array = column.combine_chunks()
+        try:
+            array.validate(full=True)  # Parquet readers don't check UTF-8 (some writers break it)
+            return array.cast(pa.string()), np.zeros(len(array), dtype=bool)
+        except pa.ArrowInvalid:
+            column = pa.chunked_array([array.view(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary())])
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         values, flags = [], np.zeros(len(column), dtype=bool)
         for i, raw in enumerate(column.to_pylist()):
@@ -104,18 +143,56 @@ def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     return pa.array(values, pa.string()), np.zeros(len(column), dtype=bool)
 
 
-def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
+def _utf8_beyond_ascii(values: pa.Array, bad: np.ndarray) -> bool:
+    """Whether some cell holds valid UTF-8 that is not plain ASCII."""
+    ascii_only = pc.fill_null(pc.string_is_ascii(values), True).to_numpy(zero_copy_only=False)
+    return bool(np.any(~ascii_only & ~bad))
+
+
+def _not_utf8(item: InputFile, cfg: InputConfig) -> InputError | None:
+    where = first_invalid_utf8(item.uri)
+    if where is None:
+        return None
+    return InputError(not_utf8_message(item.uri, "utf-8", where.offset, where.bad, where.line, where.sample))
+
+
+def _read(item: InputFile, cfg: InputConfig) -> pa.Table:
     try:
-        raw = read_raw(item.uri, cfg)
+        return read_raw(item.uri, cfg)
+    except Undecodable as where:
+        with open_input(item.uri) as handle:
+            sample = handle.read(64 * 1024)
+        raise InputError(not_utf8_message(item.uri, where.encoding, where.offset, where.bad, sample=sample)) from None
+    except pa.ArrowKeyError:  # include_columns: a column is not in the file
+        columns = _header(item.uri, cfg)
+        missing = [(k, c) for k, c in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col))
+                   if c not in columns]
+        role, col = missing[0] if missing else ("input.url_col", cfg.url_col)
+        raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {columns}") from None
     except (pa.ArrowInvalid, OSError, ValueError) as error:
-        raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
+        # JSON must be UTF-8 throughout: a byte that is not makes pyarrow's reader fail.
+        problem = _not_utf8(item, cfg) if cfg.format == "jsonl" and is_utf8(cfg.encoding) else None
+        raise (problem or InputError(f"input file {item.uri} is not valid {cfg.format}: {error}")) from None
+
+
+def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
+    """One input file -> ROWS_SCHEMA rows. Raises InputError (what and where) for a file
+    that can't be read as ``cfg.format`` in ``cfg.encoding``, or lacks a column."""
+    raw = _read(item, cfg)
     for role, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):
         if col not in raw.column_names:
             raise InputError(
                 f"{role}: column {col!r} not found in {item.uri}; its columns are {raw.column_names}"
             )
-    urls, _ = _decode(raw.column(cfg.url_col))
+    urls, bad_urls = _decode(raw.column(cfg.url_col))
     captions, bad = _decode(raw.column(cfg.caption_col))
+    if (cfg.format != "parquet" and (bad.any() or bad_urls.any())
+            and not (_utf8_beyond_ascii(urls, bad_urls) or _utf8_beyond_ascii(captions, bad))):
+        # Not one cell is UTF-8 beyond ASCII, and some are not UTF-8: the file is in
+        # another encoding (Excel's cp1252...), not UTF-8 with a few broken cells.
+        problem = _not_utf8(item, cfg)
+        if problem is not None:
+            raise problem
     n = raw.num_rows
     return pa.table(
         {

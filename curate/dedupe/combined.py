@@ -77,7 +77,6 @@ def find_duplicates(
     copies = np.flatnonzero(exact != np.arange(n))
     edges = [("exact", copies, exact[copies])]
     reps = np.flatnonzero(exact == np.arange(n))  # first row of each exact group, and nulls
-    on_searched(n - len(reps))  # exact copies are settled: they go with their group's first row
     kinds = [(kind, search) for kind, search in searches]
     if emb is not None:
         emb = fx.check_embeddings(emb)
@@ -90,13 +89,15 @@ def find_duplicates(
             return i, j
 
         kinds.append(("embedding", embedding))
+    if not kinds:
+        on_searched(n)  # exact dedupe only: every row is settled by its key
+    else:
+        on_searched(n - len(reps))  # exact copies are settled: they go with their group's first row
     for k, (kind, search) in enumerate(kinds):
         i, j = search(order[reps])
         edges.append((kind, reps[np.asarray(i, np.int64)], reps[np.asarray(j, np.int64)]))
         if k == len(kinds) - 1 and kind != "embedding":
             on_searched(len(reps))
-    if not kinds:
-        on_searched(len(reps))  # exact dedupe only: every row is settled by its key
     labels = duplicate_groups(n, (np.concatenate([e[1] for e in edges]), np.concatenate([e[2] for e in edges])))
     scores_c = None if scores is None else np.asarray(scores, np.float64)[order]
     dup_c = choose_survivors(ids[order], labels, scores_c, keep)

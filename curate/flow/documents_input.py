@@ -21,14 +21,15 @@ recorded with ``doc_error`` and never reaches a model: nothing is dropped silent
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 
-from curate.core import storage
 from curate.core.config import DocumentsInputConfig, InputConfig
+from curate.core.input_decoding import open_input
 from curate.core.inputs import InputError, InputFile, read_raw, sample_id
-from curate.schemas.columns import DOCUMENT_IMAGE_ROWS, DOCUMENTS
 from curate.schemas import reasons as R
+from curate.schemas.columns import DOCUMENT_IMAGE_ROWS, DOCUMENTS
 
 # A row beyond these is not a web page (OBELICS keeps pages of at most 30 images): it is
 # recorded as malformed before anything is downloaded or scored, so one hostile row can't
@@ -103,16 +104,15 @@ def _required_columns(cfg: DocumentsInputConfig) -> list[tuple[str, str]]:
     return pairs + [("input.documents.keep_columns", c) for c in cfg.keep_columns]
 
 
-def _jsonl_rows(uri: str) -> list[dict | ValueError]:
+def _jsonl_rows(uri: str, encoding: str = "utf-8") -> list[dict | ValueError]:
     """Each line of a jsonl file as a dict, or the ValueError that says why it isn't one.
 
     Parsed with the json module, not pyarrow's JSON reader: that reader corrupts list columns
     whose lists start with null (apache/arrow#51305), common in OBELICS rows, and one odd
     row would otherwise fail the type inference of the whole file.
     """
-    fs, path = storage.fs_and_path(uri)
     rows: list[dict | ValueError] = []
-    with fs.open(path, "rb") as handle:
+    with open_input(uri, encoding) as handle:  # decompressed, UTF-8
         for line in handle:
             if not line.strip():
                 continue
@@ -127,7 +127,7 @@ def _jsonl_rows(uri: str) -> list[dict | ValueError]:
 
 def _read_rows(item: InputFile, cfg: InputConfig) -> list[dict | ValueError]:
     try:
-        rows = _jsonl_rows(item.uri) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
+        rows = _jsonl_rows(item.uri, cfg.encoding) if cfg.format == "jsonl" else read_raw(item.uri, cfg).to_pylist()
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         raise InputError(f"input file {item.uri} is not valid {cfg.format}: {error}") from None
     columns = {c for row in rows if isinstance(row, dict) for c in row}
@@ -135,6 +135,13 @@ def _read_rows(item: InputFile, cfg: InputConfig) -> list[dict | ValueError]:
         if rows and col not in columns:
             raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {sorted(columns)}")
     return rows
+
+
+def _problem_code(problem: ValueError) -> str:
+    """The parsers raise fixed codes (``texts_and_images_differ_in_length``); any other
+    ValueError's text is not a reason: it becomes ``unreadable_row``."""
+    text = str(problem)
+    return text if re.fullmatch(r"[a-z0-9_]{1,80}", text) else "unreadable_row"
 
 
 def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa.Table]:
@@ -154,7 +161,7 @@ def read_documents_file(item: InputFile, cfg: InputConfig) -> tuple[pa.Table, pa
             if len(texts) > MAX_TEXTS_PER_DOCUMENT:
                 raise ValueError(f"more_than_{MAX_TEXTS_PER_DOCUMENT}_texts")
         except ValueError as problem:
-            texts, found, error = [], [], R.MALFORMED_DOCUMENT(problem)
+            texts, found, error = [], [], R.MALFORMED_DOCUMENT(_problem_code(problem))
         docs.append({
             "sample_id": doc_id, "input_file": item.uri, "input_row": r, "texts": texts,
             "n_images_in": len(found), "doc_error": error,

@@ -28,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from curate.core.config import InterleavedConfig
 from curate.schemas import reasons as R
 from curate.schemas.status import Status
+from curate.stages.cheap_filters import count_words
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Document:
 
     @property
     def words(self) -> int:
-        return sum(len(t.split()) for t in self.texts)
+        return sum(count_words(t) for t in self.texts)
 
     @property
     def placed(self) -> list[Image]:

@@ -54,6 +54,20 @@ def resolve(model: str, pretrained: str | None) -> ClipRef:
     return ClipRef(model, pretrained)
 
 
+def embedding_dim(ref: ClipRef) -> int | None:
+    """The dimension of a resolved model's embeddings, from its config alone (no weights
+    loaded); None where only the hub knows (hf-hub: references)."""
+    import json
+
+    import open_clip
+
+    if ref.model.startswith("local-dir:"):
+        config = json.loads((Path(ref.model[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        return int(config["model_cfg"]["embed_dim"])
+    config = None if ref.model.startswith("hf-hub:") else open_clip.get_model_config(ref.model)
+    return int(config["embed_dim"]) if config else None
+
+
 def load(ref: ClipRef, device: str = "cpu", precision: str = "fp32"):
     """(model in eval mode, preprocess transform, tokenizer) for a resolved reference."""
     import open_clip

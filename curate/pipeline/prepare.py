@@ -17,14 +17,20 @@ from curate.core.config import DownloadConfig
 from curate.core.inputs import InputFile
 from curate.core.rundir import RunDir
 from curate.flow.plan import Plan
+from curate.schemas import reasons as R
 from curate.schemas.columns import BLOCKED_REASON
+from curate.stages.browser_url import browser_url
 from curate.stages.precheck import check_url
 
 
-def _with_precheck(rows: pa.Table, download: DownloadConfig) -> pa.Table:
+def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, pa.Array]:
+    """(rows with ``blocked_reason``, the URL to fetch for each row). The check judges the
+    URL as a browser would request it (curate.stages.browser_url); rows keep the input's."""
     allow, networks = download.allow_private_hosts, tuple(download.allowed_networks)
-    reasons = [check_url(u, allow, networks) for u in rows.column("url").to_pylist()]
-    return rows.append_column(BLOCKED_REASON, pa.array(reasons, pa.string()))
+    fetch = [browser_url(u) for u in rows.column("url").to_pylist()]
+    reasons = [R.URL_INVALID() if f is None and u else check_url(f, allow, networks)
+               for u, f in zip(rows.column("url").to_pylist(), fetch)]
+    return rows.append_column(BLOCKED_REASON, pa.array(reasons, pa.string())), pa.array(fetch, pa.string())
 
 
 class _DownloadListWriter:
@@ -62,9 +68,10 @@ def prepare(plan: Plan, run: RunDir, files: list[InputFile]) -> dict:
     writer = _DownloadListWriter(run, plan.cfg.download.shard_size)
     total = blocked = 0
     for item in files:
-        rows = _with_precheck(plan.kind.read(item, run), plan.cfg.download)
+        rows, fetch_urls = _with_precheck(plan.kind.read(item, run), plan.cfg.download)
         commits.write_parquet(storage.join(run.rows, f"part-{item.index:05d}.parquet"), rows)
-        to_fetch = rows.filter(pc.is_null(rows.column("blocked_reason")))
+        fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
+        to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason")))
         writer.add(to_fetch.select(list(plan.kind.download_columns)))
         total += rows.num_rows
         blocked += rows.num_rows - to_fetch.num_rows

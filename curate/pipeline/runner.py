@@ -21,12 +21,12 @@ from rich.text import Text
 
 from curate.core import lifeline, runlock, storage
 from curate.core.config import ConfigError, CurateConfig, config_changes
-from curate.core.inputs import InputError
 from curate.core.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, rows_in, scored_rows, stage_counts_dir,
 )
 from curate.core.ray_session import start_ray
 from curate.core.rundir import RunDir
+from curate.core.textsafe import literal
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.manifest import build_manifest
@@ -37,7 +37,6 @@ from curate.pipeline.run_inputs import input_changes, input_state, list_run_inpu
 from curate.pipeline.score import TASK_CPUS, run_score
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
-from curate.core.textsafe import literal
 
 
 @dataclass
@@ -151,23 +150,19 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
     for damaged in verify_run(run):  # committed work is checked, not trusted
         console.print(literal(f"resume: {damaged}; done again", "yellow"))
     fresh = not storage.exists(run.config)
-    storage.makedirs(run.root)
-    storage.write_text(run.config, cfg.to_yaml())
-    storage.write_text(run.state, json.dumps(state))
-    lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    check_actor_fit(plan)
+    with _nothing_left_unless_started(run, fresh):
+        storage.makedirs(run.root)
+        storage.write_text(run.config, cfg.to_yaml())
+        storage.write_text(run.state, json.dumps(state))
+        lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
+        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        check_actor_fit(plan)
 
-    timings: dict = {}
-    progress = Progress(run, console)
-    console.rule("[bold]prepare")
-    try:
+        timings: dict = {}
+        progress = Progress(run, console)
+        console.rule("[bold]prepare")
         with progress.step("prepare", count=prepared_rows(run)):
             _step(run, "prepare", lambda: prepare(plan, run, files), timings, console)
-    except InputError:
-        if fresh:  # a malformed input leaves nothing behind
-            storage.remove_tree(run.root)
-        raise
     console.rule("[bold]download (img2dataset)")
     carried = [c for c in plan.kind.download_columns if c not in ("url", "caption")]
     with progress.step("download", total=lambda: rows_in(run.download_list), count=downloaded_rows(run)):
@@ -186,6 +181,30 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
         run_score(plan, run, shards)
     timings["score"] = round(time.perf_counter() - t, 2)
     return finish(plan, run, console, started, timings, progress)
+
+
+# What a run writes before its first step is committed: removed again when it stops there.
+def _start_entries(run: RunDir) -> list[str]:
+    return [run.config, run.state, run.rows, run.documents, run.download_list, run.progress_counts,
+            storage.join(run.root, "_done"), storage.join(run.root, "progress.json"), storage.join(run.root, "_commits")]
+
+
+@contextlib.contextmanager
+def _nothing_left_unless_started(run: RunDir, fresh: bool):
+    """A new run that stops before its input is prepared (a malformed or undecodable input
+    file, a model pool that can't fit, Ray failing to start, Ctrl-C) leaves nothing
+    behind, so the corrected command starts afresh instead of being refused as a resume
+    of another run. Only what curate writes goes: an --out folder that existed keeps the
+    rest of its files."""
+    root_existed = storage.exists(run.root)
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            for entry in [run.root] if not root_existed else _start_entries(run):
+                with contextlib.suppress(OSError):  # the original error is the one to report
+                    storage.remove_tree(entry)
+        raise
 
 
 def check_actor_fit(plan: Plan) -> None:

@@ -54,7 +54,7 @@ B, D, F, U = Status.BLOCKED, Status.DOWNLOAD_FAILED, Status.FILTERED, Status.DUP
 
 # -- blocked: never fetched ------------------------------------------------------------------
 URL_MISSING = Code("url_missing", B, "the url cell is NULL or empty")
-URL_INVALID = Code("url_invalid", B, "unparsable URL, no host, whitespace/control characters")
+URL_INVALID = Code("url_invalid", B, "unparsable URL, no host, control characters, or bytes that were not UTF-8")
 SCHEME_NOT_ALLOWED = Code("scheme_not_allowed", B, "only http and https are fetched (detail: the scheme)")
 PRIVATE_HOST = Code("private_host", B, "an address in a special-purpose range (detail: the address, IPv6 in brackets)")
 REDIRECT_TO_PRIVATE_HOST = Code("redirect_to_private_host", B, "a redirect led to such an address; not followed")
@@ -67,7 +67,14 @@ NOT_AN_IMAGE = Code("not_an_image", D, "the body is not a decodable image")
 IMAGE_TOO_LARGE = Code("image_too_large", D, "declared pixel count above download.max_image_pixels")
 BODY_TOO_LARGE = Code("body_too_large", D, "the body exceeds download.max_body_bytes")
 OPTED_OUT = Code("opted_out", D, "an X-Robots-Tag forbids the use")
-DOWNLOAD_ERROR = Code("download_error", D, "any other downloader error")
+INCOMPLETE_BODY = Code("incomplete_body", D, "the connection ended before Content-Length bytes came")
+CONTENT_ENCODING_INVALID = Code("content_encoding_invalid", D, "the body does not decode as its Content-Encoding says")
+CONTENT_ENCODING_UNSUPPORTED = Code("content_encoding_unsupported", D, "a Content-Encoding other than gzip, deflate, br, zstd")
+BAD_HTTP_RESPONSE = Code("bad_http_response", D, "the answer is not valid HTTP")
+INVALID_REQUEST = Code("invalid_request", D, "urllib refused to send the request (a URL it can't encode, a bad port)")
+TLS_ERROR = Code("tls_error", D, "a TLS or certificate failure")
+RESIZE_ERROR = Code("resize_error", D, "the image decoded but img2dataset's resizer (cv2) failed on it")
+DOWNLOAD_ERROR = Code("download_error", D, "any other download error (the message is in RUN/downloaded's error_message)")
 MISSING_FROM_DOWNLOADER = Code("missing_from_downloader", D, "the downloader returned no row for this sample")
 # -- filtered: image rules -------------------------------------------------------------------
 IMAGE_TOO_SMALL = Code("image_too_small", F, "shorter original side below filters.min_side")
@@ -81,6 +88,7 @@ CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_capt
                                                "than filters.max_caption_chars")
 # -- filtered: model scores -----------------------------------------------------------------
 CLIP_SCORE_BELOW = Code("clip_score_below", F, "clip_score below clip.min_score")
+AESTHETIC_SCORE_BELOW = Code("aesthetic_score_below", F, "aesthetic_score below aesthetic.min_score")
 ITM_PROB_BELOW = Code("itm_prob_below", F, "itm_prob below itm.min_prob (capfilt.synthetic_min_prob for synthetic captions)")
 # -- filtered: the caption decision (CapFilt) -------------------------------------------------
 NO_CAPTION_PASSED = Code("no_caption_passed", F, "neither the original nor any synthetic caption passed")

@@ -7,7 +7,10 @@ refilter can change ``filters.min_caption_words`` and friends without re-reading
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
+
+import regex
 
 _IMAGE_EXT = r"(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"
 _FILE_NAME = re.compile(rf"^[\w\-. ()]*\.{_IMAGE_EXT}$", re.IGNORECASE)
@@ -22,7 +25,35 @@ _BOILERPLATE = {
     "add to cart", "view product", "see more", "default", "featured image", "image not found",
 }
 _BOILERPLATE_PREFIXES = ("click here", "buy now", "shop now", "add to cart", "free shipping", "sale ")
-JUNK_KINDS = ("file_name", "url", "boilerplate", "mostly_symbols")
+
+
+# Scripts written without spaces between words: a whitespace split sees one "word" per
+# sentence. ICU's word segmenter knows their words (dictionaries for Chinese, Japanese,
+# Thai, Lao, Khmer, Burmese). Korean puts spaces between words: the split is right there.
+_UNSPACED = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
+_segmenters = threading.local()
+
+
+def _segmented_words(token: str) -> int:
+    """Words ICU's (UAX #29 + dictionary) word segmenter finds in ``token``, punctuation left out."""
+    breaker = getattr(_segmenters, "word", None)
+    if breaker is None:
+        import icu  # PyICU
+
+        breaker = _segmenters.word = icu.BreakIterator.createWordInstance(icu.Locale.getRoot())
+    breaker.setText(token)
+    words = 0
+    for _ in breaker:
+        words += breaker.getRuleStatus() != 0  # status 0 (UBRK_WORD_NONE): spaces, punctuation
+    return max(words, 1)
+
+
+def count_words(text: str) -> int:
+    """Words in ``text``, per script: whitespace-separated tokens, except that a token with
+    letters of a script written without spaces (Han, Hiragana, Katakana, Thai, Lao, Khmer,
+    Myanmar) counts the words ICU's word segmenter finds in it (``一只红色的自行车靠在墙上``
+    is 8 words: 一只/红色/的/自行/车/靠在/墙/上). ``iPhone 15 发布会`` is 4."""
+    return sum(_segmented_words(token) if _UNSPACED.search(token) else 1 for token in text.split())
 
 
 def normalize_caption(caption: str) -> str:
@@ -30,13 +61,8 @@ def normalize_caption(caption: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", caption).split())
 
 
-def count_words(text: str) -> int:
-    """Words of a normalised caption."""
-    return len(text.split())
-
-
 def junk_kind(caption: str) -> str | None:
-    """Why a (normalised, non-empty) caption is junk (one of JUNK_KINDS), or None."""
+    """Why a (normalised, non-empty) caption is junk (file_name, url, boilerplate, mostly_symbols), or None."""
     lowered = caption.lower().strip(" .!:-_|")
     if _FILE_NAME.match(caption) or _CAMERA_NAME.match(caption):
         return "file_name"

@@ -22,6 +22,7 @@ import signal
 from curate.core import storage
 from curate.core.config import DownloadConfig
 from curate.schemas.reasons import reason
+from curate.stages.download_errors import download_error_code
 from curate.stages.safe_fetch import FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
@@ -42,7 +43,8 @@ def download_reason(status: str | None, error_message: str | None, fetch_reason:
     the message can hold text a server wrote. The message is read only for what
     img2dataset reports itself (X-Robots-Tag, the resizer), and for shards downloaded by
     an earlier curate that had no ``fetch_reason``; whatever it says, it can only make the
-    row a download failure, and its text reaches the reason only as a sanitised detail."""
+    row a download failure with a stable code (curate.stages.download_errors), never
+    with its text."""
     if status == "success":
         return None
     if fetch_reason:
@@ -64,7 +66,7 @@ def download_reason(status: str | None, error_message: str | None, fetch_reason:
         return reason("not_an_image")
     if "urlopen error" in lowered or "connection" in lowered or "remote end closed" in lowered:
         return reason("connection_error")
-    return reason("download_error", message[:60] or status or "unknown")
+    return download_error_code(status, message)  # a stable code, never the message
 
 
 def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:

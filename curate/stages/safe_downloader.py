@@ -17,6 +17,7 @@ from img2dataset.logger import LoggerProcess
 
 from curate.core import commits, storage
 from curate.core.lifeline import die_with_parent
+from curate.stages.image_decode import UprightResizer
 from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
 
 # The column of a downloaded shard that holds the reason of a failed row, as verified in
@@ -47,7 +48,9 @@ class SafeDownloader(Downloader):
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)
         self.fetch_policy = fetch_policy
-        self.resizer = PixelCappedResizer(self.resizer, fetch_policy.max_image_pixels)
+        # header pixel cap, then our decode (upright, 8-bit, alpha on white, memory budget), then cv2
+        upright = UprightResizer(self.resizer, fetch_policy.max_decode_bytes)
+        self.resizer = PixelCappedResizer(upright, fetch_policy.max_image_pixels)
         self.sample_writer_class = functools.partial(VerdictWriter, self.sample_writer_class)
 
     def __call__(self, row):

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 from curate.schemas.reasons import reason
 from curate.stages.address_policy import AddressPolicy, address_text
+from curate.stages.content_encoding import ContentRefused, decode_content
 from curate.stages.precheck import ALLOWED_SCHEMES
 
 _CHUNK = 64 * 1024
@@ -100,7 +101,8 @@ class FetchFailed(FetchVerdict):
 
 def classify(error: BaseException) -> FetchVerdict:
     """The verdict for any error raised while fetching, from its type and typed fields
-    only (an HTTP status is an int), never from its message."""
+    only (an HTTP status is an int), never from its message: the codes
+    curate.stages.download_errors names for the same failures."""
     if isinstance(error, FetchVerdict):
         return error
     if isinstance(error, urllib.error.HTTPError):
@@ -108,17 +110,23 @@ def classify(error: BaseException) -> FetchVerdict:
         return FetchFailed(f"http_{int(error.code)}")
     if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
         return classify(error.reason)  # urllib wraps errors raised while sending
+    if isinstance(error, urllib.error.URLError):  # its reason is text: urllib refused the request itself
+        return FetchFailed("invalid_request")
     if isinstance(error, TimeoutError):  # socket.timeout too
         return FetchFailed("timeout")
-    if isinstance(error, ssl.SSLError):
-        return FetchFailed("connection_error", "tls")
-    if isinstance(error, (ConnectionError, urllib.error.URLError)):  # refused, reset, no host
+    if isinstance(error, ssl.SSLError):  # (an OSError: before the general case)
+        return FetchFailed("tls_error")
+    if isinstance(error, http.client.IncompleteRead):  # closed before Content-Length bytes came
+        return FetchFailed("incomplete_body")
+    if isinstance(error, ConnectionError):  # refused, reset
         return FetchFailed("connection_error")
-    if isinstance(error, http.client.HTTPException):  # a malformed status line or headers
-        return FetchFailed("download_error", "bad_response")
+    if isinstance(error, http.client.HTTPException):  # a malformed status line, headers too long
+        return FetchFailed("bad_http_response")
+    if isinstance(error, (ValueError, UnicodeError)):  # a URL urllib won't send (bad port, unencodable)
+        return FetchFailed("invalid_request")
     if isinstance(error, OSError):  # DNS (gaierror), unreachable network, ...
         return FetchFailed("connection_error")
-    return FetchFailed("download_error", type(error).__name__)
+    return FetchFailed("download_error")
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ class FetchPolicy:
     max_fetch_seconds: float = 60.0
     max_redirects: int = 5
     max_image_pixels: int = 178_956_970
+    max_decode_bytes: int = 512 * 2**20  # see curate.stages.image_decode
 
     @classmethod
     def from_config(cls, cfg) -> "FetchPolicy":
@@ -140,6 +149,7 @@ class FetchPolicy:
             max_fetch_seconds=cfg.max_fetch_seconds,
             max_redirects=cfg.max_redirects,
             max_image_pixels=cfg.max_image_pixels,
+            max_decode_bytes=cfg.max_decode_bytes,
         )
 
     def candidates(self, host: str, port: int) -> list[tuple[int, tuple]]:
@@ -269,7 +279,14 @@ class CappedResponse(http.client.HTTPResponse):
         while True:
             chunk = self.read1(_CHUNK)
             if not chunk:
-                return b"".join(chunks)
+                if self.length:  # closed before Content-Length bytes came: never a cut image
+                    raise http.client.IncompleteRead(b"".join(chunks), self.length)
+                # gzip etc. sent anyway (img2dataset asks for none): decoded, capped again
+                try:
+                    return decode_content(b"".join(chunks), self.getheader("Content-Encoding"),
+                                          self.policy.max_body_bytes)
+                except ContentRefused as refused:
+                    raise FetchRefused(refused.code, refused.detail) from None
             total += len(chunk)
             if total > self.policy.max_body_bytes:
                 raise FetchRefused("body_too_large", self.policy.max_body_bytes)

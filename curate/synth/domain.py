@@ -358,3 +358,27 @@ def _watermark(image: Image.Image, rng: random.Random) -> Image.Image:
 
 def _brighten(image: Image.Image, rng: random.Random) -> Image.Image:
     return ImageEnhance.Brightness(image).enhance(rng.uniform(0.88, 1.12))
+
+
+# -- visual quality: the target of the tiny aesthetic head ----------------------------------
+
+FULL_CONTRAST = 0.7  # luminance difference (0..1) that earns the whole contrast half
+FULL_FRAMING = 0.35  # fraction of the frame the object covers that earns the whole framing half
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """Relative luminance 0..1 of an sRGB colour, ITU-R BT.709 weights (no gamma)."""
+    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+
+
+def visual_quality(scene: Scene, mask: Image.Image) -> float:
+    """The domain's stand-in for aesthetics, on the 1..10 scale of the aesthetic predictors
+    (AVA's): half figure-ground contrast (the luminance difference of the object's colour and
+    the background's, full at FULL_CONTRAST), half framing (the share of the frame the object
+    fills, from ``render_with_mask``'s mask, full at FULL_FRAMING). A yellow dot on white
+    scores low, a large blue star on black high: composition, not content, the way a
+    photographer's rating rewards a clear, well-framed subject."""
+    contrast = abs(luminance(COLOURS[scene.colour]) - luminance(BACKGROUNDS[scene.background]))
+    framing = float(np.asarray(mask, np.float32).mean()) / 255
+    score = 0.5 * min(contrast / FULL_CONTRAST, 1.0) + 0.5 * min(framing / FULL_FRAMING, 1.0)
+    return 1.0 + 9.0 * score

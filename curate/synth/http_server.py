@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,11 +26,14 @@ class Route:
 
 class _Handler(BaseHTTPRequestHandler):
     routes: dict[str, Route] = {}
+    requests: list[str] = []  # request targets as received (path and query, still encoded)
     latency: float = 0.0
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        route = self.routes.get(self.path.split("?", 1)[0])
+        self.requests.append(self.path)
+        # Routes are keyed by the decoded path, as a static file server finds its files.
+        route = self.routes.get(urllib.parse.unquote(self.path.split("?", 1)[0]))
         if self.latency:
             time.sleep(self.latency)
         if route is None:
@@ -57,7 +61,8 @@ class CorpusServer:
     """Serve ``routes`` on 127.0.0.1 at a free port; ``latency`` is added to every request."""
 
     def __init__(self, routes: dict[str, Route], latency: float = 0.0):
-        handler = type("Handler", (_Handler,), {"routes": dict(routes), "latency": latency})
+        self.requests: list[str] = []  # every request target received, in order
+        handler = type("Handler", (_Handler,), {"routes": dict(routes), "latency": latency, "requests": self.requests})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

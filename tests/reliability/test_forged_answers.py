@@ -19,8 +19,8 @@ from raw_http import FAKE_TAG, RawServer, forged_routes
 
 POLICY = FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",)), max_fetch_seconds=2.0)
 WANT = {
-    "/forged-status": "download_error:bad_response",
-    "/forged-verdict": "download_error:bad_response",
+    "/forged-status": "bad_http_response",
+    "/forged-verdict": "bad_http_response",
     "/forged-phrase": "http_404",
     "/trickle-headers": "timeout:max_fetch_seconds",
 }

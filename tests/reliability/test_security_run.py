@@ -60,8 +60,8 @@ def _rows(files: CorpusServer, raw: RawServer) -> list[tuple[str | None, str, st
                               ("nat64local.test", "[64:ff9b:1::127.0.0.1]"), ("sitelocal.test", "[fec0::1]"),
                               ("ietf.test", "192.0.0.8")]],
         # 2: answers that try to choose their verdict; 5: headers trickled forever
-        (raw.url("/forged-status"), "forged status line", "download_failed", "download_error:bad_response"),
-        (raw.url("/forged-verdict"), "forged verdict", "download_failed", "download_error:bad_response"),
+        (raw.url("/forged-status"), "forged status line", "download_failed", "bad_http_response"),
+        (raw.url("/forged-verdict"), "forged verdict", "download_failed", "bad_http_response"),
         (raw.url("/forged-phrase"), "forged reason phrase", "download_failed", "http_404"),
         (raw.url("/trickle-headers"), "headers one byte at a time", "download_failed", "timeout:max_fetch_seconds"),
         # 3: hosts and captions that are markup or terminal control, on rows never fetched
@@ -113,7 +113,7 @@ def test_the_workers_record_their_verdict_beside_the_servers_text(security_run):
 
 def test_the_run_summary_prints_literally(security_run):
     _, run_root, printed, _ = security_run
-    assert "private_host" in printed and "timeout" in printed and "bad_response" not in printed  # codes only
+    assert "private_host" in printed and "timeout" in printed and "bad_http_response" in printed
     console = Console(record=True, force_terminal=True, width=200)
     hostile = {"rows_in": 3, "kept": 1, "wall_seconds": 1.0, "rows_per_second": 3.0,
                "statuses": {"kept": 1, "blocked [/bold]": 2},

@@ -1,0 +1,770 @@
+"""Inputs from the wild (issue #19): URLs, images, bodies, captions and configs that users
+actually have, each with the value the manifest and the stored image must show.
+
+Unit tests drive the real components (ada, ICU, Pillow, img2dataset's Resizer, the fetch
+opener against a real HTTP server on 127.0.0.1); the runs at the end go through the whole
+pipeline (real Ray, real img2dataset) and check the manifest rows and the stored pixels.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from curate.core.config import ConfigError, load_config
+
+# -- config: `resize_mode: no` in YAML, encode_format png with a quality ------------------
+
+
+def _config_file(tmp_path, download_yaml: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        input: {{path: {tmp_path / 'in.parquet'}}}
+        output: {{path: {tmp_path / 'run'}}}
+        download:
+        {textwrap.indent(download_yaml, '  ')}
+        """))
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["no", "No", "NO", "off", "false"])
+def test_resize_mode_no_unquoted_in_yaml_means_no(tmp_path, spelling):
+    """YAML 1.1 reads an unquoted `no` as false; the error used to say the value should be 'no'."""
+    cfg = load_config(_config_file(tmp_path, f"resize_mode: {spelling}"))
+    assert cfg.download.resize_mode == "no"
+    assert load_config(None, [f"input.path={tmp_path}/x.parquet", f"download.resize_mode={spelling}"],
+                       out=str(tmp_path / "r")).download.resize_mode == "no"
+
+
+def test_other_yaml_booleans_in_a_word_key_say_to_quote_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"download.resize_mode: .*YAML read an unquoted word as the boolean true: quote it"):
+        load_config(_config_file(tmp_path, "resize_mode: yes"))
+
+
+@pytest.mark.parametrize("fmt,default", [("jpg", 95), ("webp", 95), ("png", 3)])
+def test_encode_quality_defaults_per_format(tmp_path, fmt, default):
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet", f"download.encode_format={fmt}"], out=str(tmp_path / "r"))
+    assert cfg.download.encode_quality == default
+
+
+@pytest.mark.parametrize("settings,fits", [
+    (["download.encode_format=png", "download.encode_quality=95"], False),  # JPEG's scale on PNG
+    (["download.encode_format=png", "download.encode_quality=10"], False),
+    (["download.encode_format=png", "download.encode_quality=0"], True),
+    (["download.encode_format=png", "download.encode_quality=9"], True),
+    (["download.encode_format=jpg", "download.encode_quality=0"], False),
+    (["download.encode_format=webp", "download.encode_quality=100"], True),
+])
+def test_encode_quality_is_checked_against_the_format_at_start(tmp_path, settings, fits):
+    overrides = [f"input.path={tmp_path}/x.parquet", *settings]
+    if fits:
+        load_config(None, overrides, out=str(tmp_path / "r"))
+        return
+    with pytest.raises(ConfigError, match=r"download.encode_quality: .*does not fit encode_format (png|jpg): for \w+ it is the"):
+        load_config(None, overrides, out=str(tmp_path / "r"))
+
+
+def test_a_run_started_by_the_previous_version_resumes(tmp_path):
+    """It stored encode_quality: 95 (then the jpg default) and lacked the keys added here."""
+    import yaml
+
+    from curate.core.config import config_changes
+
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet"], out=str(tmp_path / "r"))
+    old = yaml.safe_load(cfg.to_yaml())
+    del old["input"]["encoding"], old["download"]["max_decode_bytes"]
+    assert old["download"]["encode_quality"] == 95
+    assert config_changes(yaml.safe_dump(old), cfg) == []
+
+
+# -- URLs with raw non-ASCII characters (img2dataset #195/#318) ---------------------------
+
+
+@pytest.mark.parametrize("given,fetched", [
+    ("http://h.test/static/東京.jpg", "http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg"),
+    ("http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg", "http://h.test/static/%E6%9D%B1%E4%BA%AC.jpg"),  # as given
+    ("http://h.test/q.jpg?name=東京&size=a b", "http://h.test/q.jpg?name=%E6%9D%B1%E4%BA%AC&size=a%20b"),
+    ("http://h.test/a photo.jpg", "http://h.test/a%20photo.jpg"),
+    ("https://bücher.test/café.jpg", "https://xn--bcher-kva.test/caf%C3%A9.jpg"),  # IDNA host, UTF-8 path
+    ("http://h.test/naïve/../x.jpg", "http://h.test/x.jpg"),  # encoded as a browser does: dot segments go
+    ("http://h.test/x/../y.jpg", "http://h.test/x/../y.jpg"),  # ASCII: fetched byte for byte, as before
+    ("http://１２７.0.0.1/x.jpg", "http://127.0.0.1/x.jpg"),  # full-width digits ARE 127.0.0.1 to a browser
+    ("HTTP://H.test/Ü.jpg", "http://h.test/%C3%9C.jpg"),
+])
+def test_browser_url_encodes_what_http_cannot_carry(given, fetched):
+    from curate.stages.browser_url import browser_url
+
+    assert browser_url(given) == fetched
+
+
+@pytest.mark.parametrize("given", [None, "", "not a url", "ftp://h.test/ü.jpg", "http://h.test/a\tü.jpg",
+                                   "http://exa mple.test/ü.jpg", "http://h.test:99999/ü.jpg"])
+def test_browser_url_leaves_the_precheck_cases_alone(given):
+    from curate.stages.browser_url import browser_url
+
+    assert browser_url(given) == given
+
+
+def test_bytes_that_were_not_utf8_make_a_url_invalid_not_fetched():
+    from curate.core.config import DownloadConfig
+    from curate.pipeline.prepare import _with_precheck
+    import pyarrow as pa
+
+    rows = pa.table({"url": ["http://h.test/caf\ufffd.jpg", "http://１２７.0.0.1/x.jpg", "http://h.test/東京.jpg", None]})
+    checked, fetch = _with_precheck(rows, DownloadConfig())
+    assert checked.column("blocked_reason").to_pylist() == ["url_invalid", "private_host:127.0.0.1", None, "url_missing"]
+    assert checked.column("url").to_pylist() == rows.column("url").to_pylist()  # rows/ keep the URL as given
+    assert fetch.to_pylist()[2] == "http://h.test/%E6%9D%B1%E4%BA%AC.jpg"
+
+
+# -- reasons are stable codes, never an exception's text ----------------------------------
+
+
+@pytest.mark.parametrize("status,message,code", [
+    ("failed_to_download", "'ascii' codec can't encode characters in position 12-13: ordinal not in range(128)", "invalid_request"),
+    ("failed_to_download", "URL can't contain control characters. '/a b' (found at least ' ')", "invalid_request"),
+    ("failed_to_download", "nonnumeric port: '99x'", "invalid_request"),
+    ("failed_to_download", "unknown url type: 'htp'", "invalid_request"),
+    ("failed_to_download", "IncompleteRead(10 bytes read, 90 more expected)", "incomplete_body"),
+    ("failed_to_download", "got more than 65536 bytes when reading header line", "bad_http_response"),
+    ("failed_to_download", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", "tls_error"),
+    ("failed_to_download", "'HTTP/1.1 2xx [/bold] evil'", "download_error"),  # a BadStatusLine: the server's own text
+    ("failed_to_download", "something odd: happened", "download_error"),
+    ("failed_to_download", "a classless error", "download_error"),  # no code from a word inside a word
+    ("failed_to_resize", "OpenCV(4.14.0) error: (-215:Assertion failed) !ssize.empty()", "resize_error"),
+    ("failed_to_download", None, "download_error"),
+])
+def test_downloader_errors_map_to_stable_codes(status, message, code):
+    from curate.stages.download import download_reason
+
+    assert download_reason(status, message) == code
+
+
+# -- Content-Encoding on an image body (curl #2422) ---------------------------------------
+
+
+def _jpeg(size=(96, 80), seed=1) -> bytes:
+    from corpus import image_bytes
+
+    return image_bytes("JPEG", size=size, seed=seed)
+
+
+def _encoded(data: bytes, codec: str) -> bytes:
+    import gzip
+    import zlib
+
+    import pyarrow as pa
+
+    if codec == "gzip":
+        return gzip.compress(data)
+    if codec == "deflate":
+        return zlib.compress(data)
+    if codec == "raw-deflate":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, {"br": "brotli"}.get(codec, codec)) as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def content_encoding_routes(jpeg: bytes) -> dict:
+    """path -> Route: an image/jpeg body under each Content-Encoding a server may send."""
+    import gzip
+
+    from curate.synth.http_server import Route
+
+    def route(body: bytes, encoding: str) -> Route:
+        return Route(body, headers=(("Content-Encoding", encoding),))
+
+    return {
+        "/enc/gzip.jpg": route(_encoded(jpeg, "gzip"), "gzip"),
+        "/enc/x-gzip.jpg": route(_encoded(jpeg, "gzip"), "x-gzip"),
+        "/enc/deflate.jpg": route(_encoded(jpeg, "deflate"), "deflate"),
+        "/enc/raw-deflate.jpg": route(_encoded(jpeg, "raw-deflate"), "deflate"),
+        "/enc/br.jpg": route(_encoded(jpeg, "br"), "br"),
+        "/enc/zstd.jpg": route(_encoded(jpeg, "zstd"), "zstd"),
+        "/enc/twice.jpg": route(gzip.compress(_encoded(jpeg, "br")), "br, gzip"),
+        "/enc/identity.jpg": route(jpeg, "identity"),
+        "/enc/not-gzip.jpg": route(jpeg, "gzip"),  # says gzip, sends the JPEG: browsers fail too
+        "/enc/truncated.jpg": route(_encoded(jpeg, "gzip")[:-40], "GZIP"),
+        "/enc/compress.jpg": route(jpeg, "compress"),
+        "/enc/made-up.jpg": route(jpeg, "x-[/bold]-curate-refused"),
+        "/enc/bomb.jpg": route(gzip.compress(b"\0" * (8 * 2**20)), "gzip"),
+    }
+
+
+CONTENT_ENCODING_EXPECTED = {
+    "/enc/gzip.jpg": None, "/enc/x-gzip.jpg": None, "/enc/deflate.jpg": None, "/enc/raw-deflate.jpg": None,
+    "/enc/br.jpg": None, "/enc/zstd.jpg": None, "/enc/twice.jpg": None, "/enc/identity.jpg": None,
+    "/enc/not-gzip.jpg": "content_encoding_invalid:gzip",
+    "/enc/truncated.jpg": "content_encoding_invalid:gzip",
+    "/enc/compress.jpg": "content_encoding_unsupported:compress",
+    "/enc/made-up.jpg": "content_encoding_unsupported:other",
+    "/enc/bomb.jpg": "body_too_large:1048576",
+}
+
+
+def test_content_encoded_bodies_are_decoded_capped_and_refused_by_code():
+    import urllib.request
+
+    from curate.stages.precheck import AddressPolicy
+    from curate.stages.safe_fetch import FetchPolicy, FetchRefused, build_opener
+    from curate.synth.http_server import CorpusServer
+
+    jpeg = _jpeg()
+    policy = FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",)), max_body_bytes=2**20)
+    with CorpusServer(content_encoding_routes(jpeg)) as server:
+        for path, expected in CONTENT_ENCODING_EXPECTED.items():
+            try:
+                with build_opener(policy).open(urllib.request.Request(server.url(path)), timeout=5) as response:
+                    body, got = response.read(), None
+            except FetchRefused as refused:
+                body, got = None, refused.reason
+            assert got == expected, path
+            if expected is None:
+                assert body == jpeg, path
+
+
+# -- images: EXIF orientation, 16-bit, alpha, a memory budget per decode ------------------
+
+
+def _resizer(max_decode_bytes: int = 512 * 2**20, resize_mode: str = "no", image_size: int = 256):
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset.resizer import Resizer
+
+    from curate.stages.image_decode import UprightResizer
+
+    inner = Resizer(image_size=image_size, resize_mode=resize_mode, resize_only_if_bigger=False,
+                    encode_format="png", encode_quality=3)  # lossless: stored pixels can be compared
+    return UprightResizer(inner, max_decode_bytes)
+
+
+def _run(resizer, data: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    encoded, width, height, original_width, original_height, error = resizer(io.BytesIO(data))
+    pixels = None if encoded is None else np.asarray(Image.open(io.BytesIO(encoded)))
+    return pixels, (width, height, original_width, original_height), error
+
+
+def marked_photo(orientation: int, size=(300, 150)) -> bytes:
+    """A JPEG stored `size` wide and tall, red with a blue block at its stored top-left,
+    with EXIF Orientation `orientation` (a phone photo: the camera stores it sideways)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", size, (220, 30, 30))
+    image.paste((30, 30, 220), (0, 0, 40, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def _blue_corner(pixels) -> str:
+    """Which corner of an RGB array holds the blue block."""
+    h, w = pixels.shape[:2]
+    corners = {"top-left": pixels[5, 5], "top-right": pixels[5, w - 6], "bottom-left": pixels[h - 6, 5],
+               "bottom-right": pixels[h - 6, w - 6]}
+    return next(name for name, p in corners.items() if p[2] > 150 and p[0] < 100)
+
+
+# Orientation -> (displayed size, where the stored top-left block is displayed)
+ORIENTATIONS = {
+    1: ((300, 150), "top-left"), 2: ((300, 150), "top-right"), 3: ((300, 150), "bottom-right"),
+    4: ((300, 150), "bottom-left"), 5: ((150, 300), "top-left"), 6: ((150, 300), "top-right"),
+    7: ((150, 300), "bottom-right"), 8: ((150, 300), "bottom-left"),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_exif_orientation_is_applied_and_sizes_are_as_displayed(orientation):
+    (width, height), corner = ORIENTATIONS[orientation]
+    pixels, sizes, error = _run(_resizer(), marked_photo(orientation))
+    assert error is None
+    assert sizes == (width, height, width, height)
+    assert pixels.shape == (height, width, 3) and _blue_corner(pixels) == corner
+
+
+def test_exif_orientation_also_under_img2dataset_resizing():
+    pixels, sizes, _ = _run(_resizer(resize_mode="border", image_size=64), marked_photo(6))
+    assert sizes == (64, 64, 150, 300)  # original size as displayed, then border-resized
+    assert _blue_corner(pixels[:, 16:48]) == "top-right"  # the upright image, padded left and right
+
+
+def _png(array, mode=None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, "PNG")
+    return out.getvalue()
+
+
+def _png16(rows, channels: int) -> bytes:
+    """A 16-bit PNG (greyscale, RGB, RGBA) from big-endian samples, written chunk by chunk
+    (Pillow writes 16-bit greyscale only)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    samples = np.asarray(rows, dtype=">u2")
+    height, width = samples.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\x00" + samples[y].tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits():
+    """The issue's image: 160x120, 0x8000 with a 0xF000 square. cv2 stored it all white."""
+    import numpy as np
+
+    samples = np.full((120, 160), 0x8000, np.uint16)
+    samples[30:60, 40:80] = 0xF000
+    pixels, sizes, error = _run(_resizer(), _png(samples))
+    assert error is None and sizes == (160, 120, 160, 120)
+    assert pixels.ndim == 2 and pixels[0, 0] == 0x80 and pixels[40, 50] == 0xF0  # the high byte
+    assert set(np.unique(pixels)) == {0x80, 0xF0}
+
+
+def test_sixteen_bit_colour_and_alpha_are_scaled_too():
+    import numpy as np
+
+    rgb = np.zeros((8, 10, 3), np.uint16)
+    rgb[...] = (0x8000, 0x4000, 0xFFFF)
+    pixels, _, error = _run(_resizer(), _png16(rgb, 3))
+    assert error is None and tuple(pixels[0, 0]) == (0x80, 0x40, 0xFF)
+    rgba = np.zeros((8, 10, 4), np.uint16)
+    rgba[...] = (0, 0, 0, 0)  # fully transparent black: white once composited
+    rgba[:, :5] = (0xFFFF, 0, 0, 0xFFFF)  # opaque red
+    pixels, _, _ = _run(_resizer(), _png16(rgba, 4))
+    assert tuple(pixels[0, 0]) == (255, 0, 0) and tuple(pixels[0, 9]) == (255, 255, 255)
+
+
+def test_alpha_is_composited_on_white_as_img2dataset_did_without_float64():
+    import numpy as np
+
+    from img2dataset.resizer import Resizer
+
+    rgba = np.zeros((64, 96, 4), np.uint8)
+    rgba[:, :, :3] = (200, 40, 10)
+    rgba[:, :, 3] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]  # every alpha level
+    data = _png(rgba, "RGBA")
+    pixels, _, error = _run(_resizer(), data)
+    old, _, _ = _run(Resizer(image_size=256, resize_mode="no", resize_only_if_bigger=False,
+                             encode_format="png", encode_quality=3), data)
+    assert error is None and pixels.shape == (64, 96, 3)
+    assert np.abs(pixels.astype(int) - old.astype(int)).max() <= 1  # img2dataset's matting, in uint8
+    assert tuple(pixels[0, 0]) == (255, 255, 255) and tuple(pixels[0, 95]) == (200, 40, 10)
+
+
+def _paletted(size=(40, 30)):
+    """A palette image: index 1 (the left half) opaque green, index 0 to be saved as transparent."""
+    from PIL import Image
+
+    image = Image.new("P", size, 0)
+    image.putpalette([0, 0, 0, 0, 90, 0] + [0] * (254 * 3))
+    image.paste(1, (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+@pytest.mark.parametrize("kind", ["LA png", "palette png", "palette gif"])
+def test_other_kinds_of_transparency_are_composited_too(kind):
+    """Left half opaque dark, right half fully transparent (white once composited)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    if kind == "LA png":
+        image = Image.new("LA", (40, 30), (0, 0))
+        image.paste((60, 255), (0, 0, 20, 30))
+        image.save(out, "PNG")
+    else:
+        _paletted().save(out, "GIF" if kind.endswith("gif") else "PNG", transparency=0)
+    pixels, _, error = _run(_resizer(), out.getvalue())
+    assert error is None
+    pixels = pixels if pixels.ndim == 3 else np.stack([pixels] * 3, axis=-1)
+    assert tuple(pixels[15, 35]) == (255, 255, 255)
+    assert max(pixels[15, 5]) < 100
+
+
+def test_plain_images_reach_cv2_as_fetched():
+    """8-bit, opaque, upright: the Resizer gets the body untouched (same bytes, same path as before)."""
+    from corpus import image_bytes
+
+    from curate.stages.image_decode import prepare
+
+    for data in (image_bytes("JPEG"), image_bytes("PNG"), image_bytes("JPEG", mode="CMYK"), marked_photo(1)):
+        assert prepare(data, 512 * 2**20) == (None, None)
+
+
+def test_decoded_bytes_reads_channels_and_depth_from_the_header():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curate.stages.image_decode import decoded_bytes
+
+    def opened(data):
+        return Image.open(io.BytesIO(data))
+
+    assert decoded_bytes(opened(marked_photo(1))) == 300 * 150 * 3
+    assert decoded_bytes(opened(_png(np.zeros((10, 20), np.uint16)))) == 200 * 1 * 2
+    assert decoded_bytes(opened(_png16(np.zeros((10, 20, 4), np.uint16), 4))) == 200 * 4 * 2
+    assert decoded_bytes(opened(_png(np.zeros((10, 20, 4), np.uint8), "RGBA"))) == 200 * 4
+    out = io.BytesIO()
+    _paletted((20, 10)).save(out, "PNG", transparency=0)
+    assert decoded_bytes(opened(out.getvalue())) == 200 * 4
+
+
+def test_an_image_over_the_decode_budget_is_refused_before_decoding():
+    """The issue's shape, small: a PNG of a few KB that decodes to 6000x6000 RGBA (144 MB;
+    img2dataset's float64 matting peaked at 3.2 GB for it)."""
+    import numpy as np
+
+    from curate.stages.download import download_reason
+
+    data = _png(np.zeros((6000, 6000, 4), np.uint8), "RGBA")
+    assert len(data) < 1_000_000
+    _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4 - 1), data)
+    assert download_reason("failed_to_resize", error) == "image_too_large:max_decode_bytes"
+    _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4), data)
+    assert error is None
+
+
+def test_a_body_pillow_cannot_identify_is_not_an_image():
+    from curate.stages.download import download_reason
+
+    for body in (b"<html>not an image</html>", b"\x00" * 100, b"GIF89a"):
+        _, _, error = _run(_resizer(), body)
+        assert download_reason("failed_to_resize", error) == "not_an_image"
+
+
+# -- CJK captions: words per script ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,words", [
+    ("a photo of a red bicycle", 6),
+    ("一只红色的自行车靠在墙上", 8),  # Chinese: 一只/红色/的/自行/车/靠在/墙/上
+    ("東京の夜景の写真", 5),  # Japanese: 東京/の/夜景/の/写真
+    ("แมวนอนอยู่บนโซฟา", 5),  # Thai: แมว/นอน/อยู่/บน/โซฟา
+    ("고양이가 소파에서 자고 있다", 4),  # Korean puts spaces between words
+    ("iPhone 15 发布会现场", 5),
+    ("「猫」", 1),
+    ("IMG_1234.JPG - a b", 4),  # other scripts: whitespace tokens, as before
+    ("", 0),
+])
+def test_count_words_per_script(text, words):
+    from curate.stages.cheap_filters import count_words
+
+    assert count_words(text) == words
+
+
+def test_caption_rules_count_cjk_words():
+    from stage_helpers import caption_reasons, config
+
+    cfg = config()  # min 2 words, max 256
+    assert caption_reasons(cfg, ["一只红色的自行车靠在墙上", "東京の夜景の写真", "猫", "红色" * 300]) == [
+        None, None, "caption_too_short:2", "caption_too_long:256"]  # the first was caption_too_short:2
+
+
+# -- whole runs: real HTTP server, real Ray, real img2dataset -----------------------------
+
+GOOD = "a photo of a red bicycle leaning on a wall"
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 answering every request with fixed bytes chosen by path:
+    responses no HTTP library would send (a body shorter than its Content-Length, a
+    header line longer than http.client accepts)."""
+
+    def __init__(self, answers: dict[str, bytes]):
+        import socket
+        import threading
+
+        self.answers = answers
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    request = conn.recv(65536).decode("latin-1")
+                    path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+                    conn.sendall(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def _raw_answers(jpeg: bytes) -> dict[str, bytes]:
+    return {
+        "/short-body.jpg": b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                           % (len(jpeg) + 1000) + jpeg,
+        "/long-header.jpg": b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n",
+    }
+
+
+def _rgba_half_transparent(size=(96, 80)) -> bytes:
+    import numpy as np
+
+    rgba = np.zeros((size[1], size[0], 4), np.uint8)
+    rgba[:, : size[0] // 2] = (20, 60, 200, 255)  # left: opaque blue; right: transparent
+    return _png(rgba, "RGBA")
+
+
+def _sixteen_bit_grey() -> bytes:
+    import numpy as np
+
+    samples = np.full((120, 160), 0x8000, np.uint16)
+    samples[30:60, 40:80] = 0xF000
+    return _png(samples)
+
+
+def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
+    """CappedResponse reads with read1, which ends quietly at EOF: a body cut short used to
+    be accepted (a progressive JPEG's prefix still decodes)."""
+    import http.client
+    import urllib.request
+
+    from curate.stages.download import download_reason
+    from curate.stages.precheck import AddressPolicy
+    from curate.stages.safe_fetch import FetchPolicy, build_opener
+
+    raw = RawServer(_raw_answers(_jpeg()))
+    try:
+        opener = build_opener(FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",))))
+        with pytest.raises(http.client.IncompleteRead) as caught:
+            with opener.open(urllib.request.Request(raw.url("/short-body.jpg")), timeout=5) as response:
+                response.read()
+    finally:
+        raw.close()
+    assert download_reason("failed_to_download", str(caught.value)) == "incomplete_body"
+
+
+@pytest.fixture(scope="module")
+def wild_run(tmp_path_factory, ray_session):
+    """Every image/URL/body row of the issue in one run, configured from a YAML file that
+    says `resize_mode: no` and `encode_format: png` (unquoted, no quality)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS
+
+    tmp = tmp_path_factory.mktemp("wild")
+    jpeg = image_bytes("JPEG", seed=21)
+    routes = {
+        "/static/東京.jpg": Route(image_bytes("JPEG", seed=22)),
+        "/q.jpg": Route(image_bytes("JPEG", seed=23)),
+        "/idn.jpg": Route(image_bytes("JPEG", seed=24)),
+        "/a photo.jpg": Route(image_bytes("JPEG", seed=25)),
+        "/exif-6.jpg": Route(marked_photo(6)), "/exif-3.jpg": Route(marked_photo(3)), "/exif-8.jpg": Route(marked_photo(8)),
+        "/grey16.png": Route(_sixteen_bit_grey(), content_type="image/png"),
+        "/rgba.png": Route(_rgba_half_transparent(), content_type="image/png"),
+        "/gzip.jpg": Route(_encoded(jpeg, "gzip"), headers=(("Content-Encoding", "gzip"),)),
+        "/br.jpg": Route(_encoded(image_bytes("JPEG", seed=26), "br"), headers=(("Content-Encoding", "br"),)),
+        "/says-gzip.jpg": Route(image_bytes("JPEG", seed=27), headers=(("Content-Encoding", "gzip"),)),
+        "/budget.png": Route(_png(np.zeros((600, 600, 4), np.uint8), "RGBA"), content_type="image/png"),  # 1.44 MB decoded
+        "/plain.jpg": Route(image_bytes("JPEG", seed=28)),
+        "/chinese.jpg": Route(image_bytes("JPEG", seed=29)),
+    }
+    raw = RawServer(_raw_answers(jpeg))
+    with CorpusServer(routes) as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        u = server.url
+        rows = [  # (url, caption, status, reason)
+            (u("/static/東京.jpg"), GOOD, "kept", None),
+            (u("/q.jpg") + "?name=東京&size=a b", GOOD, "kept", None),
+            (f"http://bücher.test:{port}/idn.jpg", GOOD, "kept", None),
+            (u("/a photo.jpg"), GOOD, "kept", None),
+            (u("/exif-6.jpg"), GOOD, "kept", None),
+            (u("/exif-3.jpg"), GOOD, "kept", None),
+            (u("/exif-8.jpg"), GOOD, "kept", None),
+            (u("/grey16.png"), GOOD, "kept", None),
+            (u("/rgba.png"), GOOD, "kept", None),
+            (u("/gzip.jpg"), GOOD, "kept", None),
+            (u("/br.jpg"), GOOD, "kept", None),
+            (u("/says-gzip.jpg"), GOOD, "download_failed", "content_encoding_invalid:gzip"),
+            (u("/budget.png"), GOOD, "download_failed", "image_too_large:max_decode_bytes"),
+            (u("/plain.jpg"), b"caf\xe9 au lait, a photo", "filtered", "caption_bad_encoding"),  # bytes: not UTF-8
+            (u("/caf").encode() + b"\xe9.jpg", GOOD, "blocked", "url_invalid"),
+            (u("/chinese.jpg"), "一只红色的自行车靠在墙上", "kept", None),
+            (raw.url("/short-body.jpg"), GOOD, "download_failed", "incomplete_body"),
+            (raw.url("/long-header.jpg"), GOOD, "download_failed", "bad_http_response"),
+        ]
+        cell = lambda v: v if isinstance(v, bytes) else v.encode()  # noqa: E731
+        table = pa.table({  # string-typed columns, some holding bytes that are not UTF-8
+            "url": pa.array([cell(r[0]) for r in rows], pa.binary()).view(pa.string()),
+            "caption": pa.array([cell(r[1]) for r in rows], pa.binary()).view(pa.string()),
+        })
+        pq.write_table(table, tmp / "in.parquet")
+        config = tmp / "config.yaml"
+        config.write_text(f"input: {{path: {tmp / 'in.parquet'}}}\n"
+                          "download:\n  resize_mode: no\n  encode_format: png\n")
+        overrides = FAST_SETTINGS + ["dedupe.enabled=false", "download.max_decode_bytes=1000000",
+                                     "download.resolve={'xn--bcher-kva.test': '127.0.0.1'}"]
+        cfg = load_config(config, overrides, out=str(tmp / "run"))
+        result = run_pipeline(cfg)
+        requests = list(server.requests)
+    raw.close()
+    return rows, result, str(tmp / "run"), requests
+
+
+def _stored_images(run_root: str, result) -> dict:
+    """sample_id -> stored pixels (RGB or grey array), from the output Parquet shards."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    files = [f"{run_root}/output/{s['name']}.parquet" for s in result.index["shards"]]
+    table = pq.ParquetDataset(files).read(columns=["sample_id", "png"])
+    return {sid: np.asarray(Image.open(io.BytesIO(data)))
+            for sid, data in zip(table.column("sample_id").to_pylist(), table.column("png").to_pylist())}
+
+
+def test_wild_rows_get_their_status_and_reason(wild_run):
+    from e2e import read_manifest
+
+    rows, _, run_root, _ = wild_run
+    manifest = read_manifest(run_root).to_pylist()
+    assert len(manifest) == len(rows)
+    got = [(m["status"], m["reason"]) for m in manifest]
+    assert got == [(status, reason) for _, _, status, reason in rows]
+
+
+def test_manifest_keeps_urls_and_captions_as_given(wild_run):
+    from e2e import read_manifest
+
+    rows, _, run_root, requests = wild_run
+    manifest = read_manifest(run_root).to_pylist()
+    as_text = lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v  # noqa: E731
+    assert [m["url"] for m in manifest] == [as_text(r[0]) for r in rows]
+    assert [m["caption"] for m in manifest] == [as_text(r[1]) for r in rows]
+    assert "/static/%E6%9D%B1%E4%BA%AC.jpg" in requests  # fetched as a browser would ask
+    assert "/q.jpg?name=%E6%9D%B1%E4%BA%AC&size=a%20b" in requests and "/a%20photo.jpg" in requests
+    chinese = next(m for m in manifest if m["url"].endswith("/chinese.jpg"))
+    assert chinese["caption_chosen"] == "一只红色的自行车靠在墙上"
+
+
+def test_stored_images_are_upright_eight_bit_and_composited(wild_run):
+    from e2e import read_manifest
+
+    rows, result, run_root, _ = wild_run
+    manifest = {m["url"].rsplit("/", 1)[-1]: m for m in read_manifest(run_root).to_pylist()}
+    images = _stored_images(run_root, result)
+    for name, (size, corner) in {"exif-6.jpg": ORIENTATIONS[6], "exif-3.jpg": ORIENTATIONS[3],
+                                 "exif-8.jpg": ORIENTATIONS[8]}.items():
+        m = manifest[name]
+        assert (m["original_width"], m["original_height"]) == size == (m["width"], m["height"])  # resize_mode: no
+        assert _blue_corner(images[m["sample_id"]]) == corner
+    grey = images[manifest["grey16.png"]["sample_id"]]
+    assert grey.shape == (120, 160) and grey[0, 0] == 0x80 and grey[40, 50] == 0xF0
+    rgba = images[manifest["rgba.png"]["sample_id"]]
+    assert tuple(rgba[40, 10]) == (20, 60, 200) and tuple(rgba[40, 90]) == (255, 255, 255)
+
+
+def test_gzip_encoded_image_is_stored_as_the_image(wild_run):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from corpus import image_bytes
+    from e2e import read_manifest
+
+    rows, result, run_root, _ = wild_run
+    m = next(m for m in read_manifest(run_root).to_pylist() if m["url"].endswith("/gzip.jpg"))
+    stored = _stored_images(run_root, result)[m["sample_id"]]
+    served = np.asarray(Image.open(io.BytesIO(image_bytes("JPEG", seed=21))).convert("RGB"))
+    assert stored.shape == served.shape and np.abs(stored.astype(int) - served.astype(int)).mean() < 2
+
+
+def test_excel_csv_gz_stops_with_nothing_written_then_runs_with_input_encoding(tmp_path, ray_session):
+    """The issue's Excel export (cp1252), gzipped: the first run stops before anything is
+    written (an --out folder that existed keeps its other files), and the same command
+    with input.encoding then runs instead of being refused as another run's resume."""
+    import gzip
+
+    from corpus import image_bytes
+    from curate.core.inputs import InputError
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS, read_manifest
+
+    routes = {"/café.jpg": Route(image_bytes("JPEG", seed=31)), **{f"/{i}.jpg": Route(image_bytes("JPEG", seed=32 + i))
+                                                                  for i in range(4)}}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with CorpusServer(routes) as server:
+        rows = [(server.url("/café.jpg"), "café crème au lait, une photo"), (server.url("/0.jpg"), "NA"),
+                (server.url("/1.jpg"), "NaN"), (server.url("/2.jpg"), ""), (server.url("/3.jpg"), '"null" island, a map')]
+        text = "url,caption,crédit\n" + "".join(f'{u},"{c.replace(chr(34), chr(34) * 2)}",Jérôme\n' for u, c in rows)
+        (tmp_path / "excel.csv.gz").write_bytes(gzip.compress(text.encode("cp1252")))
+        settings = FAST_SETTINGS + ["dedupe.enabled=false", f"input.path={tmp_path / 'excel.csv.gz'}"]
+        with pytest.raises(InputError, match=r"excel.csv.gz is not utf-8: byte 0xE9 at offset 14 \(line 1\).*cp1252"):
+            run_pipeline(load_config(None, settings, out=str(out)))
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+        run_pipeline(load_config(None, settings + ["input.encoding=cp1252"], out=str(out)))
+    manifest = read_manifest(str(out)).to_pylist()
+    assert [m["url"] for m in manifest] == [u for u, _ in rows]  # as given (é decoded from cp1252)
+    assert [m["caption"] for m in manifest] == ["café crème au lait, une photo", "NA", "NaN", None, '"null" island, a map']
+    assert [(m["status"], m["reason"]) for m in manifest] == [
+        ("kept", None), ("filtered", "caption_junk:boilerplate"), ("filtered", "caption_too_short:2"),
+        ("filtered", "caption_empty"), ("kept", None)]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_pool_that_cannot_fit_stops_with_nothing_written(tmp_path, ray_session):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.pipeline.runner import run_pipeline
+
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": [GOOD]}), tmp_path / "in.parquet")
+    settings = [f"input.path={tmp_path / 'in.parquet'}", "clip.model=curate:tiny-clip", "clip.actors=3"]
+    with pytest.raises(ConfigError, match="the model stages need"):
+        run_pipeline(load_config(None, settings, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+    run_pipeline(load_config(None, settings[:2], out=str(tmp_path / "run")))  # the corrected command runs
