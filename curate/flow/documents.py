@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from curate.core import duck, storage
+from curate.core import commits, duck, storage
 from curate.core.config import ConfigError, CurateConfig
 from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
@@ -90,7 +90,7 @@ class DocumentsKind(Kind):
 
     def read(self, part: InputPart, run: RunDir) -> pa.Table:
         docs, images = read_documents_part(part, self.cfg.input)
-        storage.write_parquet(storage.join(run.documents, f"part-{part.name}.parquet"), docs)
+        commits.write_parquet(storage.join(run.documents, f"part-{part.name}.parquet"), docs)  # + record
         return images
 
     # -- the rules ----------------------------------------------------------------------------

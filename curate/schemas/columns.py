@@ -36,7 +36,8 @@ DOCUMENTS = pa.schema([
 BLOCKED_REASON = pa.field("blocked_reason", pa.string())
 PREPARED_ROWS = ROWS.append(BLOCKED_REASON)
 
-# What img2dataset writes per row (plus the image bytes, named after download.encode_format).
+# What img2dataset writes per row (plus the image bytes, named after download.encode_format);
+# curate's shard writer adds fetch_reason.
 DOWNLOADED = pa.schema([
     ("sample_id", pa.string()),
     ("caption_bad_encoding", pa.bool_()),
@@ -45,6 +46,7 @@ DOWNLOADED = pa.schema([
     ("key", pa.string()),
     ("status", pa.string()),
     ("error_message", pa.string()),
+    ("fetch_reason", pa.string()),  # the verdict the fetching worker verified (curate.stages.safe_downloader)
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),

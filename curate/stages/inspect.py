@@ -47,13 +47,17 @@ class InspectStage(BatchStage):
     key = "inspect"
     section = "filters"
     reads = ("status", "error_message", WIDTH, HEIGHT, IMAGE)
+    # The verdict the fetching worker verified (curate.stages.safe_downloader); download
+    # shards of an earlier curate have none.
+    optional_reads = ("fetch_reason",)
     writes = pa.schema([("download_reason", pa.string()), ("pixel_sha256", pa.string())])
     rows = "all"
     gates = True
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(["status", "error_message", self.image_col]).to_pylist()
-        failed = [download_reason(r["status"], r["error_message"]) for r in rows]
+        columns = ["status", "error_message", self.image_col] + [c for c in self.optional_reads if c in batch.column_names]
+        rows = batch.select(columns).to_pylist()
+        failed = [download_reason(r["status"], r["error_message"], r.get("fetch_reason")) for r in rows]
         hashes = [None if f else pixel_hash(r[self.image_col]) for f, r in zip(failed, rows)]
         return self.append(batch, {"download_reason": failed, "pixel_sha256": hashes})
 
