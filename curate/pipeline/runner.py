@@ -61,6 +61,9 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
             f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
+    if storage.exists(run.marker("prepare")) and "parts" not in json.loads(storage.read_text(run.marker("prepare"))):
+        raise ConfigError(f"{run.root} was prepared by an earlier curate, before runs were cut into partitions: "
+                          "this version cannot resume it; start a new run with another --out")
     changed = input_changes(json.loads(storage.read_text(run.state)), state) if storage.exists(run.state) else []
     if changed:
         shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
