@@ -459,7 +459,7 @@ def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
     # document 0 rebuilt: filler, s0's image, its sentence, s1's image, its sentence
     assert [t is None for t in first["texts"]] == [False, True, False, True, False]
     assert first["texts"][2] == SCENES[0].caption() and first["texts"][4] == SCENES[1].caption()
-    assert np.array(Image.open(io.BytesIO(first["images"][1]))).std() > 0
+    assert np.array(Image.open(io.BytesIO(first["images"][1]["bytes"]))).std() > 0  # HF image layout
 
 
 def test_a_document_with_too_many_images_is_recorded_not_fetched(tmp_path):
