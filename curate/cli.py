@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
+
+from curate.core.textsafe import literal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
 console = Console()
@@ -16,8 +18,11 @@ err = Console(stderr=True)
 
 def _fail(message: str) -> None:
     # soft_wrap: a path or bucket URI in the message stays whole on one line, to copy or grep;
-    # escape: brackets in it (``[Errno 28]``, S3 keys) are text, not markup.
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    # literal: brackets in it (``[Errno 28]``, S3 keys, a caption quoted by DuckDB) are
+    # text, not markup, and control characters are shown, not sent to the terminal.
+    # Its own line breaks stay (config errors list one key per line).
+    shown = Text("\n").join(literal(line) for line in message.split("\n"))
+    err.print(Text.assemble(("error:", "bold red"), " ", shown), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -65,6 +70,10 @@ def query(
     run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a run directory, local or s3://")],
     sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `manifest`")],
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    allow_external_access: Annotated[bool, typer.Option(
+        "--allow-external-access",
+        help="let the SQL read other files, use the network and extensions, and write files (off: it reads "
+             "the run's views only)")] = False,
 ) -> None:
     """Run a DuckDB query over a run's manifest and print the result."""
     from curate.core.views import QueryError, run_query
@@ -73,7 +82,7 @@ def query(
     if format not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {format!r}")
     try:
-        result = run_query(run_dir, sql)
+        result = run_query(run_dir, sql, allow_external_access)
     except QueryError as error:
         _fail(str(error))
     print_result(result, format, console)
@@ -110,7 +119,7 @@ def report(
         uri = write_report(run_dir, samples)
     except QueryError as error:
         _fail(str(error))
-    console.print(f"report: {uri}")
+    console.print(literal(f"report: {uri}"))
 
 
 @app.command()

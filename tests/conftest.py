@@ -25,6 +25,17 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser the report tests render pages in."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("chromium is not installed (scripts/test.sh installs it with apt-get where apt is available)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

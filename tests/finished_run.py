@@ -28,3 +28,24 @@ def finished_run(tmp_path_factory, ray_session):
         cfg = demo_config(out, out / "run", ["download.timeout=2"])
         run_pipeline(cfg, Console(record=True, width=120))
     return out / "run"
+
+
+DOCUMENTS, DOCUMENTS_SEED = 40, 3
+
+
+@pytest.fixture(scope="session")
+def finished_documents_run(tmp_path_factory, ray_session):
+    """A documents run of the interleaved demo's corpus (pages with described images,
+    distractors, reused images, broken links, banners and galleries) with the demo's config:
+    the tiny CLIP, ITM and captioner, synthetic captions for unmatched images, the document
+    rules; the report written at the end."""
+    from curate.demo_documents import documents_demo_config
+    from curate.synth.documents import make_documents
+
+    out = tmp_path_factory.mktemp("finished-documents")
+    corpus = make_documents(DOCUMENTS, DOCUMENTS_SEED)
+    with CorpusServer(corpus.routes) as server:
+        pq.write_table(corpus.input_table(server.base_url), out / "documents.parquet")
+        cfg = documents_demo_config(out / "documents.parquet", out / "run", ["download.timeout=2"])
+        run_pipeline(cfg, Console(record=True, width=120))
+    return out / "run"

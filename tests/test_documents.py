@@ -108,6 +108,95 @@ def test_dropped_document_records_why_for_itself_and_its_images():
     assert short.reason == "too_few_words:3"
 
 
+def _itm_doc(sims, itm, texts=2, **image_fields):
+    doc = _doc(sims, texts)
+    for image, probs in zip(doc.images, itm):
+        image.itm = probs
+    return doc
+
+
+def test_placement_by_clip_tiebreak_and_itm():
+    # CLIP prefers text 0 by 0.01; ITM is sure it is text 1.
+    close = ([[0.80, 0.79]], [[0.01, 0.95]])
+    assert _slots(close, placement_by="clip") == [0]
+    assert _slots(close, placement_by="tiebreak", tie_margin=0.02) == [1]  # within the margin: ITM decides
+    assert _slots(close, placement_by="itm") == [1]
+    far = ([[0.80, 0.70]], [[0.01, 0.95]])  # 0.10 apart: beyond the margin, CLIP decides
+    assert _slots(far, placement_by="tiebreak", tie_margin=0.02) == [0]
+    assert _slots(far, placement_by="tiebreak", tie_margin=0.2) == [1]
+    # itm: only the texts ITM scored (its CLIP shortlist) can take the image
+    assert _slots(([[0.9, 0.1]], [[None, 0.02]]), placement_by="itm") == [1]
+
+
+def _slots(case, **cfg) -> list[int | None]:
+    sims, itm = case
+    doc = interleave.decide_document(_itm_doc(sims, itm), InterleavedConfig(min_sim=0, **cfg))
+    return [im.slot for im in doc.images]
+
+
+def test_min_itm_keeps_images_off_texts_itm_rejects():
+    # CLIP would put the image before text 0, which ITM rejects: it goes before text 1
+    assert _slots(([[0.9, 0.5]], [[0.05, 0.9]]), min_itm=0.5) == [1]
+    # two images whose only accepted text is the same: the better match takes it
+    doc = interleave.decide_document(_itm_doc([[0.9, 0.5], [0.2, 0.95]], [[0.05, 0.9], [None, 0.99]]),
+                                     InterleavedConfig(min_sim=0, min_itm=0.5))
+    assert [(im.slot, im.reason) for im in doc.images] == [(None, "no_free_text"), (1, None)]
+    # an unscored pair (outside the ITM shortlist) is not accepted either
+    assert _slots(([[0.9, 0.5]], [[None, 0.9]]), min_itm=0.5) == [1]
+
+
+def test_rescued_image_keeps_its_input_position_with_its_caption_after_it():
+    doc = _doc([[0.1, 0.9], [0.1, 0.2]], texts=["a filler line of text", "a red circle on a white background"],
+               slots=[0, 0])
+    doc.images[1].caption, doc.images[1].caption_clip, doc.images[1].caption_itm = "a blue star", 0.7, 0.95
+    interleave.decide_document(doc, InterleavedConfig(min_sim=0))
+    assert [(kind, getattr(item, "sample_id", item)) for kind, item in doc.sequence] == [
+        ("image", "d-00001"), ("caption", "a blue star"), ("text", "a filler line of text"),
+        ("image", "d-00000"), ("text", "a red circle on a white background")]
+    assert doc.images[1].placed_scores(2) == (0.7, 0.95) and doc.images[0].placed_scores(2) == (0.9, None)
+    assert doc.facts()["n_synthetic_texts"] == 1 and doc.facts()["n_words"] == 12  # the caption's words don't count
+    # the cap keeps images a text describes before rescued ones
+    capped = _doc([[0.1, 0.9], [0.1, 0.2]], texts=2)
+    capped.images[0].caption = "a blue star"
+    interleave.decide_document(capped, InterleavedConfig(min_sim=0, max_images=1))
+    assert [im.reason for im in capped.images] == ["over_max_images:1", None]
+
+
+@pytest.mark.parametrize("settings, sims, texts, valid, want", [
+    ({"max_words": 5}, [[0.9]], ["one two three four five six"], [True], "too_many_words:5"),
+    ({"min_words": 7, "max_words": 5}, [[0.9]], ["one two three four five six"], [True], "too_few_words:7"),
+    # counts images that passed the image rules, placed or not (three here, one text to place them at)
+    ({"max_document_images": 2}, [[0.9], [0.8], [0.7]], ["one text"], [True] * 3, "too_many_images:2"),
+    ({"max_document_images": 2}, [[0.9], [0.8], [0.7]], ["one text"], [True, False, True], None),
+    ({"max_image_text_ratio": 0.1}, [[0.9, 0.1], [0.1, 0.9]], ["a b c d e", "f g h i j"], [True] * 2,
+     "image_text_ratio_above:0.1"),
+    ({"min_image_text_ratio": 0.5}, [[0.9]], ["a b c d e"], [True], "image_text_ratio_below:0.5"),
+    ({"min_image_text_ratio": 0.1, "max_image_text_ratio": 0.5}, [[0.9]], ["a b c d e"], [True], None),
+])
+def test_document_rules_each_give_their_reason(settings, sims, texts, valid, want):
+    doc = _doc(sims, texts)
+    for image, ok in zip(doc.images, valid):
+        image.valid = ok
+        if not ok:
+            image.status, image.reason = "filtered", "image_too_small:32"
+    interleave.decide_document(doc, InterleavedConfig(min_sim=0, **settings))
+    assert doc.reason == want
+    if want:  # every image of a dropped document says why: the placed ones, that their document went
+        assert all(im.status == "filtered" and im.reason for im in doc.images)
+        assert f"document_dropped:{want.split(':')[0]}" in {im.reason for im in doc.images}
+
+
+def test_document_rules_are_data_describe_shows():
+    from curate.flow.document_rules import document_rules
+
+    rules = document_rules(InterleavedConfig(min_words=10, max_words=2000, max_document_images=30,
+                                             max_image_text_ratio=0.5))
+    assert [r.codes[0].name for r in rules] == ["malformed_document", "too_few_words", "too_many_words",
+                                                "too_many_images", "too_few_images", "image_text_ratio_above"]
+    assert {r.scope for r in rules} == {"document"}
+    assert rules[3].when == "n_images_valid > 30"
+
+
 # ------------------------------------------------------------------ config errors
 
 
@@ -125,10 +214,39 @@ def test_documents_config_errors_name_the_problem(tmp_path):
         check(tmp_path / "docs.csv")
     with pytest.raises(ConfigError, match="set clip.model"):
         check(tmp_path / "docs.jsonl", "clip.model=null")
-    with pytest.raises(ConfigError, match="the itm stage is built for pairs runs only; unset itm.model"):
-        check(tmp_path / "docs.jsonl", "itm.model=curate:tiny-blip-itm")
-    with pytest.raises(ConfigError, match="the caption stage is built for pairs runs only; unset caption.model"):
-        check(tmp_path / "docs.jsonl", "caption.model=curate:tiny-blip-captioner")
+    with pytest.raises(ConfigError, match="interleaved.min_itm needs ITM scores: set itm.model"):
+        check(tmp_path / "docs.jsonl", "interleaved.min_itm=0.5")
+    with pytest.raises(ConfigError, match="interleaved.placement_by itm needs ITM scores: set itm.model"):
+        check(tmp_path / "docs.jsonl", "interleaved.placement_by=itm")
+    with pytest.raises(ConfigError, match="interleaved.caption_unmatched needs synthetic captions: set caption.model"):
+        check(tmp_path / "docs.jsonl", "interleaved.caption_unmatched=true")
+    with pytest.raises(ConfigError, match="a document keeps its own texts"):
+        check(tmp_path / "docs.jsonl", "caption.model=curate:tiny-blip-captioner", "capfilt.mode=caption_only")
+    # the ITM stage and the captioner serve documents runs too
+    plan = make_plan(_config(tmp_path, tmp_path / "docs.jsonl", "itm.model=curate:tiny-blip-itm",
+                             "caption.model=curate:tiny-blip-captioner", "interleaved.caption_unmatched=true",
+                             "interleaved.min_itm=0.5", "interleaved.placement_by=tiebreak"))
+    plan.kind.check(plan)
+    assert [s.key for s in plan.batch] == ["inspect", "caption", "caption_rules", "clip", "itm"]
+
+
+def test_only_a_documents_run_needs_the_per_text_scores_stored(tmp_path):
+    """A pairs run scored before ITM wrote sentence_itm_probs still refilters; a documents run
+    without them can't be re-decided (placement reads them)."""
+    import duckdb
+
+    from curate.flow.decision import missing_scored_columns
+
+    def missing(*overrides):
+        plan = make_plan(load_config(None, ["input.path=in.parquet", "clip.model=curate:tiny-clip",
+                                            "itm.model=curate:tiny-blip-itm", *overrides], out=str(tmp_path)))
+        schema = plan.scored_schema()
+        con = duckdb.connect()
+        con.register("scored", schema.remove(schema.get_field_index("sentence_itm_probs")).empty_table())
+        return missing_scored_columns(con, plan)
+
+    assert missing() == []
+    assert missing("input.kind=documents", "input.path=in.jsonl") == ["sentence_itm_probs"]
 
 
 def test_missing_layout_column_stops_at_start_with_nothing_written(tmp_path, ray_session):
@@ -319,6 +437,14 @@ def test_obelics_documents_run_end_to_end_and_refilter(tmp_path, server, ray_ses
     assert slots["00000-0000000000-00000"] == 0 and slots["00000-0000000000-00001"] == 0
     _check_outputs(result.run, _read(result.run, result.run.manifest))
 
+    # the report of a run with CLIP alone: every kept document drawn, ITM's plots say it was off
+    from curate.report.build import write_report
+
+    page = Path(write_report(str(tmp_path / "run"))).read_text()
+    kept = [r["sample_id"] for r in _read(result.run, result.run.manifest).to_pylist() if r["status"] == "kept"]
+    assert all(f'data-doc="{doc_id}"' in page for doc_id in kept)
+    assert "No best ITM P(match) to a text of its shortlist in this run" in page
+
 
 def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
     path = tmp_path / "docs.parquet"
@@ -333,7 +459,7 @@ def test_mmc4_documents_run_from_parquet(tmp_path, server, ray_session):
     # document 0 rebuilt: filler, s0's image, its sentence, s1's image, its sentence
     assert [t is None for t in first["texts"]] == [False, True, False, True, False]
     assert first["texts"][2] == SCENES[0].caption() and first["texts"][4] == SCENES[1].caption()
-    assert np.array(Image.open(io.BytesIO(first["images"][1]))).std() > 0
+    assert np.array(Image.open(io.BytesIO(first["images"][1]["bytes"]))).std() > 0  # HF image layout
 
 
 def test_a_document_with_too_many_images_is_recorded_not_fetched(tmp_path):

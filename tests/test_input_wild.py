@@ -442,11 +442,13 @@ def test_an_image_over_the_decode_budget_is_refused_before_decoding():
     import numpy as np
 
     from curate.stages.download import download_reason
+    from curate.stages.safe_fetch import verified_reason
 
     data = _png(np.zeros((6000, 6000, 4), np.uint8), "RGBA")
     assert len(data) < 1_000_000
     _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4 - 1), data)
-    assert download_reason("failed_to_resize", error) == "image_too_large:max_decode_bytes"
+    # a signed verdict, read back in the worker as the shard's fetch_reason (safe_downloader)
+    assert download_reason("failed_to_resize", error, verified_reason(error)) == "image_too_large:max_decode_bytes"
     _, _, error = _run(_resizer(max_decode_bytes=6000 * 6000 * 4), data)
     assert error is None
 
@@ -559,22 +561,23 @@ def _sixteen_bit_grey() -> bytes:
 def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
     """CappedResponse reads with read1, which ends quietly at EOF: a body cut short used to
     be accepted (a progressive JPEG's prefix still decodes)."""
-    import http.client
     import urllib.request
 
     from curate.stages.download import download_reason
     from curate.stages.precheck import AddressPolicy
-    from curate.stages.safe_fetch import FetchPolicy, build_opener
+    from curate.stages.safe_fetch import FetchPolicy, FetchVerdict, build_opener, verified_reason
 
     raw = RawServer(_raw_answers(_jpeg()))
     try:
         opener = build_opener(FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",))))
-        with pytest.raises(http.client.IncompleteRead) as caught:
+        with pytest.raises(FetchVerdict) as caught:  # http.client's IncompleteRead, classified by its type
             with opener.open(urllib.request.Request(raw.url("/short-body.jpg")), timeout=5) as response:
                 response.read()
     finally:
         raw.close()
-    assert download_reason("failed_to_download", str(caught.value)) == "incomplete_body"
+    message = str(caught.value)  # what img2dataset keeps; the worker verifies it into fetch_reason
+    assert caught.value.reason == "incomplete_body"
+    assert download_reason("failed_to_download", message, verified_reason(message)) == "incomplete_body"
 
 
 @pytest.fixture(scope="module")

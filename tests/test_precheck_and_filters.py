@@ -93,17 +93,28 @@ def test_caption_char_cap_is_checked_first():
 
 
 @pytest.mark.parametrize(
-    "message,expected",
-    [
-        ("<urlopen error curate-refused private_host:127.0.0.2>", "private_host:127.0.0.2"),
-        ("curate-refused redirect_to_private_host:169.254.169.254", "redirect_to_private_host:169.254.169.254"),
-        ("curate-refused body_too_large:1024", "body_too_large:1024"),
-        ("curate-refused not_an_image:empty_body", "not_an_image:empty_body"),
-        ("image area too large", "image_too_large"),
-    ],
+    "verdict", ["private_host:127.0.0.2", "redirect_to_private_host:169.254.169.254", "body_too_large:1024",
+                "not_an_image:empty_body", "private_host:[::1]"],
 )
-def test_refusals_map_to_their_reason(message, expected):
-    assert download_reason("failed_to_download", message) == expected
+def test_a_verified_verdict_is_the_reason_whatever_the_message(verdict):
+    """The worker's verified verdict (safe_downloader's fetch_reason column) decides."""
+    assert download_reason("failed_to_download", "HTTP Error 404: Not Found", verdict) == verdict
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["<urlopen error curate-refused private_host:127.0.0.2>", "curate-refused redirect_to_private_host:169.254.169.254",
+     "curate-verdict private_host:169.254.169.254 #" + "0" * 32, "HTTP/1.1 2xx curate-refused private_host:10.0.0.1 [/bold]"],
+)
+def test_verdict_text_in_a_message_is_never_a_verdict(message):
+    """Text a server can put in the message never makes a row blocked, and never reaches
+    the reason."""
+    got = download_reason("failed_to_download", message)
+    assert got in ("download_error", "connection_error"), got
+
+
+def test_img2dataset_messages_still_map():
+    assert download_reason("failed_to_resize", "image area too large") == "image_too_large"
 
 
 def test_allowed_networks_open_literal_addresses_and_localhost():

@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 
 from curate.dedupe import dedupe
-from curate.core import storage
+from curate.core import commits, storage
 from curate.core.config import validate
 from curate.core.progress import (
     CommittedRows, Progress, RowCounter, StageRows, parquet_rows, rows_in, stage_counts_dir,
@@ -144,9 +144,10 @@ def test_a_resumed_run_counts_committed_rows_once_per_stage(finished_run, tmp_pa
     for uri in parts:
         storage.remove_tree(uri)
     committed = scored.slice(0, scored.num_rows // 2)
-    for shard in set(committed.column("download_shard").to_pylist()):  # scored parts live per download shard
+    # Committed as the score step commits: per download shard, the file and its record (curate.core.commits).
+    for shard in set(committed.column("download_shard").to_pylist()):
         mine = committed.filter(pc.equal(committed.column("download_shard"), shard))
-        storage.write_parquet(storage.join(run.scored, shard, "part-committed.parquet"), mine)
+        commits.write_parquet(storage.join(run.scored, shard, "part-committed.parquet"), mine)
     rescored = scored.num_rows - committed.num_rows
     stale = storage.join(stage_counts_dir(run, "clip"), "earlier-attempt.json")
     storage.write_text(stale, json.dumps({"rows": 10**6}))

@@ -16,19 +16,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from curate.core import storage
 from curate.core.views import open_views
 from curate.report import stats
 from curate.report.build import write_report
+from browser import console_errors, page_check, run_chromium
 from e2e import read_manifest
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 
 SECTIONS = ("summary", "funnel", "scores", "captions", "reasons", "kept", "filtered", "duplicates", "failures", "capfilt", "sources")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def page_of(run: Path) -> str:
@@ -140,30 +138,6 @@ def test_report_command(finished_run, tmp_path, cli_env):  # noqa: F811
     assert missing.returncode == 2 and "has no manifest" in " ".join(missing.stderr.split())
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.skip("chromium is not installed (scripts/test.sh installs it with apt-get where apt is available)")
-    return path
-
-
-def _chromium(chromium: str, tmp_path: Path, page: Path, *mode: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-            "--virtual-time-budget=10000", *mode, page.as_uri()]
-    return subprocess.run(args, capture_output=True, text=True, timeout=180)
-
-
-def _console_errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-
-
-def _check(dom: str) -> dict[str, str]:
-    tag = re.search(r'<div id="report-check"[^>]*>', dom).group(0)
-    return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', tag))
-
-
 def test_browser_catches_broken_pages(chromium, tmp_path):
     """The checks below can fail: a page with a broken image and a console error is caught."""
     from curate.report import html
@@ -171,23 +145,23 @@ def test_browser_catches_broken_pages(chromium, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(html.page("t", "s", "", [], ['<img src="data:image/jpeg;base64,AAAA">',
                                                "<script>console.error('boom'); undefined_call();</script>"], ""))
-    out = _chromium(chromium, tmp_path, bad, "--dump-dom")
-    check = _check(out.stdout)
+    out = run_chromium(chromium, tmp_path, bad, "--dump-dom")
+    check = page_check(out.stdout)
     assert check["ready"] == "yes" and check["images-total"] == "1" and check["images-loaded"] == "0"
-    assert check["errors"] == "1" and any("boom" in line for line in _console_errors(out.stderr))
+    assert check["errors"] == "1" and any("boom" in line for line in console_errors(out.stderr))
 
 
 def test_report_renders_in_headless_chromium(chromium, finished_run, tmp_path):  # noqa: F811
     page = finished_run / "report" / "index.html"
-    out = _chromium(chromium, tmp_path, page, "--dump-dom")
+    out = run_chromium(chromium, tmp_path, page, "--dump-dom")
     assert out.returncode == 0, out.stderr[-2000:]
-    check = _check(out.stdout)
+    check = page_check(out.stdout)
     assert check["ready"] == "yes" and int(check["images-total"]) >= 10
     assert check["images-loaded"] == check["images-total"] and check["errors"] == "0"
-    assert _console_errors(out.stderr) == []
+    assert console_errors(out.stderr) == []
     for anchor in SECTIONS:
         assert f'id="{anchor}"' in out.stdout
     shot = tmp_path / "shot.png"
-    out = _chromium(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")
+    out = run_chromium(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")
     image = Image.open(shot).convert("L")
     assert image.size == (1280, 2000) and image.getextrema()[0] < 100 < image.getextrema()[1]  # not blank

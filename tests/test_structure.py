@@ -134,6 +134,7 @@ def test_every_stage_declares_the_contract(cls):
     for name, (original, synthetic) in cls.caption_columns.items():
         assert original in cls.writes.names or original in ("caption_bad_encoding",)
         assert synthetic is None or synthetic in cls.writes.names
+    assert set(cls.text_columns.values()) <= set(cls.writes.names), "a document's per-text scores are among the writes"
     for key in cls.thresholds:  # refilter-able keys are real config keys (or whole sections)
         section, _, name = key.partition(".")
         fields = CurateConfig.model_fields
@@ -155,6 +156,7 @@ def test_every_stage_in_every_shipped_config_plans_and_checks_its_rules(repo_roo
 
     from curate.core.config import load_config
     from curate.flow.decision import BASE_RULES, case_sql
+    from curate.flow.document_rules import FACTS
     from curate.flow.plan import make_plan
 
     configs = sorted((repo_root / "configs").glob("*.yaml")) + sorted((repo_root / "curate/assets").glob("demo*.yaml"))
@@ -172,4 +174,12 @@ def test_every_stage_in_every_shipped_config_plans_and_checks_its_rules(repo_roo
                     "status, error_message), true AS _downloaded FROM rows_in r LEFT JOIN scored s USING (sample_id)")
         status, reason = case_sql(BASE_RULES + plan.rules("image") + plan.kind.image_rules())
         con.execute(f"SELECT {status}, {reason} FROM joined").fetchall()
+        # the kind's own rules: a document image's match rules, a document's rules over its facts
+        con.register("facts", FACTS.empty_table())
+        kind_rules = [r for rules in (*plan.kind.decision_rules(plan).values(), *plan.kind.final_rules(plan).values())
+                      for r in rules]
+        for scope, table in (("image", "joined"), ("document", "facts")):
+            rules = [r for r in kind_rules if r.scope == scope]
+            if rules:
+                con.execute(f"SELECT {', '.join(case_sql(rules))} FROM {table}").fetchall()
         con.close()

@@ -74,17 +74,46 @@ class InputConfig(_Section):
 
 
 class InterleavedConfig(_Section):
-    """Documents runs: which images stay in a document and where they go (docs/formats.md)."""
+    """Documents runs: which images stay in a document, where they go, which documents stay
+    (docs/formats.md). Every key is decided from stored scores: a refilter may change any."""
 
     min_sim: float = Field(
         0.15, ge=-1, le=1, description="an image whose best CLIP cosine to any text of its document is lower is dropped"
+    )
+    min_itm: float | None = Field(
+        None, ge=0, le=1, description="needs itm.model: an image is placed only before a text whose ITM P(match) "
+        "with it is at least this; an image no shortlisted text reaches is dropped (itm_below)"
     )
     placement: Literal["assignment", "original"] = Field(
         "assignment", description="assignment: max-weight bipartite matching of images to texts on CLIP "
         "similarity (as MMC4); original: where the input had them"
     )
-    min_images: int = Field(1, ge=0, description="documents left with fewer images are dropped")
-    min_words: int = Field(0, ge=0, description="documents with fewer words of text are dropped")
+    placement_by: Literal["clip", "tiebreak", "itm"] = Field(
+        "clip", description="the matching's weights: clip: the CLIP cosine; tiebreak: the cosine + tie_margin x "
+        "ITM P(match), so ITM decides between texts CLIP finds about equally similar; itm: ITM P(match) over the "
+        "CLIP shortlist (needs itm.model for tiebreak and itm)"
+    )
+    tie_margin: float = Field(
+        0.02, ge=0, le=1, description="placement_by tiebreak: ITM can reverse CLIP's preference only between texts "
+        "whose cosines differ by less than this"
+    )
+    caption_unmatched: bool = Field(
+        False, description="needs caption.model: an image no text of its document describes is kept with a "
+        "synthetic caption that passes the filter, written as its text, instead of dropped"
+    )
+    min_images: int = Field(1, ge=0, description="documents left with fewer images are dropped (OBELICS: 1)")
+    max_document_images: int | None = Field(
+        None, ge=0, description="documents with more valid images (downloaded, passing the image rules) are dropped "
+        "(OBELICS: 30)"
+    )
+    min_words: int = Field(0, ge=0, description="documents with fewer words of text are dropped (OBELICS: 10)")
+    max_words: int | None = Field(None, ge=0, description="documents with more words of text are dropped (OBELICS: 2000)")
+    min_image_text_ratio: float | None = Field(
+        None, ge=0, description="documents with fewer kept images per word of text are dropped"
+    )
+    max_image_text_ratio: float | None = Field(
+        None, ge=0, description="documents with more kept images per word of text are dropped (image dumps)"
+    )
     max_images: int | None = Field(30, ge=1, description="images kept per document, most similar first")
 
 
@@ -187,6 +216,8 @@ class DownloadConfig(_Section):
 class FilterConfig(_Section):
     min_side: int = Field(64, ge=0, description="shorter side of the original image, in pixels")
     max_aspect_ratio: float = Field(3.0, ge=1.0)
+    max_side: int | None = Field(None, ge=1, description="longer side of the original image, in pixels; "
+                                 "None: no limit (OBELICS: 20000)")
     min_caption_words: int = Field(2, ge=0)
     max_caption_words: int = Field(256, ge=1)
     max_caption_chars: int = Field(4096, ge=1, description="longer captions are filtered before any text rule runs")
@@ -246,6 +277,10 @@ class ItmConfig(ModelComputeConfig):
     # "unmatched", i.e. P(match) < 0.5 (Li et al. 2022, BLIP, section 3.3). None: score only.
     min_prob: float | None = Field(0.5, ge=0, le=1, description="filter: a caption whose P(match) is below this fails; "
                                    "null: score only")
+    document_texts: int | None = Field(
+        3, ge=1, description="documents runs: each image is scored against this many texts of its document, those "
+        "CLIP finds most similar (BLIP's shortlist-then-rerank), and against its synthetic captions; null: every text"
+    )
     keep_fraction: float | None = Field(
         None, gt=0, le=1, description="keep the top fraction of the run's ITM probabilities (DataComp: 0.3); resolves itm.min_prob at the decision")
 

@@ -1,4 +1,5 @@
-"""Start or join Ray: locally by default, a cluster with ``ray.address`` / ``RAY_ADDRESS``."""
+"""Start or join Ray: a private local instance by default, a cluster only when named by
+``ray.address`` (``--address``) or ``RAY_ADDRESS``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ def start_ray(address: str | None, num_cpus: int | None, env: dict[str, str] | N
     if address:
         ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
+        # address="local": ray.init() with no address joins whatever cluster a `ray start`
+        # on this machine recorded in Ray's temp dir (and then refuses num_cpus); a run
+        # that was not given an address must never land on someone else's cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
+                 runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # Resume and exact output depend on sample_ids, not on block order; don't pay for order.

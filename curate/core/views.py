@@ -6,7 +6,9 @@ Views (see docs/queries.md):
   embeddings (a batch committed twice is counted once, as when the manifest is built);
 - ``output``: RUN/output/index.json, one row per output shard (name, count, files);
 - ``manifest_images`` (documents runs): one row per image of every document.
-Local and bucket (s3://, gs://) runs alike: DuckDB reads through the pipeline's fsspec.
+Local and bucket (s3://, gs://) runs alike: pyarrow reads them through the pipeline's
+fsspec. The SQL can read these views and nothing else: no other file, no network, no
+writes (curate.core.query_sandbox), unless external access is allowed explicitly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import duckdb
 import pyarrow as pa
 
-from curate.core import duck, storage
+from curate.core import duck, query_sandbox, storage
 from curate.core.rundir import RunDir
 from curate.schemas.columns import SCORED_BASE
 
@@ -28,25 +30,29 @@ class QueryError(ValueError):
 OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files", pa.list_(pa.string()))])
 
 
-def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
+def open_views(run_root: str, external_access: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection with the views ``manifest``, ``scored`` and ``output`` of a run (and
-    ``manifest_images`` for a documents run)."""
+    ``manifest_images`` for a documents run). Unless ``external_access``, SQL on it can
+    read nothing but these views (no file, network, extension access; no writes)."""
     run = RunDir(run_root.rstrip("/"))
     files = storage.list_files(run.manifest, ".parquet")
     if not files:
         raise QueryError(f"{run_root} has no manifest (RUN/manifest/*.parquet); is it a finished curate run?")
     con = duck.connect(run.root)
-    con.execute(f"CREATE VIEW manifest AS SELECT * FROM read_parquet({duck.sql_list(files)})")
+    query_sandbox.register_view(con, "manifest", files, pa.schema([]))
     images = storage.list_files(run.manifest_images, ".parquet")
     if images:  # documents runs: one row per image of every document
-        con.execute(f"CREATE VIEW manifest_images AS SELECT * FROM read_parquet({duck.sql_list(images)})")
+        query_sandbox.register_view(con, "manifest_images", images, pa.schema([]))
     _scored_view(con, run)
     _output_view(con, run)
+    if not external_access:
+        query_sandbox.lock(con)
     return con
 
 
 def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True), SCORED_BASE)
+    query_sandbox.register_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True),
+                                           SCORED_BASE)
 
 
 def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
@@ -57,10 +63,17 @@ def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
     con.execute("CREATE VIEW output AS SELECT * FROM output_index")
 
 
-def run_query(run_root: str, sql: str) -> pa.Table:
-    con = open_views(run_root)
+def run_query(run_root: str, sql: str, external_access: bool = False) -> pa.Table:
+    """The result of ``sql`` over a run's views (``open_views``); QueryError if it fails,
+    also when it tries to reach outside them."""
+    con = open_views(run_root, external_access)
     try:
         return duck.fetch_table(con, sql)
+    except duckdb.PermissionException as error:
+        raise QueryError(
+            f"query failed: {error}. `curate query` reads the run's views only (no other files, network, "
+            "extensions or writes); pass --allow-external-access to lift that for a query you trust"
+        ) from None
     except duckdb.Error as error:
         raise QueryError(f"query failed: {error}") from None
     finally:

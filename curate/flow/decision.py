@@ -100,9 +100,11 @@ def open_run_views(run: RunDir, plan: Plan):
 
 
 def missing_scored_columns(con, plan: Plan) -> list[str]:
-    """Columns the enabled stages write that RUN/scored/ does not have (a stage that did not run)."""
+    """Columns the enabled stages write that RUN/scored/ does not have (a stage that did not run).
+    A document's per-text scores count only for a kind that reads them."""
     have = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE scored)").fetchall()}
-    return [name for stage in plan.batch for name in stage.writes.names if name not in have]
+    unread = set() if plan.kind.reads_text_scores else {c for s in plan.batch for c in s.text_columns.values()}
+    return [name for stage in plan.batch for name in stage.writes.names if name not in have and name not in unread]
 
 
 def decide_units(con, plan: Plan) -> None:

@@ -31,6 +31,9 @@ class Kind:
     rows_schema: ClassVar[pa.Schema]
     download_columns: ClassVar[tuple[str, ...]]
     thresholds: ClassVar[tuple[str, ...]] = ()
+    # Whether its decision reads the stages' ``text_columns`` (an image's score per text of its
+    # document). A run of a kind that doesn't may lack them (scored before a stage wrote them).
+    reads_text_scores: ClassVar[bool] = False
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
@@ -47,6 +50,15 @@ class Kind:
     def image_rules(self) -> list[Rule]:
         """The kind's rules over each image row, after the stages' image rules."""
         return []
+
+    def decision_rules(self, plan: Plan) -> dict[str, list[Rule]]:
+        """The kind's own rules of its unit decision before the global stages (dedupe), by a
+        title saying what they judge, for ``curate describe``."""
+        return {}
+
+    def final_rules(self, plan: Plan) -> dict[str, list[Rule]]:
+        """The kind's rules after the global stages (a document's rules, after placement)."""
+        return {}
 
     def decide(self, con, plan: Plan) -> None:
         """Create DuckDB table ``decided`` from ``image_decisions`` (curate.flow.decision)."""

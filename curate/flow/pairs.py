@@ -31,7 +31,7 @@ import pyarrow as pa
 from curate.core import duck, storage
 from curate.core.inputs import InputPart, read_input_part
 from curate.core.rundir import RunDir
-from curate.flow import pair_record
+from curate.flow import captions, pair_record
 from curate.flow.decision import KEPT, case_sql
 from curate.flow.kind import Kind
 from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_stats
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 # Row groups small enough that an output task reading one shard's rows (by output_shard,
 # which follows sample_id order) skips the rest of the part by its statistics.
 MANIFEST_ROW_GROUP = 10_000
-# Candidate columns every caption has in the manifest's `captions`, NULL when a stage is off.
-STRUCT_SCORES = pair_record.CAPTION_SCORES
 
 
 class PairsKind(Kind):
@@ -65,7 +63,7 @@ class PairsKind(Kind):
         """``decided``: the image decision, then CapFilt for the images it kept."""
         con.execute(f"CREATE OR REPLACE TABLE caption_candidates AS {self.candidates_sql(plan)}")
         reason = self.candidate_reason_sql(plan)
-        rank = _rank_column(plan)
+        rank = captions.rank_column(plan)
         limit = self.synthetic_limit()
         con.execute(f"""
             CREATE OR REPLACE TABLE caption_ranked AS
@@ -86,19 +84,11 @@ class PairsKind(Kind):
             FROM image_decisions i LEFT JOIN caption_decisions c USING (sample_id)
         """)
 
-    def candidate_columns(self, plan: Plan) -> dict[str, tuple[str, str | None]]:
-        out = {}
-        for stage in plan.batch:
-            out.update(stage.caption_columns)
-        return out
-
     def candidates_sql(self, plan: Plan) -> str:
         """One row per candidate caption of every image the image rules kept: ``idx`` 0 is
         the original, 1.. the captioner's in generation order."""
-        cols = self.candidate_columns(plan)
-        scores = {name: ("NULL::FLOAT", "NULL::FLOAT") for name in STRUCT_SCORES}
-        for name, (original, synthetic) in cols.items():
-            scores[name] = (original, f"{synthetic}[i]" if synthetic else "NULL")
+        cols = captions.candidate_columns(plan)
+        scores = captions.candidate_scores(plan)
         needed = sorted({c for pair in cols.values() for c in pair if c} | {"caption_text"})
         synthetic = "synthetic_captions" in plan.written
         base = f"""SELECT sample_id, {', '.join(needed)}{', synthetic_captions' if synthetic else ''}
@@ -106,12 +96,8 @@ class PairsKind(Kind):
         original = ", ".join(f"{o} AS {name}" for name, (o, _) in scores.items())
         sql = f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {original} FROM base"
         if synthetic and self.cfg.capfilt.mode != "filter_only":
-            per = ", ".join(f"{s} AS {name}" for name, (_, s) in scores.items())
             sql += f"""
-                UNION ALL
-                SELECT sample_id, i AS idx, 'synthetic' AS source, synthetic_captions[i] AS text, {per}
-                FROM (SELECT *, unnest(range(1, len(synthetic_captions) + 1)) AS i FROM base
-                      WHERE synthetic_captions IS NOT NULL)"""
+                UNION ALL{captions.synthetic_rows_sql(plan, "base")}"""
         return sql
 
     def candidate_reason_sql(self, plan: Plan) -> str:
@@ -145,8 +131,7 @@ class PairsKind(Kind):
         else:  # no captioner (or nothing generated): the original's own reason
             failure = (f"WHEN n_synthetic = 0 THEN original_reason "
                        f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
-        struct = ("struct_pack(text := text, source := source, clip_score := clip_score::FLOAT, "
-                  "itm_prob := itm_prob::FLOAT, itm_cosine := itm_cosine::FLOAT, kept := kept, reason := reason)")
+        struct = captions.CAPTION_STRUCT_SQL
         return f"""
             WITH per_image AS (
                 SELECT sample_id,
@@ -228,14 +213,6 @@ class PairsKind(Kind):
 # Every code a pair's caption decision can give a sample.
 UNIT_CODES = tuple(c for c in R.CODES if c.name.startswith("caption_") and c.scope == "row") + (
     R.CLIP_SCORE_BELOW, R.ITM_PROB_BELOW, R.NO_CAPTION_PASSED, R.NO_SYNTHETIC_CAPTION)
-
-
-def _rank_column(plan: Plan) -> str:
-    """What "best" means among captions: ITM's P(match) when it ran, else the CLIP score."""
-    for column in ("itm_prob", "clip_score"):
-        if column in plan.written:
-            return column
-    return "NULL::FLOAT"
 
 
 def status_counts(con, table: str) -> dict:

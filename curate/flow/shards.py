@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import storage
+from curate.core import commits, storage
 
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 # img2dataset's per-shard statistics file, beside each shard (and DataComp's resharder reads
@@ -44,7 +44,7 @@ def write_shard_stats(out_dir: str, name: str, count: int, started: float) -> No
         "duration": ended - started, "start_time": started, "end_time": ended,
         "status_dict": {"success": count} if count else {},
     }
-    storage.write_text(storage.join(out_dir, name + STATS_SUFFIX), json.dumps(stats, indent=4))
+    commits.write_committed(storage.join(out_dir, name + STATS_SUFFIX), json.dumps(stats, indent=4).encode())
 
 
 # Rows turned into Python records and written at a time: a write task holds one chunk's
@@ -122,23 +122,29 @@ class ShardFiles:
 
     Each format streams to a temporary name (storage.atomic_open): a write task never holds
     a whole shard's tar or Parquet file. They are renamed into place, one after the other,
-    only once every chunk is written; on an error the temporaries are removed. A shard is
-    done only when all its files are there (``curate.pipeline.output.shard_done``), so a resume rewrites a shard
-    that stopped between two renames."""
+    only once every chunk is written; on an error the temporaries are removed. Each file's
+    size and sha256, counted as it streams, are recorded once it is renamed
+    (curate.core.commits). A shard is done only when all its files are there and match
+    their records (``curate.pipeline.output.shard_done``), so a resume rewrites a shard that
+    stopped between two renames, or whose files were deleted or damaged since."""
 
     def __init__(self, out_dir: str, name: str, formats: list[str], parquet_schema: pa.Schema):
         self.uris = {f: storage.join(out_dir, name + SUFFIX[f]) for f in formats}
         self.schema = parquet_schema
         self.tar = self.parquet = None
+        self.sinks: dict[str, commits.HashingSink] = {}
+
+    def _open(self, stack: contextlib.ExitStack, fmt: str) -> commits.HashingSink:
+        self.sinks[fmt] = commits.HashingSink(stack.enter_context(storage.atomic_open(self.uris[fmt])))
+        return self.sinks[fmt]
 
     def __enter__(self) -> "ShardFiles":
         self.stack = contextlib.ExitStack()
         with self.stack as stack:
             if "webdataset" in self.uris:
-                self.tar = TarShard(stack.enter_context(storage.atomic_open(self.uris["webdataset"])))
+                self.tar = TarShard(self._open(stack, "webdataset"))
             if "parquet" in self.uris:
-                handle = stack.enter_context(storage.atomic_open(self.uris["parquet"]))
-                self.parquet = pq.ParquetWriter(handle, self.schema, compression="zstd")
+                self.parquet = pq.ParquetWriter(self._open(stack, "parquet"), self.schema, compression="zstd")
             self.stack = stack.pop_all()
         return self
 
@@ -151,4 +157,8 @@ class ShardFiles:
             except BaseException as failed:
                 self.stack.__exit__(type(failed), failed, failed.__traceback__)  # discards the files
                 raise
-        return self.stack.__exit__(kind, error, tb)
+        suppressed = self.stack.__exit__(kind, error, tb)
+        if kind is None:  # every file renamed into place: record them
+            for fmt, sink in self.sinks.items():
+                commits.record(self.uris[fmt], sink.described())
+        return suppressed

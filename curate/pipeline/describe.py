@@ -26,8 +26,10 @@ def describe(plan: Plan) -> dict:
         "not_enabled": [s.key for s in plan.every if s not in plan.stages],
         "decision": {
             "image rules": [_rule(r) for r in BASE_RULES + plan.rules("image") + plan.kind.image_rules()],
-            "caption rules (each candidate caption of a pair)": [_rule(r) for r in plan.rules("caption")],
+            "caption rules (each candidate caption)": [_rule(r) for r in plan.rules("caption")],
+            **{title: [_rule(r) for r in rules] for title, rules in plan.kind.decision_rules(plan).items()},
             "global rules": [_rule(r) for r in plan.rules("global")],
+            **{title: [_rule(r) for r in rules] for title, rules in plan.kind.final_rules(plan).items()},
         },
         "refilter_keys": list(plan.refilter_keys()),
     }

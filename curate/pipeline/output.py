@@ -14,7 +14,7 @@ import json
 
 import pyarrow.compute as pc
 
-from curate.core import storage
+from curate.core import commits, storage
 from curate.core.rundir import RunDir
 from curate.flow.kind import Kind
 from curate.flow.plan import Plan
@@ -23,15 +23,17 @@ from curate.pipeline.decide import Decided
 
 
 def shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
-    """A shard is done when every one of its files is committed, its stats file last."""
+    """A shard is done when every one of its files (its stats file last) is committed and
+    matches its commit record (curate.core.commits): a file deleted, truncated or rewritten
+    since is written again."""
     suffixes = [SUFFIX[f] for f in formats] + [STATS_SUFFIX]
-    return all(storage.exists(storage.join(out_dir, name + suffix)) for suffix in suffixes)
+    return all(commits.problem(storage.join(out_dir, name + suffix)) is None for suffix in suffixes)
 
 
 def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
     marker = storage.join(run.output, "_manifest_digest")
     if not storage.exists(marker) or storage.read_text(marker) != digest:
-        storage.remove_tree(run.output)
+        commits.remove_tree(run.output)
         storage.write_text(marker, digest)
     storage.remove_temporaries(run.output)
 

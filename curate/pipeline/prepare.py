@@ -19,7 +19,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core import storage
+from curate.core import commits, storage
 from curate.core.config import DownloadConfig
 from curate.core.inputs import InputError, InputFile, InputPart, plan_input_parts
 from curate.core.rundir import RunDir
@@ -58,13 +58,13 @@ def prepare_part(kind: Kind, run: RunDir, part: InputPart) -> dict:
     started = time.perf_counter()
     cfg = kind.cfg.download
     rows, fetch_urls = _with_precheck(kind.read(part, run), cfg)
-    storage.write_parquet(storage.join(run.rows, f"part-{part.name}.parquet"), rows)
+    commits.write_parquet(storage.join(run.rows, f"part-{part.name}.parquet"), rows)  # + its commit record
     fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
     to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason"))).select(list(kind.download_columns))
     names = []
     for k, start in enumerate(range(0, to_fetch.num_rows, cfg.shard_size)):
         name = f"part-{part.name}-{k:05d}.parquet"
-        storage.write_parquet(storage.join(run.download_list, name), to_fetch.slice(start, cfg.shard_size))
+        commits.write_parquet(storage.join(run.download_list, name), to_fetch.slice(start, cfg.shard_size))
         names.append(name)
     counts = {"part": part.name, "rows": rows.num_rows, "blocked": rows.num_rows - to_fetch.num_rows,
               "download_parts": names, "seconds": round(time.perf_counter() - started, 3)}

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.core.views import QueryError, open_views
+from curate.core.textsafe import json_visible, literal, visible
 
 
 def _json_default(value):
@@ -35,21 +36,25 @@ def _cell(value) -> str:
 
 
 def print_result(table: pa.Table, fmt: str, console: Console) -> None:
+    """Print a result: ``table`` for people (every cell literal: no markup, controls made
+    visible), ``json`` (the same values, with controls as JSON escapes) or ``csv`` (exact
+    values for scripts; controls made visible only when stdout is a terminal)."""
     rows = table.to_pylist()
     if fmt == "json":
-        sys.stdout.write(json.dumps(rows, default=_json_default, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_visible(json.dumps(rows, default=_json_default, ensure_ascii=False)) + "\n")
     elif fmt == "csv":
+        shown = visible if sys.stdout.isatty() else str
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(table.column_names)
-        writer.writerows([[_cell(r[c]) for c in table.column_names] for r in rows])
+        writer.writerow([shown(c) for c in table.column_names])
+        writer.writerows([[shown(_cell(r[c])) for c in table.column_names] for r in rows])
         sys.stdout.write(buffer.getvalue())
     else:
         out = Table(show_lines=False)
         for name in table.column_names:
-            out.add_column(name)
+            out.add_column(literal(name))
         for r in rows:
-            out.add_row(*[_cell(r[c]) for c in table.column_names])
+            out.add_row(*[literal(_cell(r[c])) for c in table.column_names])
         console.print(out)
         console.print(f"[dim]{table.num_rows} rows[/dim]")
 
@@ -69,7 +74,7 @@ def print_stats(run_root: str, fmt: str, console: Console) -> None:
         con.close()
     if fmt == "json":
         out = {name: table.to_pylist() for name, (_, table) in results.items()}
-        sys.stdout.write(json.dumps(out, default=_json_default, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_visible(json.dumps(out, default=_json_default, ensure_ascii=False)) + "\n")
         return
     for title, table in results.values():
         console.rule(f"[bold]{title}")

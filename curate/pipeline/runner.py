@@ -9,6 +9,7 @@ up where a killed run stopped and produces the same manifest and output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -16,21 +17,24 @@ import time
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.text import Text
 
-from curate.core import storage
+from curate.core import lifeline, runlock, storage
 from curate.core.config import ConfigError, CurateConfig, config_changes
-from curate.core.inputs import fingerprint, resolve_input_files
 from curate.core.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, scored_rows, stage_counts_dir,
 )
 from curate.core.ray_session import check_run_directory, start_ray
 from curate.core.rundir import RunDir
+from curate.core.textsafe import literal
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.pools import assign_pools
+from curate.pipeline.resume_check import verify_run
+from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
 from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, save_summary
 from curate.stages.download import committed_shards, run_download
@@ -61,8 +65,13 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
             f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
-    if storage.exists(run.state) and json.loads(storage.read_text(run.state)) != state:
-        raise ConfigError(f"{run.root} was started from other input files; use a new --out")
+    if storage.exists(run.marker("prepare")) and "parts" not in json.loads(storage.read_text(run.marker("prepare"))):
+        raise ConfigError(f"{run.root} was prepared by an earlier curate, before runs were cut into partitions: "
+                          "this version cannot resume it; start a new run with another --out")
+    changed = input_changes(json.loads(storage.read_text(run.state)), state) if storage.exists(run.state) else []
+    if changed:
+        shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigError(f"{run.root} was started from other input files ({shown}); use a new --out")
 
 
 def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
@@ -94,9 +103,19 @@ def _root_os_error(error: BaseException) -> OSError | None:
     return found
 
 
+def _advice(cause: OSError) -> str:
+    """What to fix, said only when the error says it: a disk is full only on ENOSPC."""
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space, then "
+    if isinstance(cause, storage.WriteError):
+        return "check that the run directory can be written (permissions, the bucket), then "
+    return ""
+
+
 def _stops_cleanly(fn):
     """An environment error ends the run with one clear message instead of a Ray traceback;
-    every write is atomic, so what was committed stays valid and a re-run resumes."""
+    every write is atomic and every commit recorded, so what was committed stays valid (a
+    resume checks it) and a re-run resumes."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -111,7 +130,7 @@ def _stops_cleanly(fn):
             what = str(cause) if isinstance(cause, storage.WriteError) else f"{cause.__class__.__name__}: {cause}"
             raise RunStopped(
                 f"the run stopped: {what.rstrip('.')}. Work committed so far is kept; "
-                "fix the cause (free disk space, check the bucket) and run the same command again to resume."
+                f"{_advice(cause)}run the same command again to resume."
             ) from error
 
     return wrapper
@@ -119,20 +138,30 @@ def _stops_cleanly(fn):
 
 @_stops_cleanly
 def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
+    """Run (or resume) the pipeline of ``cfg`` in its run directory, which it holds for
+    the whole run: a second run on the same directory is refused (runlock.RunInUse)."""
+    os.environ.update(cfg.storage.environment())  # before the first bucket access
+    with runlock.hold(cfg.output.path):
+        return _run_pipeline(cfg, console)
+
+
+def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
     console = console or Console()
     started = time.perf_counter()
-    os.environ.update(cfg.storage.environment())  # before the first bucket access
     run = RunDir(cfg.output.path)
-    files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
-    state = fingerprint(files, cfg)
+    files = list_run_inputs(cfg.input, run.root)  # input errors stop here, before anything is written
+    state = input_state(files, cfg)
     _check_resumable(cfg, run, state)
     plan = make_plan(cfg)
     plan.check()  # a bad model reference or stage config stops here, before anything is written
     fresh = not storage.exists(run.config)
     with _nothing_left_unless_started(run, fresh):
+        lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
+        for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
+            console.print(literal(f"resume: {damaged}; done again", "yellow"))
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())
         storage.write_text(run.state, json.dumps(state))
@@ -166,7 +195,7 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult
 # What a run writes before its first step is committed: removed again when it stops there.
 def _start_entries(run: RunDir) -> list[str]:
     return [run.config, run.state, run.rows, run.documents, run.download_list, run.progress_counts,
-            storage.join(run.root, "_done"), storage.join(run.root, "progress.json")]
+            storage.join(run.root, "_done"), storage.join(run.root, "progress.json"), storage.join(run.root, "_commits")]
 
 
 @contextlib.contextmanager
@@ -251,10 +280,7 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)
-    if cfg.report.enabled and plan.kind.name == "documents":
-        console.print("[dim]report: the HTML report covers pair runs; for documents see `curate stats` "
-                      "and `curate query` (manifest, manifest_images)[/dim]")
-    elif cfg.report.enabled:
+    if cfg.report.enabled:
         write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
 
@@ -268,9 +294,10 @@ def write_run_report(run: RunDir, progress: Progress, console: Console) -> None:
         with progress.step("report"):
             uri = write_report(run.root)
     except Exception as error:  # noqa: BLE001 - any report bug must not fail a finished run
-        console.print(f"[bold red]report failed:[/bold red] {error}; retry with `curate report {run.root}`")
+        console.print(Text.assemble(("report failed:", "bold red"), " ",
+                                    literal(f"{error}; retry with `curate report {run.root}`")))
         return
-    console.print(f"report: {uri}")
+    console.print(literal(f"report: {uri}"))
 
 
 def refilter(run_root: str, overrides: list[str], console: Console | None = None) -> RunResult:
@@ -297,11 +324,13 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
     cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
     plan = make_plan(cfg)
     plan.check(models=False)
-    _check_scored(plan, run)
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    check_run_directory(run.root, cfg.storage.shared_filesystem)
-    result = finish(plan, run, console, time.perf_counter(), {})
-    storage.write_text(run.config, cfg.to_yaml())
+    with runlock.hold(run.root):
+        _check_scored(plan, run)
+        lifeline.start_watchdog()
+        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        check_run_directory(run.root, cfg.storage.shared_filesystem)
+        result = finish(plan, run, console, time.perf_counter(), {})
+        storage.write_text(run.config, cfg.to_yaml())
     return result
 
 

@@ -21,7 +21,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core import storage
+from curate.core import commits, storage
 from curate.core.progress import RowCounter, stage_counts_dir
 from curate.core.rundir import RunDir
 from curate.flow.plan import Plan
@@ -155,7 +155,7 @@ def write_scored(batch: pa.Table, scored_dir: str, image_col: str) -> pa.Table:
         ids = table.column("sample_id").to_pylist()
         digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:12]
         try:
-            storage.write_parquet(storage.join(scored_dir, shard, f"part-{min(ids)}-{digest}.parquet"), table)
+            commits.write_parquet(storage.join(scored_dir, shard, f"part-{min(ids)}-{digest}.parquet"), table)  # + record
         except storage.WriteError as error:
             rows.append(0)
             errors.append(str(error))

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from curate.core import storage
 from curate.core.rundir import RunDir
+from curate.core.textsafe import literal
 from curate.schemas.status import Status
 
 
@@ -33,18 +34,20 @@ def save_summary(run: RunDir, summary: dict) -> None:
 
 
 def print_summary(summary: dict, run_root: str, console: Console | None = None) -> None:
+    """The summary table; statuses, reasons and the run path are shown literally
+    (curate.core.textsafe), whatever text they hold."""
     console = console or Console()
-    table = Table(title=f"curate run: {run_root}", show_lines=False)
+    table = Table(title=literal(f"curate run: {run_root}"), show_lines=False)
     table.add_column("status")
     table.add_column("reason")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
     total = max(summary["rows_in"], 1)
     for status, count in summary["statuses"].items():
-        table.add_row(f"[bold]{status}[/bold]", "", str(count), f"{100 * count / total:.1f}%")
+        table.add_row(literal(status, "bold"), "", str(count), f"{100 * count / total:.1f}%")
         for item in summary["reasons"]:
             if item["status"] == status:
-                table.add_row("", item["reason"], str(item["count"]), f"{100 * item['count'] / total:.1f}%")
+                table.add_row("", literal(item["reason"]), str(item["count"]), f"{100 * item['count'] / total:.1f}%")
     console.print(table)
     console.print(
         f"{'documents' if summary.get('kind') == 'documents' else 'rows'} in: [bold]{summary['rows_in']}[/bold]  "
@@ -52,4 +55,4 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
         f"wall time: {summary['wall_seconds']:.1f} s ({summary['rows_per_second']} rows/s)"
     )
     if summary.get("images"):
-        console.print("images of the documents: " + ", ".join(f"{s} {n}" for s, n in summary["images"].items()))
+        console.print(literal("images of the documents: " + ", ".join(f"{s} {n}" for s, n in summary["images"].items())))

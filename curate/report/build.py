@@ -1,6 +1,6 @@
 """``curate report RUN``: collect the figures and samples of a finished run, write RUN/report/index.html.
 
-Reads the manifest through the query views (local or bucket), the run's config.yaml for
+A documents run's page is drawn by curate.report.documents. Reads the manifest through the query views (local or bucket), the run's config.yaml for
 thresholds and the image column, and only the sampled images from RUN/downloaded/.
 """
 
@@ -51,7 +51,12 @@ def write_report(run_root: str, samples_per_group: int | None = None) -> str:
         samples_per_group = (config.get("report") or {}).get("samples", DEFAULT_SAMPLES)
     con = open_views(run.root)
     try:
-        text = render(con, run, config, samples_per_group)
+        if (config.get("input") or {}).get("kind") == "documents":
+            from curate.report.documents import render_documents
+
+            text = render_documents(con, run, config, samples_per_group)
+        else:
+            text = render(con, run, config, samples_per_group)
     finally:
         con.close()
     uri = storage.join(run.report, "index.html")

@@ -68,6 +68,19 @@ td .mono { overflow-wrap:anywhere; }
 .capfilt { display:grid; grid-template-columns:150px 1fr; gap:14px; padding:12px 0; border-bottom:1px solid var(--line); }
 .capfilt tr.chosen td { background:#eaf6ee; font-weight:600; }
 footer { color:var(--muted); font-size:12px; padding:10px 0 40px; }
+.doc { border-top:1px solid var(--line); padding:14px 0 6px; }
+.doc h3 .sub { color:var(--muted); font-weight:400; font-size:12px; margin-left:6px; }
+.doc h4 { font-size:12px; color:var(--muted); margin:10px 0 6px; font-weight:600; }
+.seq { max-width:760px; }
+.seq .t { margin:4px 0 10px; }
+.seq .t.syn { color:#7a4a12; font-style:italic; }
+.im { margin:6px 0; display:inline-flex; flex-direction:column; width:150px; vertical-align:top; margin-right:8px;
+      background:#fff; border:1px solid var(--line); border-radius:8px; overflow:hidden; }
+.im img, .im .noimg { width:150px; height:150px; object-fit:contain; background:#eef0f3; display:block; }
+.im .noimg { display:flex; align-items:center; justify-content:center; color:var(--muted); font-size:12px; }
+.im figcaption { padding:5px 7px 7px; font-size:11px; display:flex; flex-wrap:wrap; gap:3px 6px; }
+.im figcaption .badge { white-space:normal; overflow-wrap:anywhere; }
+.lost .row { display:flex; flex-wrap:wrap; gap:0; }
 """
 
 # Runs first: records script errors so the check below can report them.

@@ -33,8 +33,13 @@ STYLE = {
 }
 
 
+# A document image's text: the document's own, or its synthetic caption.
+SOURCE_COLOURS = {"original": "#3569c9", "synthetic": "#d9762b"}
+
+
 def status_colour(status: str) -> str:
-    return STATUS_COLOURS.get(status, "#5b8def")
+    """The colour of a status (or of a text source) on every figure and badge."""
+    return STATUS_COLOURS.get(status) or SOURCE_COLOURS.get(status, "#5b8def")
 
 
 def _svg(fig, name: str) -> str:

@@ -84,12 +84,14 @@ def duplicate_groups(con: duckdb.DuckDBPyConnection, n_groups: int) -> list[dict
     ]
 
 
-def failure_examples(con: duckdb.DuckDBPyConnection, status: str, per_reason: int = 3) -> list[dict]:
-    """Reason codes of a status without images (download_failed, blocked), with example URLs."""
+def failure_examples(con: duckdb.DuckDBPyConnection, status: str, per_reason: int = 3,
+                     table: str = "manifest") -> list[dict]:
+    """Reason codes of a status without images (download_failed, blocked), with example URLs
+    (``table``: ``manifest_images`` for a documents run's images)."""
     return _rows(con, f"""
         SELECT split_part(reason, ':', 1) AS reason, count(*) AS rows,
                list(url ORDER BY md5(sample_id))[1:{int(per_reason)}] AS examples
-        FROM manifest WHERE status = {duck.sql_string(status)} GROUP BY 1 ORDER BY rows DESC, reason
+        FROM {table} WHERE status = {duck.sql_string(status)} GROUP BY 1 ORDER BY rows DESC, reason
     """)
 
 

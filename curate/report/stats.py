@@ -219,6 +219,14 @@ READY = {
 }
 
 
+def image_score_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Documents runs: quantiles per status of the image scores the run has (``clip_score``,
+    ``itm_prob`` when ITM ran, and for kept images the scores of the text that follows them)."""
+    have = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest_images)").fetchall()}
+    names = [c for c in ("clip_score", "itm_prob", "placed_clip_score", "placed_itm_prob") if c in have]
+    return _concat([quantiles_by_status(con, f'"{c}"', c, table="manifest_images") for c in names])
+
+
 # Documents runs (input.kind: documents): documents in ``manifest``, their images in ``manifest_images``.
 READY_DOCUMENTS = {
     "status_reasons": ("documents per status and reason", status_reasons),
@@ -227,8 +235,8 @@ READY_DOCUMENTS = {
         quantiles_by_status(con, "n_words::DOUBLE", "words"),
         quantiles_by_status(con, "n_images_kept::DOUBLE", "images_kept"),
     ])),
-    "image_similarity": ("images: best CLIP cosine to a text of their document, per status",
-                         lambda con: quantiles_by_status(con, "clip_score", "clip_score", table="manifest_images")),
+    "image_similarity": ("images: best CLIP cosine (and ITM P(match)) to a text of their document, per status",
+                         lambda con: image_score_quantiles(con)),
     "top_image_domains": ("top image domains", lambda con: top_domains(con, table="manifest_images")),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
 }

@@ -36,7 +36,8 @@ DOCUMENTS = pa.schema([
 BLOCKED_REASON = pa.field("blocked_reason", pa.string())
 PREPARED_ROWS = ROWS.append(BLOCKED_REASON)
 
-# What img2dataset writes per row (plus the image bytes, named after download.encode_format).
+# What img2dataset writes per row (plus the image bytes, named after download.encode_format);
+# curate's shard writer adds fetch_reason.
 DOWNLOADED = pa.schema([
     ("sample_id", pa.string()),
     ("caption_bad_encoding", pa.bool_()),
@@ -45,6 +46,7 @@ DOWNLOADED = pa.schema([
     ("key", pa.string()),
     ("status", pa.string()),
     ("error_message", pa.string()),
+    ("fetch_reason", pa.string()),  # the verdict the fetching worker verified (curate.stages.safe_downloader)
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),
@@ -112,6 +114,9 @@ DOCUMENTS_MANIFEST = pa.schema([
     ("texts", pa.list_(pa.string())),
     ("image_ids", pa.list_(pa.string())),
     ("image_urls", pa.list_(pa.string())),
+    ("text_sources", pa.list_(pa.string())),  # per text position: original | synthetic (an image's caption)
+    ("n_images_valid", pa.int32()),  # downloaded and passed the image rules (document_rules.FACTS)
+    ("n_synthetic_texts", pa.int32()),
     ("metadata", pa.string()),
     ("image_download_shards", pa.list_(pa.string())),  # where each image's bytes are (output step)
     ("output_shard", pa.string()),
@@ -128,6 +133,10 @@ DOCUMENT_IMAGES_HEAD = pa.schema([
     ("best_text", pa.int32()),  # the text it is most similar to
     ("original_slot", pa.int32()),
     ("slot", pa.int32()),  # kept images: placed right before this text (len(texts): at the end)
+    ("text_source", pa.string()),  # kept images: original (a text of the document) | synthetic (its caption)
+    ("synthetic_caption", pa.string()),  # kept images with text_source synthetic: the caption written after it
+    ("placed_clip_score", pa.float32()),  # kept images: CLIP cosine to the text that follows it
+    ("placed_itm_prob", pa.float32()),  # ... and its ITM P(match) (NULL outside the ITM shortlist)
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),

@@ -1,9 +1,14 @@
 """Reason codes: the machine-readable ``reason`` of every manifest row.
 
 A reason is ``code`` or ``code:detail`` (``http_404``, ``clip_score_below:0.28``,
-``duplicate_of:00000-0000000042``), so it groups with ``split_part(reason, ':', 1)``. Every
-code curate can emit is a :class:`Code` in :data:`CODES`, with the status it goes with and
-its meaning; docs/manifest.md documents exactly these (``tests/test_vocabulary.py``), and
+``duplicate_of:00000-0000000042``), so it groups with ``split_part(reason, ':', 1)``. A
+detail built by :func:`reason` is ASCII letters, digits and ``._+-`` only, so a reason is
+safe to print whatever text it was built from (a server's error message, say); the one
+exception is an IPv6 address, written in brackets as in a URL (``private_host:[::1]``),
+whose colons stay. The detail is everything after the first ``:``.
+
+Every code curate can emit is a :class:`Code` in :data:`CODES`, with the status it goes with
+and its meaning; docs/manifest.md documents exactly these (``tests/test_vocabulary.py``), and
 :func:`reason` refuses a code that is not here, so a new code cannot reach a manifest
 undocumented.
 """
@@ -51,8 +56,8 @@ B, D, F, U = Status.BLOCKED, Status.DOWNLOAD_FAILED, Status.FILTERED, Status.DUP
 URL_MISSING = Code("url_missing", B, "the url cell is NULL or empty")
 URL_INVALID = Code("url_invalid", B, "unparsable URL, no host, control characters, or bytes that were not UTF-8")
 SCHEME_NOT_ALLOWED = Code("scheme_not_allowed", B, "only http and https are fetched (detail: the scheme)")
-PRIVATE_HOST = Code("private_host", B, "a non-public address (detail: the address)")
-REDIRECT_TO_PRIVATE_HOST = Code("redirect_to_private_host", B, "a redirect led to a non-public address; not followed")
+PRIVATE_HOST = Code("private_host", B, "an address in a special-purpose range (detail: the address, IPv6 in brackets)")
+REDIRECT_TO_PRIVATE_HOST = Code("redirect_to_private_host", B, "a redirect led to such an address; not followed")
 # -- download_failed -------------------------------------------------------------------------
 HTTP_STATUS = Code("http_<code>", D, "the server answered with this HTTP status")
 TIMEOUT = Code("timeout", D, "no complete answer in time")
@@ -74,6 +79,7 @@ MISSING_FROM_DOWNLOADER = Code("missing_from_downloader", D, "the downloader ret
 # -- filtered: image rules -------------------------------------------------------------------
 IMAGE_TOO_SMALL = Code("image_too_small", F, "shorter original side below filters.min_side")
 ASPECT_RATIO_ABOVE = Code("aspect_ratio_above", F, "long/short side above filters.max_aspect_ratio")
+IMAGE_SIDE_ABOVE = Code("image_side_above", F, "longer original side above filters.max_side")
 # -- filtered: caption rules (a row's reason, and a candidate caption's) ----------------------
 CAPTION_BAD_ENCODING = Code("caption_bad_encoding", F, "the caption was not valid UTF-8")
 CAPTION_EMPTY = Code("caption_empty", F, "the caption is NULL or only whitespace")
@@ -93,8 +99,13 @@ CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the 
 MALFORMED_DOCUMENT = Code("malformed_document", F, "the row is not a document of input.documents.layout")
 TOO_FEW_IMAGES = Code("too_few_images", F, "fewer images left than interleaved.min_images")
 TOO_FEW_WORDS = Code("too_few_words", F, "fewer words of text than interleaved.min_words")
+TOO_MANY_WORDS = Code("too_many_words", F, "more words of text than interleaved.max_words")
+TOO_MANY_IMAGES = Code("too_many_images", F, "more valid images than interleaved.max_document_images")
+IMAGE_TEXT_RATIO_BELOW = Code("image_text_ratio_below", F, "kept images per word below interleaved.min_image_text_ratio")
+IMAGE_TEXT_RATIO_ABOVE = Code("image_text_ratio_above", F, "kept images per word above interleaved.max_image_text_ratio")
 # -- documents runs: an image's reasons ------------------------------------------------------
 SIM_BELOW = Code("sim_below", F, "best CLIP cosine to any text of its document below interleaved.min_sim")
+ITM_BELOW = Code("itm_below", F, "no shortlisted text of its document has ITM P(match) >= interleaved.min_itm")
 DOCUMENT_HAS_NO_TEXT = Code("document_has_no_text", F, "its document has no text to place it next to")
 OVER_MAX_IMAGES = Code("over_max_images", F, "its document had more images than interleaved.max_images")
 NO_FREE_TEXT = Code("no_free_text", F, "assignment placement: every text already has a more similar image")
@@ -113,24 +124,30 @@ def lookup(code: str) -> Code:
     raise ValueError(f"{code!r} is not a reason code of curate.schemas.reasons; add it there and to docs/manifest.md")
 
 
-_DETAIL_SEPARATORS = re.compile(r"[\s:]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
+_IPV6_IN_BRACKETS = re.compile(r"\[[0-9A-Fa-f:.]+\]")  # curate.stages.address_policy.address_text
 MAX_DETAIL_CHARS = 120
 
 
 def reason(code: str, detail: object | None = None) -> str:
     """``code`` or ``code:detail``. The code must be one of :data:`CODES` (ValueError
-    otherwise); the detail loses ':' and whitespace (runs become '_') and is cut to 120
-    characters, so ``split_part(reason, ':', 1)`` is always the code."""
+    otherwise). The detail is reduced to ASCII letters, digits and ``._+-`` (runs of
+    anything else become '_') and cut to 120 characters, so ``split_part(reason, ':', 1)``
+    is always the code and a reason never carries markup or control characters; a detail
+    that is an IPv6 address in brackets is kept whole. A detail left empty gives the bare
+    code, never ``code:``."""
     lookup(code)
-    if detail is None or detail == "":
+    if detail is None:
         return code
-    text = _DETAIL_SEPARATORS.sub("_", str(detail)).strip("_")[:MAX_DETAIL_CHARS]
+    text = str(detail)
+    if not _IPV6_IN_BRACKETS.fullmatch(text):
+        text = _UNSAFE.sub("_", text).strip("_")[:MAX_DETAIL_CHARS]
     return f"{code}:{text}" if text else code
 
 
 def sql_clean_detail(expr: str) -> str:
-    """SQL that cleans a detail as :func:`reason` does (ASCII whitespace only: DuckDB's RE2)."""
-    return f"left(trim(regexp_replace({expr}, '[\\s:]+', '_', 'g'), '_'), {MAX_DETAIL_CHARS})"
+    """SQL that cleans a detail as :func:`reason` does (for details that are not addresses)."""
+    return f"left(trim(regexp_replace({expr}, '[^A-Za-z0-9._+\\-]+', '_', 'g'), '_'), {MAX_DETAIL_CHARS})"
 
 
 def fmt_threshold(value: float) -> str:

@@ -27,7 +27,10 @@ from curate.schemas.status import Status
 if TYPE_CHECKING:
     from curate.core.config import CurateConfig, ModelComputeConfig
 
-Scope = Literal["image", "caption"]
+# image: one row per image; caption: one row per candidate caption (a pair's original and
+# synthetic captions, a document image's synthetic ones); document: one row per document of
+# a documents run, over its facts after placement (curate.flow.document_rules).
+Scope = Literal["image", "caption", "document"]
 # A batch stage's rows: every row of the batch, the downloaded ones, or the "live" ones
 # (downloaded and not rejected by a gating rule: the rows worth a model's time).
 Rows = Literal["all", "downloaded", "live"]
@@ -40,9 +43,9 @@ class Rule:
 
     ``when`` and ``reason`` are SQL expressions over stored columns (``reason`` evaluates to
     the reason string); ``codes`` are the reason codes it can produce. ``scope`` is
-    ``image`` (one row per image) or ``caption`` (one row per candidate caption of a pair:
-    ``text``, ``source``, and the stages' per-caption scores). The first rule that matches
-    a row decides it.
+    ``image`` (one row per image), ``caption`` (one row per candidate caption: ``text``,
+    ``source``, and the stages' per-caption scores) or ``document`` (one row per document of
+    a documents run: its facts after placement). The first rule that matches a row decides it.
     """
 
     when: str
@@ -75,7 +78,9 @@ class Stage:
       manifest: which of ``writes`` reach the manifest.
       thresholds: config keys a refilter may change (decided from stored columns).
       kinds: the input kinds it runs for (``pairs``, ``documents``).
-      caption_columns: what it adds to each candidate caption of a pair (see below).
+      caption_columns: what it adds to each candidate caption (see below).
+      text_columns: documents runs: its scores of an image against each text of its
+        document, as list columns aligned with the document's texts (see below).
       scores: its manifest score columns, as the report shows them.
       keep_fractions: fraction keys resolved into its thresholds over the whole run.
     """
@@ -92,6 +97,10 @@ class Stage:
     # Per candidate caption of a pair: column name -> (its column for the original caption,
     # the list column of its synthetic captions, or None). Caption-scope rules read these.
     caption_columns: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # Documents runs: score name -> the list column holding this score of an image against
+    # each text of its document, aligned with the texts (NULL where not scored). Placement
+    # (curate.flow.interleave) reads them by score name: clip_score, itm_prob.
+    text_columns: ClassVar[dict[str, str]] = {}
     # Manifest score columns -> (a label for people, the config key of its threshold or None):
     # the report plots these, with the threshold line.
     scores: ClassVar[dict[str, tuple[str, str | None]]] = {}

@@ -9,6 +9,13 @@ Only images that passed the image rules are captioned (``caption.rejected_images
 widens that): captioning is the most expensive stage, and a rejected image's sample is
 filtered whatever its caption.
 
+Documents runs: every live image is captioned, described by a sentence of its document or
+not. Which images no sentence describes is known only once CLIP has scored them, and CLIP
+scores the synthetic captions in the same pass, so the captioner runs first; and with the
+captions stored, ``curate refilter`` can change ``interleaved.min_sim`` or
+``interleaved.caption_unmatched`` without a model (curate.flow.documents decides which
+images get theirs).
+
 Sampling is seeded per caption from ``caption.seed``, the image's sample_id and the
 caption's index (curate.models.seeded_sampling): an image gets the same captions in any
 batch, on any actor, in a resumed run as in an uninterrupted one.
@@ -52,13 +59,13 @@ def generation_kwargs(cfg: CaptionConfig, sample_ids: list[str], device="cpu") -
 
 
 class CaptionStage(BatchStage):
-    """BLIP captioner: K synthetic captions per live image (CapFilt's "Cap"; Li et al. 2022, "BLIP")."""
+    """BLIP captioner: K synthetic captions per live image, pairs and documents (CapFilt's "Cap";
+    Li et al. 2022, "BLIP")."""
 
     key = "caption"
     switch = "caption.model"
     reads = (IMAGE,)
     writes = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
-    kinds = ("pairs",)
     uses_model = True
     relative_cost = 8.0  # BLIP captioner, K sampled captions: ~8x CLIP (docs/scaling.md)
 

@@ -1,9 +1,22 @@
-"""ITM stage: BLIP image-text matching for the original caption and every synthetic one.
+"""ITM stage: BLIP image-text matching, for a pair's captions and a document image's texts.
 
 ``itm_prob`` is the softmax of BLIP's ITM head, P(match); ``itm_cosine`` is its ITC
-cosine (the ``use_itm_head=False`` score). Both are stored for the original caption and,
-as lists, for the captioner's captions; ``itm.min_prob`` is a rule over each candidate
-caption, applied in the decision (curate.flow.pairs) from these stored scores.
+cosine (the ``use_itm_head=False`` score).
+
+- Pairs: both are stored for the original caption and, as lists, for the captioner's
+  captions; ``itm.min_prob`` is a rule over each candidate caption, applied in the decision
+  (curate.flow.pairs) from these stored scores.
+- Documents: each image is scored against a **shortlist** of its document's texts, the
+  ``itm.document_texts`` (default 3) that CLIP finds most similar (``sentence_sims``), and
+  against its synthetic captions. ``sentence_itm_probs`` is aligned with ``sentence_sims``
+  (NULL for a text outside the shortlist); ``itm_prob`` is the best of them and
+  ``itm_cosine`` the ITC cosine of that same text. Why a shortlist: ITM is a cross-encoder,
+  one text-encoder pass with cross-attention per (image, text), where CLIP embeds each text
+  once per document; a page of 30 images and 200 paragraphs would cost 6,000 ITM passes.
+  BLIP's image-text retrieval (Li et al. 2022, following ALBEF) works the same way: the
+  image-text feature similarity picks k candidates, ITM re-ranks them. Placement
+  (curate.flow.interleave) reads the stored scores (``interleaved.min_itm``,
+  ``interleaved.placement_by``), so a refilter re-decides without the model.
 
 The vision tower runs once per image, not once per (image, caption) pair: with K
 synthetic captions, calling ``BlipForImageTextRetrieval.forward`` per pair would encode
@@ -21,26 +34,41 @@ from curate.schemas.reasons import fmt_threshold
 from curate.stages.base import IMAGE, BatchStage, Rule
 
 
-class ItmStage(BatchStage):
-    """BLIP image-text matching: P(match) and the ITC cosine of every candidate caption (pairs).
+def shortlist(sims: list[float] | None, n_texts: int, k: int | None) -> list[int]:
+    """The indices (in text order) of the ``k`` texts with the highest CLIP cosine in ``sims``
+    (ties: the earlier text); every text when ``k`` is None or covers them all, the first
+    ``k`` when there are no similarities."""
+    if k is None or k >= n_texts:
+        return list(range(n_texts))
+    if not sims or len(sims) != n_texts:
+        return list(range(k))
+    best = sorted(range(n_texts), key=lambda j: (-(sims[j] if sims[j] is not None else float("-inf")), j))[:k]
+    return sorted(best)
 
-    Source: Li et al. 2022, "BLIP" (the ITM head as CapFilt's filter).
+
+class ItmStage(BatchStage):
+    """BLIP image-text matching: P(match) and the ITC cosine of every candidate caption of a
+    pair, or of a document image against a CLIP shortlist of its document's texts and its
+    synthetic captions.
+
+    Source: Li et al. 2022, "BLIP" (the ITM head as CapFilt's filter; the ITC-shortlist,
+    ITM-rerank retrieval it takes from ALBEF, Li et al. 2021).
     """
 
     key = "itm"
     switch = "itm.model"
     reads = (IMAGE, "caption")
-    optional_reads = ("synthetic_captions",)
+    optional_reads = ("synthetic_captions", "doc_texts", "sentence_sims")
     writes = pa.schema([
         ("itm_prob", pa.float32()),
         ("itm_cosine", pa.float32()),
         ("synthetic_itm_probs", pa.list_(pa.float32())),
         ("synthetic_itm_cosines", pa.list_(pa.float32())),
+        ("sentence_itm_probs", pa.list_(pa.float32())),
     ])
     manifest = ("itm_prob", "itm_cosine")
     thresholds = ("itm.min_prob", "itm.keep_fraction", "capfilt.synthetic_min_prob")
     keep_fractions = {"itm.keep_fraction": "itm.min_prob"}
-    kinds = ("pairs",)
     uses_model = True
     relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)
     scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
@@ -48,6 +76,7 @@ class ItmStage(BatchStage):
         "itm_prob": ("itm_prob", "synthetic_itm_probs"),
         "itm_cosine": ("itm_cosine", "synthetic_itm_cosines"),
     }
+    text_columns = {"itm_prob": "sentence_itm_probs"}
 
     @property
     def compute(self) -> ItmConfig:
@@ -123,13 +152,44 @@ class ItmStage(BatchStage):
         n = batch.num_rows
         out = {field.name: [None] * n for field in self.writes}
         todo = decoded(batch, self.todo(batch), self.image_col)
-        if todo:
+        if todo and "doc_texts" in batch.column_names:
+            self._score_documents(batch, todo, out)
+        elif todo:
             texts = candidate_texts(batch, [i for i, _ in todo])
             probs, cosines = self.score([image for _, image in todo], texts)
             for (i, _), p, c in zip(todo, probs, cosines):
                 out["itm_prob"][i], out["itm_cosine"][i] = p[0], c[0]
                 out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[1:], c[1:]
         return self.append(batch, out)
+
+    def _score_documents(self, batch: pa.Table, todo: list, out: dict[str, list]) -> None:
+        """Documents: each image against its shortlist of document texts, then its synthetic
+        captions; ``itm_prob``/``itm_cosine`` of the shortlisted text ITM matches best."""
+        from curate.stages.model_support import document_texts
+
+        sims = (batch.column("sentence_sims").to_pylist() if "sentence_sims" in batch.column_names
+                else [None] * batch.num_rows)
+        rows, images, texts, picked = [], [], [], []
+        for (i, image), (doc, synthetic) in zip(todo, document_texts(batch, [i for i, _ in todo])):
+            chosen = shortlist(sims[i], len(doc), self.cfg.itm.document_texts)
+            out["sentence_itm_probs"][i] = [None] * len(doc)
+            if not chosen and not synthetic:
+                continue  # nothing to match: the image keeps NULL scores
+            rows.append(i)
+            images.append(image)
+            texts.append([doc[j] for j in chosen] + synthetic)
+            picked.append(chosen)
+        if not rows:
+            return
+        probs, cosines = self.score(images, texts)
+        for i, chosen, p, c in zip(rows, picked, probs, cosines):
+            k = len(chosen)
+            for j, prob in zip(chosen, p[:k]):
+                out["sentence_itm_probs"][i][j] = prob
+            if k:
+                best = max(range(k), key=lambda m: p[m])
+                out["itm_prob"][i], out["itm_cosine"][i] = p[best], c[best]
+            out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[k:], c[k:]
 
 
 def _split(values: list[float], groups: list[list[str]]) -> list[list[float]]:

@@ -6,7 +6,9 @@ them with SQL rules over each candidate caption (``scope="caption"``). A junk al
 rejects the original caption: with CapFilt on, a good image can still be kept with a
 synthetic caption (curate.flow.pairs decides the sample).
 
-Runs as a light Ray Data task after the captioner; no model. Pairs runs only.
+Runs as a light Ray Data task after the captioner; no model. Documents runs have no
+original caption: there it runs when the captioner does, and its rules judge the synthetic
+captions an image no sentence describes may get (``interleaved.caption_unmatched``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from curate.stages.cheap_filters import caption_facts
 
 
 class CaptionRulesStage(BatchStage):
-    """Text facts of every candidate caption and the cheap caption rules over them (pairs)."""
+    """Text facts of every candidate caption and the cheap caption rules over them (pairs; a
+    documents run's synthetic captions)."""
 
     key = "caption_rules"
     section = "filters"
@@ -36,7 +39,6 @@ class CaptionRulesStage(BatchStage):
     ])
     # filters.max_caption_chars is fixed for a run: longer captions' words are never counted.
     thresholds = ("filters.min_caption_words", "filters.max_caption_words", "filters.junk_captions")
-    kinds = ("pairs",)
     rows = "downloaded"
     # Per candidate caption: its column for the original, and the list column of its synthetic captions.
     caption_columns = {
@@ -45,6 +47,10 @@ class CaptionRulesStage(BatchStage):
         "junk": ("caption_junk", "synthetic_caption_junk"),
         "bad_encoding": ("caption_bad_encoding", None),
     }
+
+    def configured(self) -> bool:
+        # A document image has no alt-text: the only captions to judge are synthetic ones.
+        return self.cfg.input.kind == "pairs" or self.cfg.captioning
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         limit = self.cfg.filters.max_caption_chars

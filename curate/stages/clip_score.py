@@ -9,8 +9,9 @@ the decision from the stored scores (a refilter never runs the model).
 
 Documents runs: an image row carries its document's texts (``doc_texts``) instead of a
 caption; the image is scored against each (``sentence_sims``, in text order) and
-``clip_score`` is the best of them. Placement (curate.flow.interleave) reads the stored
-similarities, so it too can be redone by a refilter.
+``clip_score`` is the best of them. Its synthetic captions (when the captioner ran) are
+scored in the same text pass (``synthetic_clip_scores``). Placement
+(curate.flow.interleave) reads the stored similarities, so it too can be redone by a refilter.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ClipStage(BatchStage):
     relative_cost = 1.0  # ViT-B/32: an image and its captions (docs/scaling.md)
     scores = {"clip_score": ("CLIP score", "clip.min_score")}
     caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores")}
+    text_columns = {"clip_score": "sentence_sims"}
 
     @property
     def compute(self) -> ClipConfig:
@@ -112,11 +114,12 @@ class ClipStage(BatchStage):
 
     @staticmethod
     def _texts(batch: pa.Table, rows: list[int]) -> list[list[str]]:
-        from curate.stages.model_support import candidate_texts, model_text
+        """Per row, the texts it is scored against: a pair's original caption, then its
+        synthetic ones; a document image's document texts, then its synthetic captions."""
+        from curate.stages.model_support import candidate_texts, document_texts
 
         if "doc_texts" in batch.column_names:
-            doc_texts = batch.column("doc_texts").to_pylist()
-            return [[model_text(t) for t in doc_texts[i] or []] for i in rows]
+            return [texts + synthetic for texts, synthetic in document_texts(batch, rows)]
         return candidate_texts(batch, rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -126,22 +129,26 @@ class ClipStage(BatchStage):
         documents = "doc_texts" in batch.column_names
         scores: list[float | None] = [None] * n
         embeddings: list[list[float] | None] = [None] * n
-        other_scores: list[list[float] | None] = [None] * n  # synthetic captions' or document texts'
+        synthetic: list[list[float] | None] = [None] * n  # the synthetic captions' cosines
+        sentences: list[list[float] | None] = [None] * n  # documents: the cosine to each document text
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             # One text pass for every text of the batch: captions (original, then synthetic)
-            # or, for documents, each image's document texts.
+            # or, for documents, each image's document texts and its synthetic captions.
             texts = self._texts(batch, [i for i, _ in todo])
             image_emb = self._embed_images([image for _, image in todo])
             text_emb = self._embed_texts([t for row in texts for t in row])
+            n_doc = [len(t or []) for t in batch.column("doc_texts").to_pylist()] if documents else None
             offset = 0
             for (i, _), img, row in zip(todo, image_emb, texts):
                 cosines = [float(c) for c in text_emb[offset : offset + len(row)] @ img] if row else []
                 offset += len(row)
                 embeddings[i] = img.tolist()
-                if documents:
-                    scores[i], other_scores[i] = (max(cosines) if cosines else None), cosines
+                if documents:  # the document's texts first, then the image's synthetic captions
+                    k = n_doc[i]
+                    sentences[i], synthetic[i] = cosines[:k], cosines[k:]
+                    scores[i] = max(sentences[i]) if sentences[i] else None
                 else:
-                    scores[i], other_scores[i] = cosines[0], cosines[1:]
-        other = "sentence_sims" if documents else "synthetic_clip_scores"
-        return self.append(batch, {"clip_score": scores, "clip_image_embedding": embeddings, other: other_scores})
+                    scores[i], synthetic[i] = cosines[0], cosines[1:]
+        return self.append(batch, {"clip_score": scores, "clip_image_embedding": embeddings,
+                                   "synthetic_clip_scores": synthetic, "sentence_sims": sentences})

@@ -1,9 +1,10 @@
 """Step 2: download with img2dataset, as a library.
 
 img2dataset does the fetching, retries, X-Robots-Tag opt-out handling, resizing and
-re-encoding; this module only calls it and translates its per-row error messages into
-reason codes. Its Parquet output keeps failed rows, and it writes a shard's
-``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
+re-encoding; this module only calls it and turns each failed row into a reason code: the
+verdict the fetching worker verified (``fetch_reason``, see curate.stages.safe_fetch), or
+else img2dataset's own message for what happened after the fetch. Its Parquet output
+keeps failed rows, and it writes a shard's ``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
 
 Fetching goes through ``curate.stages.safe_fetch`` (address checks at connect time, body
@@ -22,10 +23,9 @@ from curate.core import storage
 from curate.core.config import DownloadConfig
 from curate.schemas.reasons import reason
 from curate.stages.download_errors import download_error_code
-from curate.stages.safe_fetch import MARK, FetchPolicy
+from curate.stages.safe_fetch import FetchPolicy
 
 _HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
-_REFUSED = re.compile(re.escape(MARK) + r" (\S+)")
 # Refusals at download time that mean "must not be fetched", like the precheck's: status blocked.
 BLOCKED_AT_DOWNLOAD = ("private_host", "redirect_to_private_host", "scheme_not_allowed")
 
@@ -35,14 +35,21 @@ class DownloadIncomplete(OSError):
     environment failure, hence an OSError); a re-run resumes them."""
 
 
-def download_reason(status: str | None, error_message: str | None) -> str | None:
-    """img2dataset (status, error_message) -> our reason code; None for a success."""
+def download_reason(status: str | None, error_message: str | None, fetch_reason: str | None = None) -> str | None:
+    """img2dataset's (status, error_message) and the verified ``fetch_reason`` of a row ->
+    its reason code; None for a success.
+
+    A verdict (blocked or not) comes only from ``fetch_reason``, never from the message:
+    the message can hold text a server wrote. The message is read only for what
+    img2dataset reports itself (X-Robots-Tag, the resizer), and for shards downloaded by
+    an earlier curate that had no ``fetch_reason``; whatever it says, it can only make the
+    row a download failure with a stable code (curate.stages.download_errors), never
+    with its text."""
     if status == "success":
         return None
+    if fetch_reason:
+        return fetch_reason
     message = error_message or ""
-    refused = _REFUSED.search(message)
-    if refused:
-        return refused.group(1).rstrip(">")
     lowered = message.lower()
     if "infinite loop" in lowered or ("redirect" in lowered and "error" in lowered):
         return reason("too_many_redirects")

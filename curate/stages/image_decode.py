@@ -43,9 +43,9 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def _budget_refusal() -> str:
-    from curate.stages.safe_fetch import MARK  # how refusals travel through img2dataset
+    from curate.stages.safe_fetch import FetchRefused  # a signed verdict: how refusals travel through img2dataset
 
-    return f"{MARK} {reason('image_too_large', 'max_decode_bytes')}"
+    return str(FetchRefused("image_too_large", "max_decode_bytes"))
 
 
 def _has_alpha(image: Image.Image) -> bool:

@@ -2,7 +2,8 @@
 
 Maps img2dataset's (status, error_message) to a reason code (``download_reason``), hashes
 the decoded pixels (``pixel_sha256``: exact dedupe of re-encoded copies), and rejects images
-by their original size (``filters.min_side``, ``filters.max_aspect_ratio``). Its rules
+by their original size (``filters.min_side``, ``filters.max_side``, ``filters.max_aspect_ratio``;
+OBELICS, Laurençon et al. 2023, keeps sides of 150..20,000 pixels and aspect ratios up to 2). Its rules
 gate the score step: model stages skip the images they reject, so these thresholds are
 fixed for a run (a refilter can't score an image that was never scored).
 
@@ -46,13 +47,17 @@ class InspectStage(BatchStage):
     key = "inspect"
     section = "filters"
     reads = ("status", "error_message", WIDTH, HEIGHT, IMAGE)
+    # The verdict the fetching worker verified (curate.stages.safe_downloader); download
+    # shards of an earlier curate have none.
+    optional_reads = ("fetch_reason",)
     writes = pa.schema([("download_reason", pa.string()), ("pixel_sha256", pa.string())])
     rows = "all"
     gates = True
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(["status", "error_message", self.image_col]).to_pylist()
-        failed = [download_reason(r["status"], r["error_message"]) for r in rows]
+        columns = ["status", "error_message", self.image_col] + [c for c in self.optional_reads if c in batch.column_names]
+        rows = batch.select(columns).to_pylist()
+        failed = [download_reason(r["status"], r["error_message"], r.get("fetch_reason")) for r in rows]
         hashes = [None if f else pixel_hash(r[self.image_col]) for f, r in zip(failed, rows)]
         return self.append(batch, {"download_reason": failed, "pixel_sha256": hashes})
 
@@ -61,8 +66,10 @@ class InspectStage(BatchStage):
         # Missing sizes pass: no evidence against the image.
         sized = f"{WIDTH} > 0 AND {HEIGHT} > 0"
         short, long = f"least({WIDTH}, {HEIGHT})", f"greatest({WIDTH}, {HEIGHT})"
-        return [
-            Rule.fixed(f"{sized} AND {short} < {f.min_side}", R.IMAGE_TOO_SMALL, f.min_side),
+        rules = [Rule.fixed(f"{sized} AND {short} < {f.min_side}", R.IMAGE_TOO_SMALL, f.min_side)]
+        if f.max_side is not None:
+            rules.append(Rule.fixed(f"{sized} AND {long} > {f.max_side}", R.IMAGE_SIDE_ABOVE, f.max_side))
+        return rules + [
             Rule.fixed(f"{sized} AND {long}::DOUBLE / greatest({short}, 1) > {f.max_aspect_ratio!r}",
                        R.ASPECT_RATIO_ABOVE, fmt_threshold(f.max_aspect_ratio)),
         ]

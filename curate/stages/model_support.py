@@ -1,5 +1,6 @@
 """What the model stages share: device and precision, torch threads, image decoding, and the
-candidate texts of a pair (the original caption, then the captioner's)."""
+texts a model scores: a pair's candidate captions (the original, then the captioner's), a
+document image's document texts and synthetic captions."""
 
 from __future__ import annotations
 
@@ -63,3 +64,13 @@ def candidate_texts(batch: pa.Table, rows: list[int]) -> list[list[str]]:
     synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
                  else [None] * batch.num_rows)
     return [[model_text(captions[i])] + (synthetic[i] or []) for i in rows]
+
+
+def document_texts(batch: pa.Table, rows: list[int]) -> list[tuple[list[str], list[str]]]:
+    """For each of ``rows`` of a documents run: (its document's texts, in order; its synthetic
+    captions, none where the captioner didn't run). CLIP scores all of them; ITM a shortlist
+    of the document's texts and every synthetic caption."""
+    doc_texts = batch.column("doc_texts").to_pylist()
+    synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
+                 else [None] * batch.num_rows)
+    return [([model_text(t) for t in doc_texts[i] or []], list(synthetic[i] or [])) for i in rows]

@@ -2,7 +2,8 @@
 
 This catches what can be decided from the URL text alone: missing URLs, non-http(s)
 schemes, unparsable URLs, and hosts that are literal non-public addresses in any of the
-spellings a resolver accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``[::1]``).
+spellings a resolver accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``[::1]``,
+``[::ffff:0:127.0.0.1]``); which addresses are non-public is ``curate.stages.address_policy``.
 Hosts given by name are checked against the address actually connected to, at download
 time (see ``curate.stages.safe_fetch``), since DNS can point a public-looking name at an
 internal address.
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from curate.schemas.reasons import reason
+from curate.stages.address_policy import AddressPolicy, address_text, embedded_ipv4, is_public_address
+
+__all__ = ["ALLOWED_SCHEMES", "AddressPolicy", "check_url", "embedded_ipv4", "is_public_address", "parse_ip_literal"]
 
 ALLOWED_SCHEMES = ("http", "https")
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -33,52 +36,6 @@ def parse_ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, NAT64, 6to4, Teredo), if any:
-    ``64:ff9b::a00:1`` reaches 10.0.0.1 on a NAT64 network, so it is judged as 10.0.0.1."""
-    if not isinstance(address, ipaddress.IPv6Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    return None
-
-
-def is_public_address(address: Address) -> bool:
-    """Globally routable unicast: not loopback, private, link-local, CGNAT, multicast,
-    reserved, documentation or unspecified (Python's ``is_global`` plus multicast)."""
-    inner = embedded_ipv4(address)
-    if inner is not None and not is_public_address(inner):
-        return False
-    return address.is_global and not address.is_multicast
-
-
-@dataclass(frozen=True)
-class AddressPolicy:
-    """Which addresses may be fetched: public ones, plus ``allowed_networks`` (CIDR ranges
-    or single addresses, e.g. an internal mirror), or everything with ``allow_all``."""
-
-    allow_all: bool = False
-    allowed_networks: tuple[str, ...] = ()
-
-    def allows(self, address: Address) -> bool:
-        if self.allow_all or is_public_address(address):
-            return True
-        return any(address in network for network in self._networks())
-
-    def _networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
 
 
 def check_url(url: object, allow_private_hosts: bool, allowed_networks: tuple[str, ...] = ()) -> str | None:
@@ -104,5 +61,5 @@ def check_url(url: object, allow_private_hosts: bool, allowed_networks: tuple[st
         return None if policy.allows(ipaddress.IPv4Address("127.0.0.1")) else reason("private_host", host)
     address = parse_ip_literal(host)
     if address is not None and not policy.allows(address):
-        return reason("private_host", str(address))
+        return reason("private_host", address_text(address))
     return None

@@ -1,7 +1,8 @@
 """img2dataset's Downloader carrying a FetchPolicy (see ``curate.stages.safe_fetch``).
 
-A module of its own because it must import img2dataset at module level: the class is
-pickled by reference into every worker that runs a shard.
+A module of its own because it must import img2dataset at module level: the classes are
+pickled by reference into every worker that runs a shard (and into img2dataset's logger
+process).
 """
 
 from __future__ import annotations
@@ -10,33 +11,78 @@ import contextlib
 import functools
 import importlib
 
+import pyarrow as pa
 from img2dataset.downloader import Downloader
+from img2dataset.logger import LoggerProcess
 
+from curate.core import commits, storage
+from curate.core.lifeline import die_with_parent
 from curate.stages.image_decode import UprightResizer
-from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install
+from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
+
+# The column of a downloaded shard that holds the reason of a failed row, as verified in
+# the worker that fetched it (``safe_fetch.verified_reason``). Rows without one failed in
+# img2dataset's own code (X-Robots-Tag, the resizer) or succeeded.
+FETCH_REASON = "fetch_reason"
+
+
+class VerdictWriter:
+    """Wraps img2dataset's sample writer: every row gets ``FETCH_REASON``, read from its
+    error message in this process, where the verdict's signature can be checked."""
+
+    def __init__(self, writer_class, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+        schema = schema.append(pa.field(FETCH_REASON, pa.string()))
+        self.writer = writer_class(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
+
+    def write(self, img_str, key, caption, meta):
+        self.writer.write(img_str, key, caption, {**meta, FETCH_REASON: verified_reason(meta.get("error_message"))})
+
+    def close(self):
+        self.writer.close()
 
 
 class SafeDownloader(Downloader):
+    """img2dataset's Downloader that fetches under ``fetch_policy``, records verified
+    verdicts, and commits each finished shard with a record (curate.core.commits)."""
+
     def __init__(self, *args, fetch_policy: FetchPolicy, **kwargs):
         super().__init__(*args, **kwargs)
         self.fetch_policy = fetch_policy
         # header pixel cap, then our decode (upright, 8-bit, alpha on white, memory budget), then cv2
         upright = UprightResizer(self.resizer, fetch_policy.max_decode_bytes)
         self.resizer = PixelCappedResizer(upright, fetch_policy.max_image_pixels)
+        self.sample_writer_class = functools.partial(VerdictWriter, self.sample_writer_class)
 
     def __call__(self, row):
         install(self.fetch_policy)  # runs in the worker process, before this shard's first fetch
-        return super().__call__(row)
+        done, _ = result = super().__call__(row)
+        if done:
+            # The shard's Parquet and then its stats are closed: record both. Without
+            # records a shard is not committed (a resume downloads it again).
+            name = "{shard_id:0{width}d}".format(shard_id=row[0], width=self.oom_shard_count)
+            for suffix in (".parquet", "_stats.json"):
+                commits.record(storage.join(self.output_folder, name + suffix))
+        return result
+
+
+class OrphanFreeLoggerProcess(LoggerProcess):
+    """img2dataset's logger process (it loops until the driver tells it to stop), ended
+    by the kernel when the driver dies."""
+
+    def run(self):
+        die_with_parent()
+        super().run()
 
 
 @contextlib.contextmanager
 def downloader_with_policy(policy: FetchPolicy):
     """While active, img2dataset's ``download()`` builds SafeDownloaders carrying ``policy``
-    (it constructs its Downloader from the ``img2dataset.main`` module global)."""
+    and an OrphanFreeLoggerProcess (it constructs both from ``img2dataset.main`` globals)."""
     i2d_main = importlib.import_module("img2dataset.main")  # the package re-exports a function `main`
-    original = i2d_main.Downloader
+    originals = i2d_main.Downloader, i2d_main.LoggerProcess
     i2d_main.Downloader = functools.partial(SafeDownloader, fetch_policy=policy)
+    i2d_main.LoggerProcess = OrphanFreeLoggerProcess
     try:
         yield
     finally:
-        i2d_main.Downloader = original
+        i2d_main.Downloader, i2d_main.LoggerProcess = originals

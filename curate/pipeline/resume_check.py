@@ -1,0 +1,193 @@
+"""Before a run resumes, its committed work is checked, not trusted.
+
+Every committed file has a record of its size and sha256 (curate.core.commits). A
+file that is missing, of another size or other content than recorded (deleted or
+damaged by hand, by a disk, by a second run) is removed here together with the work
+derived from it, so that its step does it again:
+
+- a file of an input part (``rows/``, ``download_list/``, ``documents/``): that part is
+  prepared again (it rewrites the same files: they depend on the input only);
+- a download shard (its Parquet or its stats): the shard is downloaded again, and its
+  scored parts (``scored/<shard>/``) are removed, so its rows are scored again;
+- a scored part: its rows are scored again.
+
+Output shards are checked the same way by the output step itself
+(``curate.pipeline.output``); the manifest is rebuilt by every run. Files written but
+never recorded (a run killed between the two) are not committed: they are removed
+without comment, as a resume always did with unfinished work.
+
+Checking reads every committed file once. It runs as Ray tasks, a group of parts or
+shards each, so on a cluster the reading is spread over the nodes and the driver holds
+names only.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from curate.core import commits, storage
+from curate.core.rundir import RunDir
+
+_STATS = "_stats.json"
+TASK_CPUS = 0.5
+GROUP = 16  # parts or shards checked per task
+
+
+def verify_run(run: RunDir) -> list[str]:
+    """Check a run directory before resuming it; remove what is missing or damaged (and
+    what was derived from it) so that its step does it again. Returns a line per damaged
+    file, for the log; empty for a fresh or intact run. Needs Ray started."""
+    if not storage.exists(run.config):
+        return []  # a fresh run: nothing to check
+    if not storage.exists(storage.join(run.root, commits.RECORDS)):
+        count = _adopt(run)
+        return [f"(started by an earlier curate: {count} committed files recorded as they are now)"] if count else []
+    problems: list[str] = []
+    _check_prepare(run, problems)
+    redo = _check_downloads(run, problems)
+    _check_scored(run, redo, problems)
+    return problems
+
+
+def _in_tasks(fn, items: list, *args) -> list:
+    """``fn(group, *args)`` as Ray tasks over groups of ``items``; their results, concatenated."""
+    import ray
+
+    if not items:
+        return []
+    task = ray.remote(num_cpus=TASK_CPUS)(fn)
+    groups = [items[i : i + GROUP] for i in range(0, len(items), GROUP)]
+    return [found for result in ray.get([task.remote(g, *args) for g in groups]) for found in result]
+
+
+def _damage(uri: str) -> str | None:
+    """What is wrong with a file that was committed once; None if it is whole or was
+    never committed (never written, or written without its record)."""
+    found = commits.problem(uri)
+    return None if found in (None, "not written", "not recorded") else found
+
+
+# -- prepare: per input part ------------------------------------------------------------------
+
+
+def _part_files(run: RunDir, marker: dict) -> list[str]:
+    part = marker["part"]
+    files = [storage.join(run.rows, f"part-{part}.parquet"), storage.join(run.documents, f"part-{part}.parquet")]
+    return files + [storage.join(run.download_list, name) for name in marker.get("download_parts", [])]
+
+
+def _damaged_parts(markers: list[str], run: RunDir) -> list[tuple[str, list[str]]]:
+    """Ray task: (marker, damaged files) of each prepared part in ``markers`` with damage."""
+    out = []
+    for uri in markers:
+        files = _part_files(run, json.loads(storage.read_text(uri)))
+        found = [(f, commits.problem(f)) for f in files]
+        bad = [f"{posixpath.basename(posixpath.dirname(f))}/{posixpath.basename(f)}: {why}"
+               for f, why in found if why is not None and why != "not written"]
+        if bad:
+            for f in files:
+                commits.forget(f)
+            out.append((uri, bad))
+    return out
+
+
+def _check_prepare(run: RunDir, problems: list[str]) -> None:
+    markers = storage.list_files(storage.join(run.root, "_done", "prepare-parts"), ".json")
+    damaged = _in_tasks(_damaged_parts, markers, run)
+    for marker, bad in damaged:
+        problems += bad
+        storage.remove_tree(marker)  # that part is prepared again
+    if damaged:
+        storage.remove_tree(run.marker("prepare"))
+
+
+# -- download: per shard ----------------------------------------------------------------------
+
+
+def _damaged_shards(shards: list[str], run: RunDir) -> list[tuple[str, list[str]]]:
+    """Ray task: (shard, problems) of each download shard in ``shards`` not committed and whole."""
+    out = []
+    for shard in shards:
+        uris = [storage.join(run.downloaded, shard + s) for s in (".parquet", _STATS)]
+        found = [commits.problem(u) for u in uris]
+        if all(f is None for f in found) or all(f == "not written" for f in found):
+            continue
+        out.append((shard, [f"downloaded/{posixpath.basename(u)}: {why}" for u in uris if (why := _damage(u))]))
+        for uri in uris:
+            commits.forget(uri)
+    return out
+
+
+def _check_downloads(run: RunDir, problems: list[str]) -> set[str]:
+    """Remove download shards that are not committed and whole; returns their names."""
+    names = [posixpath.basename(u) for s in (".parquet", _STATS) for u in storage.list_files(run.downloaded, s)]
+    names += commits.recorded_names(run.downloaded)
+    shards = sorted({n[: -len(_STATS)] if n.endswith(_STATS) else n[: -len(".parquet")]
+                     for n in names if n.endswith((".parquet", _STATS))})
+    damaged = _in_tasks(_damaged_shards, shards, run)
+    for _, bad in damaged:
+        problems += bad
+    if damaged:
+        storage.remove_tree(run.marker("download"))
+    return {shard for shard, _ in damaged}
+
+
+# -- score: per download shard's folder -------------------------------------------------------
+
+
+def _damaged_scored(shards: list[str], run: RunDir, redo: set[str]) -> list[str]:
+    """Ray task: remove the scored parts of ``shards`` that are damaged (and all of a shard
+    downloaded again); returns the damage found."""
+    out = []
+    for shard in shards:
+        folder = storage.join(run.scored, shard)
+        if shard in redo:  # scored from a download that is done again: score it again
+            commits.remove_tree(folder)
+            continue
+        present = {posixpath.basename(u) for u in storage.list_files(folder, ".parquet")}
+        for name in sorted(present | set(commits.recorded_names(folder))):
+            uri = storage.join(folder, name)
+            found = commits.problem(uri)
+            if found in (None, "not written"):
+                continue
+            if (why := _damage(uri)) is not None:
+                out.append(f"scored/{shard}/{name}: {why}")
+            commits.forget(uri)
+    return out
+
+
+def _check_scored(run: RunDir, redo: set[str], problems: list[str]) -> None:
+    shards = sorted(set(_folders(run.scored)) | set(_folders(commits.records_dir(run.scored))) | redo)
+    problems += _in_tasks(_damaged_scored, shards, run, redo)
+
+
+def _folders(uri: str) -> list[str]:
+    fs, path = storage.fs_and_path(uri)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False) if fs.isdir(p))
+
+
+# -- runs started before commit records -------------------------------------------------------
+
+
+def _record_all(uris: list[str]) -> list[int]:
+    """Ray task: record each existing file of ``uris`` as it is now."""
+    done = 0
+    for uri in uris:
+        if storage.exists(uri):
+            commits.record(uri)
+            done += 1
+    return [done]
+
+
+def _adopt(run: RunDir) -> int:
+    """A run started before commit records existed: record its committed files as they
+    are now (complete download shards only), once. Returns how many were recorded."""
+    uris = [u for d in (run.rows, run.download_list, run.documents) for u in storage.list_files(d, ".parquet")]
+    uris += storage.list_files(run.scored, ".parquet", recursive=True)
+    for stats in storage.list_files(run.downloaded, _STATS):
+        uris += [stats, stats[: -len(_STATS)] + ".parquet"]
+    return sum(_in_tasks(_record_all, uris))
