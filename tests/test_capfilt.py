@@ -43,10 +43,12 @@ def _cfg(**sections) -> object:
     return validate(data)
 
 
-def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False):
+def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False,
+         votes=None):
     return {"caption": caption, "caption_bad_encoding": bad_encoding, "clip_score": clip, "itm_prob": itm,
             "itm_cosine": 0.5, "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
-            "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic)}
+            "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic),
+            "synthetic_votes": list(votes) if votes is not None else [1] * len(synthetic)}
 
 
 SCORED = pa.schema([
@@ -55,6 +57,7 @@ SCORED = pa.schema([
     ("clip_score", pa.float32()), ("itm_prob", pa.float32()), ("itm_cosine", pa.float32()),
     ("synthetic_captions", pa.list_(pa.string())), ("synthetic_clip_scores", pa.list_(pa.float32())),
     ("synthetic_itm_probs", pa.list_(pa.float32())), ("synthetic_itm_cosines", pa.list_(pa.float32())),
+    ("synthetic_votes", pa.list_(pa.int16())),
 ])
 
 
@@ -101,7 +104,22 @@ def test_junk_original_is_rescued_by_a_synthetic_caption():
     d = decide_one(_cfg(capfilt={"max_synthetic": 2}), row)
     assert d["caption_reason"] is None and d["original_caption_reason"] == "caption_junk:file_name"
     assert d["caption_chosen"] == "a red circle" and d["caption_source"] == "synthetic"
-    assert [c["text"] for c in d["captions"] if c["kept"]] == ["a red circle", "a blue square"]  # by ITM, best first
+    assert [c["text"] for c in d["captions"] if c["kept"]] == ["a red circle"]
+    # "a blue square" passes the thresholds, but ITM scores it below the original it would replace
+    assert {c["text"]: c["reason"] for c in d["captions"]}["a blue square"] == "judged_below_original:itm_prob"
+
+
+def test_synthetic_captions_are_ordered_by_agreement_then_both_judges():
+    row = _row(caption="IMG_1.JPG", clip=0.1, itm=0.1, synthetic=["a red circle", "a red square", "a blue circle"],
+               clips=[0.5, 0.9, 0.8], itms=[0.8, 0.99, 0.95], votes=[1, 1, 3])
+    d = decide_one(_cfg(capfilt={"max_synthetic": 3}), row)
+    # 3 of the K samples agree on "a blue circle": first; then by the judges together (both rank
+    # "a red square" above "a red circle")
+    assert [c["text"] for c in d["captions"][1:]] == ["a blue circle", "a red square", "a red circle"]
+    assert d["caption_chosen"] == "a blue circle"
+    # the consensus order's first max_synthetic are kept if they pass: no falling back to a lower one
+    one = decide_one(_cfg(capfilt={"max_synthetic": 1, "synthetic_min_prob": 0.97}), row)
+    assert one["caption_chosen"] is None and one["reason"] == "no_caption_passed:caption_junk_file_name"
 
 
 def test_no_caption_passing_filters_the_sample_with_the_originals_reason():
@@ -183,9 +201,30 @@ class ReferenceCapFilt:
             return f"itm_prob_below:{t:g}"
         return None
 
-    def rank(self, c):
-        value = c[self.rank_by] if self.rank_by else None
-        return float("-inf") if value is None else value
+    def consensus_reason(self, c, original):
+        """capfilt: every judge must score the synthetic caption above the original."""
+        if self.mode != "capfilt":
+            return None
+        for j, on in (("itm_prob", self.cfg.itm.model), ("clip_score", self.cfg.clip.model)):
+            if on and original[j] is not None and (c[j] is None or c[j] <= original[j]):
+                return f"judged_below_original:{j}"
+        return None
+
+    def judge(self, candidates):
+        """Each candidate's ``judged`` rank: with ITM and CLIP, the sum of its ranks by each
+        (rank(): 1 + how many score lower, a missing score lowest); with one, its score."""
+        judges = [j for j, on in (("itm_prob", self.cfg.itm.model), ("clip_score", self.cfg.clip.model)) if on]
+        for c in candidates:
+            if len(judges) < 2:
+                c["judged"] = c[judges[0]] if judges else None
+                continue
+            c["judged"] = sum(1 if c[j] is None else 1 + sum(o[j] is None or o[j] < c[j] for o in candidates)
+                              for j in judges)
+
+    def order(self, c):
+        """Synthetic captions, best first: most votes, then judged, then the tie-break score, then idx."""
+        tie = c[self.rank_by] if self.rank_by else None
+        return (-c["votes"], c["judged"] is None, -(c["judged"] or 0), tie is None, -(tie or 0), c["idx"])
 
     def decide(self, row):
         f32 = lambda v: None if v is None else float(np.float32(v))  # noqa: E731 - stored as float32
@@ -198,21 +237,30 @@ class ReferenceCapFilt:
         if self.mode != "filter_only":
             for j, text in enumerate(row["synthetic_captions"]):
                 c = {"text": text, "source": "synthetic", "clip_score": f32(row["synthetic_clip_scores"][j]),
-                     "itm_prob": f32(row["synthetic_itm_probs"][j])}
-                c["reason"] = self.text_reason(text, False) or self.score_reason(c)
+                     "itm_prob": f32(row["synthetic_itm_probs"][j]), "votes": row["synthetic_votes"][j], "idx": j + 1}
+                c["reason"] = self.text_reason(text, False) or self.score_reason(c) or self.consensus_reason(c, original)
                 synthetic.append(c)
-        synthetic = sorted(synthetic, key=self.rank, reverse=True)
+        self.judge([original] + synthetic)
+        synthetic = sorted(synthetic, key=self.order)
+        for position, c in enumerate(synthetic, 1):
+            c["position"] = position
+        original["position"] = 0
         original["kept"] = original["reason"] is None
         limit = max(1, self.cfg.capfilt.max_synthetic) if self.mode == "caption_only" else self.cfg.capfilt.max_synthetic
         for c in synthetic:
             c["kept"] = False
-        for c in [c for c in synthetic if c["reason"] is None][:limit]:
-            c["kept"] = True
+        if self.mode == "capfilt":  # the consensus order's first `limit`, each if it passed
+            for c in synthetic[:limit]:
+                c["kept"] = c["reason"] is None
+        else:  # caption_only trusts the captioner: the first `limit` that passed
+            for c in [c for c in synthetic if c["reason"] is None][:limit]:
+                c["kept"] = True
         kept = [c for c in [original] + synthetic if c["kept"]]
         chosen = None
         if kept:
-            chosen = kept[0] if self.cfg.capfilt.prefer == "original" and kept[0]["source"] == "original" \
-                else max(kept, key=self.rank)
+            best = min(kept, key=lambda c: (c["judged"] is None, -(c["judged"] or 0), c["position"]))
+            # prefer original: the original when it passed, else the first kept synthetic in order
+            chosen = kept[0] if self.cfg.capfilt.prefer == "original" else best
         if kept:
             why = None
         elif self.mode == "caption_only":
@@ -234,7 +282,7 @@ def _random_row(rng):
     return _row(caption=rng.choice(WORDS + [None, "  a   spaced  caption "]), clip=score(), itm=score(),
                 synthetic=[rng.choice(WORDS[:-1] + ["a dog"]) for _ in range(k)],
                 clips=[score() for _ in range(k)], itms=[score() for _ in range(k)],
-                bad_encoding=rng.random() < 0.05)
+                bad_encoding=rng.random() < 0.05, votes=[rng.randint(1, 3) for _ in range(k)])
 
 
 @pytest.mark.parametrize("mode", ["capfilt", "filter_only", "caption_only"])
@@ -264,6 +312,13 @@ def test_config_rules_for_capfilt():
     with pytest.raises(ConfigError, match="num_beams"):
         _cfg(caption={"mode": "beam", "num_captions": 4, "num_beams": 2})
     assert not _cfg(capfilt={"mode": "filter_only"}).captioning and _cfg().captioning
+
+
+def test_repeated_samples_are_one_caption_with_their_votes():
+    from curate.stages.blip_caption import caption_votes
+
+    texts = ["a red circle", "a picture of a red circle", "a blue circle", "  ", "a red  circle"]
+    assert caption_votes(texts, "a picture of") == (["a red circle", "a blue circle"], [3, 1])
 
 
 def test_clean_captions_strips_prompt_blanks_and_repeats():
@@ -314,15 +369,15 @@ def test_captioner_generates_k_clean_captions_reproducibly(blip_dirs):
                        "caption.max_new_tokens=6", "caption.prompt=a picture of", "itm.model=curate:tiny-blip-itm",
                        "caption.seed=1")
     assert other_seed.generate(images, ids) != first
-    assert all(1 <= len(caps) <= 3 for caps in first)
-    assert not any(c.startswith("a picture of") or not c for caps in first for c in caps)
+    assert all(1 <= len(caps) <= 3 and sum(votes) <= 3 and len(votes) == len(caps) for caps, votes in first)
+    assert not any(c.startswith("a picture of") or not c for caps, _ in first for c in caps)
     beam = ready(CaptionStage, f"caption.model={blip_dirs['caption']}", "caption.mode=beam", "caption.num_captions=2",
                  "caption.num_beams=3", "caption.max_new_tokens=6", "itm.model=curate:tiny-blip-itm")
     beams = beam.generate(images, ids)
     # beam search is deterministic; a random decoder may emit only special tokens, which
     # decode to nothing and are dropped
     assert beams == beam.generate(images[::-1], ids[::-1])[::-1] and len(beams) == 4
-    assert all(len(caps) <= 2 for caps in beams)
+    assert all(len(caps) <= 2 for caps, _ in beams)
 
 
 def test_blip_references_fail_clearly(blip_dirs, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def candidate_scores(plan: Plan) -> dict[str, tuple[str, str]]:
     """Candidate column name -> (SQL for the original caption, SQL for synthetic caption ``i``)."""
     scores = {name: ("NULL::FLOAT", "NULL::FLOAT") for name in STRUCT_SCORES}
     for name, (original, synthetic) in candidate_columns(plan).items():
-        scores[name] = (original, f"{synthetic}[i]" if synthetic else "NULL")
+        scores[name] = (original or "NULL", f"{synthetic}[i]" if synthetic else "NULL")
     return scores
 
 
@@ -52,9 +52,26 @@ def synthetic_rows_sql(plan: Plan, base: str) -> str:
                       WHERE synthetic_captions IS NOT NULL)"""
 
 
+# The judges of a caption, in the order they break ties: BLIP ITM's P(match), CLIP's cosine.
+JUDGES = ("itm_prob", "clip_score")
+
+
 def rank_column(plan: Plan) -> str:
     """What "best" means among captions: ITM's P(match) when it ran, else the CLIP score."""
-    for column in ("itm_prob", "clip_score"):
+    for column in JUDGES:
         if column in plan.written:
             return column
     return "NULL::FLOAT"
+
+
+def judged_rank_sql(plan: Plan) -> str:
+    """SQL over one image's candidates: how the judges rank a caption together, higher is
+    better (a window per sample_id). With both ITM and CLIP: the sum of its ranks by each
+    (a Borda count: scale-free, so neither score's range outweighs the other; a caption
+    the two judges disagree on loses to one both rank well); with one judge: its score.
+    Captions several judges agree on is how LAION-COCO chose among BLIP's samples (there:
+    two CLIP models)."""
+    judges = [j for j in JUDGES if j in plan.written]
+    if len(judges) < 2:
+        return rank_column(plan)
+    return " + ".join(f"rank() OVER (PARTITION BY sample_id ORDER BY {j} ASC NULLS FIRST)" for j in judges)

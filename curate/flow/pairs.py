@@ -63,15 +63,24 @@ class PairsKind(Kind):
         """``decided``: the image decision, then CapFilt for the images it kept."""
         con.execute(f"CREATE OR REPLACE TABLE caption_candidates AS {self.candidates_sql(plan)}")
         reason = self.candidate_reason_sql(plan)
-        rank = captions.rank_column(plan)
+        rank = captions.judged_rank_sql(plan)
         limit = self.synthetic_limit()
+        # Synthetic captions in order, best first: the one most of the K samples agree on,
+        # then the judges' rank together, then ITM alone, then generation order
+        # (curate.flow.captions). In capfilt mode only the first max_synthetic in that order
+        # may be kept, each if it passes: a sample the consensus ranks lower is not taken in
+        # place of a better one the filter rejected. caption_only trusts the captioner: the
+        # first that pass.
+        votes = "votes DESC NULLS LAST, " if "synthetic_votes" in plan.written else ""
+        best = f"{votes}rank DESC NULLS LAST, {captions.rank_column(plan)} DESC NULLS LAST, idx"
+        order = "ord" if self.cfg.capfilt.mode == "capfilt" else f"""row_number() OVER (
+                       PARTITION BY sample_id, source, reason IS NULL ORDER BY {best})"""
         con.execute(f"""
             CREATE OR REPLACE TABLE caption_ranked AS
-            SELECT *, CASE WHEN source = 'synthetic' THEN
-                          row_number() OVER (PARTITION BY sample_id, source ORDER BY rank DESC NULLS LAST, idx) END AS ord,
-                   reason IS NULL AND (source = 'original' OR row_number() OVER (
-                       PARTITION BY sample_id, source, reason IS NULL ORDER BY rank DESC NULLS LAST, idx) <= {limit}) AS kept
-            FROM (SELECT *, {reason} AS reason, {rank} AS rank FROM caption_candidates)
+            SELECT *, reason IS NULL AND (source = 'original' OR {order} <= {limit}) AS kept
+            FROM (SELECT *, CASE WHEN source = 'synthetic' THEN
+                                 row_number() OVER (PARTITION BY sample_id, source ORDER BY {best}) END AS ord
+                  FROM (SELECT *, {reason} AS reason, {rank} AS rank FROM caption_candidates))
         """)
         con.execute(f"CREATE OR REPLACE TABLE caption_decisions AS {self.decisions_sql()}")
         unit = Rule("c.caption_reason IS NOT NULL", "c.caption_reason", UNIT_CODES)
@@ -94,15 +103,32 @@ class PairsKind(Kind):
         base = f"""SELECT sample_id, {', '.join(needed)}{', synthetic_captions' if synthetic else ''}
                    FROM joined j JOIN image_decisions d USING (sample_id) WHERE d.status = {KEPT}"""
         original = ", ".join(f"{o} AS {name}" for name, (o, _) in scores.items())
-        sql = f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {original} FROM base"
+        sql = f"SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {original} FROM base"
         if synthetic and self.cfg.capfilt.mode != "filter_only":
             sql += f"""
                 UNION ALL{captions.synthetic_rows_sql(plan, "base")}"""
-        return sql
+        # Every candidate carries the original's judged scores: a synthetic caption replaces
+        # the original only if each judge scores it higher (consensus_rules).
+        judges = ", ".join(f"b.{scores[j][0]} AS original_{j}" for j in self.judges(plan))
+        return f"""WITH base AS ({base})
+            SELECT c.*{', ' + judges if judges else ''} FROM ({sql}) c JOIN base b USING (sample_id)"""
+
+    def judges(self, plan: Plan) -> list[str]:
+        """The caption scores that judge captions in this run (ITM's P(match), CLIP's cosine)."""
+        return [j for j in captions.JUDGES if j in plan.written]
+
+    def consensus_rules(self, plan: Plan) -> list[Rule]:
+        """capfilt mode: a synthetic caption must beat the original it would replace in the
+        eyes of every judge (each scores it higher), not only pass the thresholds: where one
+        judge prefers the alt-text, the replacement is as likely a captioner's mistake."""
+        if self.cfg.capfilt.mode != "capfilt":
+            return []
+        return [Rule.fixed(f"source = 'synthetic' AND original_{j} IS NOT NULL AND ({j} IS NULL OR {j} <= original_{j})",
+                           R.JUDGED_BELOW_ORIGINAL, j, scope="caption") for j in self.judges(plan)]
 
     def candidate_reason_sql(self, plan: Plan) -> str:
         """Why each candidate fails (NULL: it passes), from the stages' caption rules."""
-        rules = plan.rules("caption")
+        rules = plan.rules("caption") + self.consensus_rules(plan)
         if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds
             model_rules = [r for s in plan.batch if s.uses_model for r in s.rules()]
             rules = [Rule.fixed("source = 'original'", R.CAPTION_ONLY_MODE, scope="caption")] + [

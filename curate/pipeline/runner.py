@@ -56,6 +56,14 @@ RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem") +
     for key in ("actors", "num_cpus", "num_gpus", "threads", "batch_size"))
 
 
+def _check_layout(run: RunDir) -> None:
+    """ConfigError for a run directory this version cannot read: one prepared before runs
+    were cut into input parts and partitions (its prepare marker lists no parts)."""
+    if storage.exists(run.marker("prepare")) and "parts" not in json.loads(storage.read_text(run.marker("prepare"))):
+        raise ConfigError(f"{run.root} was prepared by an earlier curate, before runs were cut into partitions: "
+                          "this version cannot resume or refilter it; run it again with another --out")
+
+
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
     """A RUN may only be resumed with the same config and input it was started with."""
     changes = config_changes(storage.read_text(run.config), cfg, ignore=RESOURCE_KEYS) if storage.exists(run.config) else []
@@ -65,9 +73,7 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
             f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
-    if storage.exists(run.marker("prepare")) and "parts" not in json.loads(storage.read_text(run.marker("prepare"))):
-        raise ConfigError(f"{run.root} was prepared by an earlier curate, before runs were cut into partitions: "
-                          "this version cannot resume it; start a new run with another --out")
+    _check_layout(run)
     changed = input_changes(json.loads(storage.read_text(run.state)), state) if storage.exists(run.state) else []
     if changed:
         shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
@@ -313,6 +319,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
     run = RunDir(run_root.rstrip("/"))
     if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet"):
         raise ConfigError(f"{run_root} is not a finished curate run (no config.yaml or manifest/)")
+    _check_layout(run)
     stored = validate(yaml.safe_load(storage.read_text(run.config)))
     allowed = make_plan(stored).refilter_keys()
     for text in overrides:

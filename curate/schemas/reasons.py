@@ -95,6 +95,8 @@ ITM_PROB_BELOW = Code("itm_prob_below", F, "itm_prob below itm.min_prob (capfilt
 NO_CAPTION_PASSED = Code("no_caption_passed", F, "neither the original nor any synthetic caption passed")
 NO_SYNTHETIC_CAPTION = Code("no_synthetic_caption", F, "caption_only: the captioner produced nothing usable")
 CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the original caption", scope="caption")
+JUDGED_BELOW_ORIGINAL = Code("judged_below_original", F, "a synthetic caption this judge scores no higher than the "
+                             "original it would replace (detail: clip_score or itm_prob)", scope="caption")
 # -- documents runs: a document's reasons ----------------------------------------------------
 MALFORMED_DOCUMENT = Code("malformed_document", F, "the row is not a document of input.documents.layout")
 TOO_FEW_IMAGES = Code("too_few_images", F, "fewer images left than interleaved.min_images")

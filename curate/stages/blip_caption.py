@@ -29,16 +29,23 @@ from curate.core.config import CaptionConfig
 from curate.stages.base import IMAGE, BatchStage
 
 
-def clean_captions(texts: list[str], prompt: str | None) -> list[str]:
-    """Strip the prompt and whitespace; drop empty and repeated captions, keeping order."""
-    out: list[str] = []
+def caption_votes(texts: list[str], prompt: str | None) -> tuple[list[str], list[int]]:
+    """(the distinct captions in first-seen order, how many of ``texts`` gave each): the
+    prompt and whitespace stripped, empty ones dropped. The votes are the K samples'
+    agreement, which CapFilt's ranking prefers (curate.flow.pairs)."""
+    votes: dict[str, int] = {}
     for text in texts:
         text = " ".join(text.split())
         if prompt and text.lower().startswith(prompt.lower()):
             text = text[len(prompt):].strip()
-        if text and text not in out:
-            out.append(text)
-    return out
+        if text:
+            votes[text] = votes.get(text, 0) + 1
+    return list(votes), list(votes.values())
+
+
+def clean_captions(texts: list[str], prompt: str | None) -> list[str]:
+    """Strip the prompt and whitespace; drop empty and repeated captions, keeping order."""
+    return caption_votes(texts, prompt)[0]
 
 
 def generation_kwargs(cfg: CaptionConfig, sample_ids: list[str], device="cpu") -> dict:
@@ -65,7 +72,9 @@ class CaptionStage(BatchStage):
     key = "caption"
     switch = "caption.model"
     reads = (IMAGE,)
-    writes = pa.schema([("synthetic_captions", pa.list_(pa.string()))])
+    writes = pa.schema([("synthetic_captions", pa.list_(pa.string())), ("synthetic_votes", pa.list_(pa.int16()))])
+    # Per candidate caption: how many of the K samples produced it (the original has none).
+    caption_columns = {"votes": (None, "synthetic_votes")}
     uses_model = True
     relative_cost = 8.0  # BLIP captioner, K sampled captions: ~8x CLIP (docs/scaling.md)
 
@@ -101,8 +110,9 @@ class CaptionStage(BatchStage):
         self.dtype = next(self.model.parameters()).dtype
         self.torch = torch
 
-    def generate(self, images, sample_ids: list[str]) -> list[list[str]]:
-        """K cleaned captions per image (fewer where repeats or empty ones were dropped)."""
+    def generate(self, images, sample_ids: list[str]) -> list[tuple[list[str], list[int]]]:
+        """Per image, its distinct cleaned captions (at most K) and how many of the K samples
+        gave each (curate.stages.blip_caption.caption_votes)."""
         torch = self.torch
         cfg = self.cfg.caption
         prompt = cfg.prompt
@@ -113,16 +123,17 @@ class CaptionStage(BatchStage):
             ids = self.model.generate(**inputs, **generation_kwargs(cfg, sample_ids, self.device))
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         k = cfg.num_captions
-        return [clean_captions(texts[j * k : (j + 1) * k], prompt) for j in range(len(images))]
+        return [caption_votes(texts[j * k : (j + 1) * k], prompt) for j in range(len(images))]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from curate.stages.model_support import decoded
 
         captions: list[list[str] | None] = [None] * batch.num_rows
+        votes: list[list[int] | None] = [None] * batch.num_rows
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             ids = batch.column("sample_id").to_pylist()
             generated = self.generate([image for _, image in todo], [ids[i] for i, _ in todo])
-            for (i, _), texts in zip(todo, generated):
-                captions[i] = texts
-        return self.append(batch, {"synthetic_captions": captions})
+            for (i, _), (texts, counts) in zip(todo, generated):
+                captions[i], votes[i] = texts, counts
+        return self.append(batch, {"synthetic_captions": captions, "synthetic_votes": votes})
