@@ -64,9 +64,9 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
     console = _console(progress)
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
     if progress != "rich":  # Ray Data's own bars would interleave with the lines (and fill a notebook cell)
-        import ray
+        from curate.core.terminal import quiet_ray_data
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        quiet_ray_data()
     result = run_pipeline(cfg, console)
     return Run(result.run.root, summary=result.summary, index=result.index)
 

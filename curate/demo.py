@@ -27,6 +27,7 @@ from curate.pipeline.runner import run_pipeline
 from curate.synth import domain
 from curate.synth.corpus import make_corpus
 from curate.synth.http_server import CorpusServer
+from curate.core.terminal import print_full
 
 
 def demo_config(corpus_dir: Path, run_dir: Path, overrides: list[str]):
@@ -93,7 +94,7 @@ def print_evaluation(result: dict, console: Console) -> None:
     for key, label in labels.items():
         value = result[key]
         table.add_row(label, f"{value:.1%}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_full(console, table)
 
 
 # The comparison the demo prints: the same scored run, decided four ways from its stored
@@ -123,7 +124,7 @@ def print_variants(results: dict[str, dict], console: Console) -> None:
         table.add_column(column, justify="left" if column == "decision" else "right")
     for name, r in results.items():
         table.add_row(name, str(r["kept"]), str(r["kept_correct"]), f"{r['correct_caption_fraction_after']:.1%}")
-    console.print(table)
+    print_full(console, table)
 
 
 def serve_and_run(out: Path, corpus, input_name: str, make_config, console: Console):

@@ -38,6 +38,7 @@ from curate.flow.plan import make_plan
 from curate.pipeline.decide import preview
 from curate.synth import domain
 from curate.synth.documents import make_documents
+from curate.core.terminal import print_full
 
 # Images no sentence of their document describes.
 UNDESCRIBED = ("distractor", "gallery", "banner")
@@ -159,7 +160,7 @@ def print_documents_evaluation(result: dict, variants: dict[str, dict], console:
     for key, value in result.items():
         if key not in ("rules", "variants"):
             table.add_row(key.replace("_", " "), f"{value:.1%}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_full(console, table)
     table = Table(title="placement and synthetic captions (same run, decided from stored scores)")
     headers = ("decision", "described kept", "at their sentence", "undescribed beside a sentence",
                "synthetic captions (correct)")
@@ -170,13 +171,13 @@ def print_documents_evaluation(result: dict, variants: dict[str, dict], console:
                       f"{r['placed_at_true_sentence']} ({r['placement_accuracy']:.1%})",
                       f"{r['undescribed_beside_a_sentence']} of {r['undescribed_images']}",
                       f"{r['synthetic_captions']} ({r['synthetic_captions_correct']})")
-    console.print(table)
+    print_full(console, table)
     table = Table(title="rules and the cases planted for them (this run)")
     for column in ("reason", "planted", "planted dropped", "others dropped"):
         table.add_column(column, justify="left" if column in ("reason", "planted") else "right")
     for code, r in result["rules"].items():
         table.add_row(code, PLURAL[r["planted"]], f"{r['planted_dropped']} of {r['planted_total']}", str(r["others_dropped"]))
-    console.print(table)
+    print_full(console, table)
 
 
 def run_documents_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:

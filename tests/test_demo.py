@@ -39,6 +39,9 @@ def test_demo_command_end_to_end(tmp_path, cli_env):
     # CapFilt rescues junk-captioned images with synthetic captions: more correct samples kept
     assert variants["CapFilt"]["kept_correct"] > max(v["kept_correct"] for v in filtering)
     assert "filtering alone vs. CapFilt" in out.stdout
+    # piped: tables in full, one line per step, none of Ray Data's 10-second blocks
+    assert "correct captions among kept" in out.stdout and "…" not in out.stdout
+    assert "Running Dataset" not in out.stdout + out.stderr
 
     # The same command with other batches and two captioner actors: the same decision for every
     # row (the captioner draws per caption from seeds of its sample_id, not per batch).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from curate.core import storage
-from curate.core.views import run_query
+from curate.core.views import open_views, run_query
 from e2e import read_manifest
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 from test_s3 import s3_server  # noqa: F401 - the S3-compatible server fixture
@@ -173,6 +173,18 @@ def test_stats_command_json_matches_the_manifest(finished_run, manifest, cli_env
 def test_stats_table_and_errors(finished_run, cli_env, tmp_path):  # noqa: F811
     out = subprocess.run(["curate", "stats", str(finished_run)], capture_output=True, text=True, env=cli_env, timeout=300)
     assert out.returncode == 0 and "rows per status and reason" in out.stdout and "top domains" in out.stdout
+    # piped (`curate stats RUN | cat`): every column name and value in full, nothing cut to "…"
+    from curate.report.stats import READY
+
+    views = open_views(str(finished_run))
+    names = {name for _, query in READY.values() for name in query(views).column_names}
+    views.close()
+    assert "…" not in out.stdout and all(name in out.stdout for name in names), names
+    wide = subprocess.run(["curate", "query", str(finished_run), "SELECT sample_id AS a_column_name_far_wider_than_"
+                           "eighty_columns_of_a_terminal_would_show, url, caption FROM manifest LIMIT 3"],
+                          capture_output=True, text=True, env=cli_env, timeout=300)
+    assert "a_column_name_far_wider_than_eighty_columns_of_a_terminal_would_show" in wide.stdout
+    assert "…" not in wide.stdout
     missing = subprocess.run(["curate", "stats", str(tmp_path)], capture_output=True, text=True, env=cli_env, timeout=120)
     assert missing.returncode == 2 and "has no manifest" in " ".join(missing.stderr.split())
     bad = subprocess.run(["curate", "query", str(finished_run), "SELECT nope FROM manifest"],

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from curate.core.views import QueryError, open_views
 from curate.core.textsafe import json_visible, literal, visible
+from curate.core.terminal import print_full
 
 
 def _json_default(value):
@@ -55,7 +56,7 @@ def print_result(table: pa.Table, fmt: str, console: Console) -> None:
             out.add_column(literal(name))
         for r in rows:
             out.add_row(*[literal(_cell(r[c])) for c in table.column_names])
-        console.print(out)
+        print_full(console, out)
         console.print(f"[dim]{table.num_rows} rows[/dim]")
 
 

@@ -26,6 +26,7 @@ from curate.core.progress import (
 )
 from curate.core.ray_session import check_run_directory, start_ray
 from curate.core.rundir import RunDir
+from curate.core.terminal import quiet_ray_data
 from curate.core.textsafe import literal
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
@@ -164,6 +165,8 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
+            quiet_ray_data()
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)

@@ -11,6 +11,7 @@ from curate.core import storage
 from curate.core.rundir import RunDir
 from curate.core.textsafe import literal
 from curate.schemas.status import Status
+from curate.core.terminal import print_full
 
 
 def compute_summary(counts: dict, wall_seconds: float) -> dict:
@@ -48,7 +49,7 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
         for item in summary["reasons"]:
             if item["status"] == status:
                 table.add_row("", literal(item["reason"]), str(item["count"]), f"{100 * item['count'] / total:.1f}%")
-    console.print(table)
+    print_full(console, table)
     console.print(
         f"{'documents' if summary.get('kind') == 'documents' else 'rows'} in: [bold]{summary['rows_in']}[/bold]  "
         f"kept: [bold green]{summary['kept']}[/bold green]  "
