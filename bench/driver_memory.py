@@ -122,8 +122,10 @@ def measure(args) -> dict:
     t = time.perf_counter()
     replicate(Path(args.template), run, inputs, args.n // TEMPLATE_ROWS)
     made = time.perf_counter() - t
-    cluster = {"ray": {"address": args.address}, "storage": {"shared_filesystem": True}}
-    cfg = _config(run, inputs, cluster if args.address else None)
+    extra = {"ray": {"address": args.address}, "storage": {"shared_filesystem": True}} if args.address else {}
+    if args.partition_rows:
+        extra["manifest"] = {"partition_rows": args.partition_rows}
+    cfg = _config(run, inputs, extra)
     with TreeMemory(label=lambda: json.loads((run / "progress.json").read_text()).get("current")
                     if (run / "progress.json").exists() else "start") as mem:
         t = time.perf_counter()
@@ -142,9 +144,10 @@ def _node_counts(spec: str | None) -> list[int]:
     return [int(k) for k in spec.split(",")] if spec else [0]  # 0: local Ray started by the run
 
 
-def _measure_on(nodes: int, template: Path, work: Path, n: int) -> dict:
+def _measure_on(nodes: int, template: Path, work: Path, n: int, partition_rows: int | None) -> dict:
     """One measurement in a fresh process; with ``nodes``, on a cluster of that many nodes."""
     argv = ["_measure", "--template", str(template), "--work", str(work), "--n", str(n)]
+    argv += ["--partition-rows", str(partition_rows)] if partition_rows else []
     if not nodes:
         return run_sub(__file__, *argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -162,6 +165,7 @@ def main(argv=None) -> None:
     parser.add_argument("cmd", nargs="?", default="bench")
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--nodes", help="node counts of a Ray cluster started per run, e.g. 1,2")
+    parser.add_argument("--partition-rows", type=int, help="manifest.partition_rows (default: the config's, 1M)")
     parser.add_argument("--workdir")
     parser.add_argument("--json")
     for a in ("--template", "--work", "--result", "--address"):
@@ -179,7 +183,7 @@ def main(argv=None) -> None:
     print(f"template of {TEMPLATE_ROWS:,} rows scored in {time.perf_counter() - t:.0f} s", flush=True)
     results = []
     for n, nodes in [(int(s), k) for s in args.sizes.split(",") for k in _node_counts(args.nodes)]:
-        res = _measure_on(nodes, template, work, n)
+        res = _measure_on(nodes, template, work, n, args.partition_rows)
         results.append(res)
         print(f"  N={n:,}{f' on {nodes} node(s)' if nodes else ''}: driver VmHWM {res['driver_hwm_bytes'] / MIB:,.0f} MiB; run {res['wall_seconds']:.0f} s "
               f"({res['partitions']} partitions); steps {res['step_seconds']}; in tasks {res['task_seconds']}",
