@@ -5,7 +5,7 @@ driver may grow with the rows (target: at most 1.2x for 10x the rows).
     .venv/bin/python bench/driver_memory.py --sizes 100000,1000000 # quicker
     .venv/bin/python bench/driver_memory.py --nodes 1,2 --sizes 1000000   # a 1-node vs a 2-node Ray cluster
 
-Download-free and model-free at size, with the replicate trick of bench/manifest_memory.py:
+Download-free and model-free at size, by replicating one scored template:
 one template of T rows (bench/_shards.py's rendered images, 5% download failures) is scored
 for real once (inspect, caption rules, the tiny CLIP). A run of N rows is N/T input files of
 the template's rows; its download shards and scored parts are the template's, one per file,

@@ -3,7 +3,7 @@
     .venv/bin/python bench/memory.py              # 10k vs 100k rows (8.6 min here with a quiet machine)
     .venv/bin/python bench/memory.py --quick      # 2k vs 20k rows (about 4 min)
     .venv/bin/python bench/memory.py --sizes 10000,100000 --json out.json
-    .venv/bin/python bench/memory.py --sizes 10000 --workdir DIR --keep-runs   # DIR/run-10000 for manifest_memory.py
+    .venv/bin/python bench/memory.py --sizes 10000 --workdir DIR --keep-runs   # leaves DIR/run-10000 to inspect
 
 Download-free path: img2dataset-format shards (64 px JPEGs, 5% failed downloads) are
 written straight into RUN/downloaded/ with their _stats.json commit markers and the
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json")
     parser.add_argument("--workdir")
     parser.add_argument("--keep-runs", action="store_true",
-                        help="leave WORKDIR/run-N behind (scored runs for bench/manifest_memory.py); needs --workdir")
+                        help="leave WORKDIR/run-N behind (scored runs to inspect); needs --workdir")
     for a in ("--template", "--work", "--result"):
         parser.add_argument(a)
     parser.add_argument("--n", type=int)

@@ -384,10 +384,10 @@ class StorageConfig(_Section):
 
 
 class ManifestConfig(_Section):
-    # The manifest step's DuckDB spills its tables to a local temporary directory past this
-    # much memory, but its joins still need memory that grows with the rows. Measured with
-    # bench/manifest_memory.py --replicate (no dedupe): 128MB fails at 1M rows, 256MB builds
-    # 1M, 1GB builds 10M (driver peak 2.3 GB).
+    # Each manifest task's DuckDB spills its tables to a local temporary directory past this
+    # much memory; its joins need memory that grows with a partition's rows. 1GB decides a
+    # partition of 1M rows (manifest.partition_rows) with the CapFilt decision in one GROUP BY
+    # (bench/driver_memory.py; an ordered list aggregate ran out of it).
     memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
                               description="DuckDB memory_limit of each task of the manifest step, e.g. 512MB, 4GB")
     partition_rows: int = Field(1_000_000, ge=1, description="input rows per partition of the manifest step "

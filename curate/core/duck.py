@@ -66,7 +66,7 @@ def create_first_copy_view(con: duckdb.DuckDBPyConnection, name: str, files: lis
     sample_id, an aggregate of two narrow columns that spills, while the rest streams. (A
     ``QUALIFY row_number() OVER (PARTITION BY sample_id)`` window holds every column of the
     rows it partitions: at 1M scored rows, embeddings included, it ran out of the 256 MB
-    limit, bench/manifest_memory.py --replicate.)"""
+    limit, measured by the since removed bench/manifest_memory.py.)"""
     if not files:
         create_parquet_view(con, name, files, empty)
         return
