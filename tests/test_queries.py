@@ -85,7 +85,8 @@ def check_survivors(rows, run, manifest):
 
 
 def check_similar(rows, run, manifest, anchor=None):
-    scored = storage.read_parquet(storage.list_files(str(run / "scored"), ".parquet"), ["sample_id", "clip_image_embedding"])
+    scored = storage.read_parquet(storage.list_files(str(run / "scored"), ".parquet", recursive=True),
+                                  ["sample_id", "clip_image_embedding"])
     emb = {s: np.array(e) for s, e in zip(*[scored.column(c).to_pylist() for c in scored.column_names]) if e is not None}
     a = emb[anchor]
     sims = sorted(((float(a @ e / np.linalg.norm(a) / np.linalg.norm(e)), s) for s, e in emb.items() if s != anchor),

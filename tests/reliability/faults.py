@@ -76,7 +76,7 @@ class KillOnce(threading.Thread):
 
 
 def scored_parts(run_root: str) -> int:
-    return len(glob.glob(f"{run_root}/scored/*.parquet"))
+    return len(glob.glob(f"{run_root}/scored/*/*.parquet"))  # scored/<download shard>/part-*.parquet
 
 
 def output_sample_ids(run_root: str) -> dict[str, list[str]]:

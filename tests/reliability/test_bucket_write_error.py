@@ -95,7 +95,7 @@ def _assert_nothing_half_written_is_committed(fs, run: str) -> None:
     for marker in fs.glob(f"{root}/downloaded/*_stats.json"):
         shard = marker[: -len("_stats.json")] + ".parquet"
         assert pq.read_table(shard, filesystem=fs).num_rows == json.loads(fs.cat_file(marker))["count"]
-    for path in fs.glob(f"{root}/scored/*.parquet"):
+    for path in fs.glob(f"{root}/scored/*/*.parquet"):
         assert ".tmp-" in path or pq.read_table(path, filesystem=fs).num_rows > 0
     assert not fs.glob(f"{root}/manifest/*.parquet")
     assert not fs.exists(f"{root}/output/index.json"), "the output index was written although the run stopped"
@@ -114,8 +114,8 @@ CASES = {
     "download": (lambda key: "/downloaded/" in key and key.endswith("_stats.json"), "AccessDenied",
                  r"shards could not be written to s3://{bucket}/runs/{run}/downloaded"
                  r"|cannot write s3://{bucket}/runs/{run}/_commits/downloaded/\d+(\.parquet|_stats\.json)\.json"),
-    "score": (lambda key: "/scored/part-" in key and ".tmp-" not in key, "SlowDown",
-              r"cannot write s3://{bucket}/runs/{run}/(_commits/)?scored/part-"),
+    "score": (lambda key: "/scored/" in key and "/part-" in key and ".tmp-" not in key, "SlowDown",
+              r"cannot write s3://{bucket}/runs/{run}/(_commits/)?scored/\d+/part-"),
 }
 
 

@@ -63,7 +63,7 @@ def _assert_nothing_half_written_is_committed(run: str) -> None:
     for marker in stats:
         shard = marker[: -len("_stats.json")] + ".parquet"
         assert pq.read_table(shard).num_rows == json.loads(Path(marker).read_text())["count"]
-    for path in glob.glob(f"{run}/scored/*.parquet") + glob.glob(f"{run}/manifest/*.parquet"):
+    for path in glob.glob(f"{run}/scored/*/*.parquet") + glob.glob(f"{run}/manifest/*.parquet"):
         assert ".tmp-" in path or pq.read_table(path) is not None
     if os.path.exists(f"{run}/output/index.json"):
         pytest.fail("the output index was written although the run stopped")
