@@ -7,7 +7,7 @@ Every key here is public and documented in docs/config.md. Unknown keys are erro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -224,15 +224,27 @@ class FilterConfig(_Section):
     junk_captions: bool = True
 
 
-def _one_threshold_of(data, field: str):
-    """A stage's threshold comes from its value or from ``keep_fraction``, not both: a
-    keep_fraction replaces the threshold's default (ITM's 0.5) but not a value the user set.
-    On the raw section, before validation, so that the saved config says ``field: null``."""
-    if not isinstance(data, dict) or data.get("keep_fraction") is None:
-        return data
-    if data.get(field) is not None:
-        raise ValueError(f"set {field} or keep_fraction, not both (keep_fraction resolves {field} over the whole run)")
-    return {**data, field: None}
+class KeepFraction(_Section):
+    """A model stage's quantile threshold: ``keep_fraction`` keeps the top fraction of the
+    run's scores, resolved into the stage's ``threshold_field`` at the decision
+    (curate.pipeline.quantiles). One or the other: a keep_fraction replaces the threshold's
+    default (ITM's 0.5) but not a value the user set."""
+
+    threshold_field: ClassVar[str] = "min_score"
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep the top fraction of the run's scores of this stage (DataComp: 0.3); "
+        "resolves the stage's threshold at the decision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data):
+        # On the raw section, before validation, so that the saved config says `<threshold>: null`.
+        field = cls.threshold_field
+        if not isinstance(data, dict) or data.get("keep_fraction") is None:
+            return data
+        if data.get(field) is not None:
+            raise ValueError(f"set {field} or keep_fraction, not both (keep_fraction resolves {field} over the whole run)")
+        return {**data, field: None}
 
 
 class ModelComputeConfig(_Section):
@@ -256,20 +268,15 @@ class ModelComputeConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
 
 
-class ClipConfig(ModelComputeConfig):
+class ClipConfig(ModelComputeConfig, KeepFraction):
+    threshold_field: ClassVar[str] = "min_score"
     model: str | None = Field(None, description="ViT-B-32 | hf-hub:org/name | local-dir:/path | curate:tiny-clip; None: stage off")
     pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     min_score: float | None = Field(None, ge=-1, le=1, description="filter: clip_score below this is filtered")
-    keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="keep the top fraction of the run's CLIP scores (DataComp: 0.3); resolves clip.min_score at the decision")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_threshold(cls, data):
-        return _one_threshold_of(data, "min_score")
 
 
-class ItmConfig(ModelComputeConfig):
+class ItmConfig(ModelComputeConfig, KeepFraction):
+    threshold_field: ClassVar[str] = "min_prob"
     model: str | None = Field(
         None, description="BLIP ITM: hub id (Salesforce/blip-itm-base-coco) | /local/dir | curate:tiny-blip-itm; None: stage off"
     )
@@ -281,13 +288,6 @@ class ItmConfig(ModelComputeConfig):
         3, ge=1, description="documents runs: each image is scored against this many texts of its document, those "
         "CLIP finds most similar (BLIP's shortlist-then-rerank), and against its synthetic captions; null: every text"
     )
-    keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="keep the top fraction of the run's ITM probabilities (DataComp: 0.3); resolves itm.min_prob at the decision")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_threshold(cls, data):
-        return _one_threshold_of(data, "min_prob")
 
 
 class CaptionConfig(ModelComputeConfig):
@@ -313,7 +313,7 @@ class CaptionConfig(ModelComputeConfig):
         return self
 
 
-class AestheticConfig(ModelComputeConfig):
+class AestheticConfig(ModelComputeConfig, KeepFraction):
     """The aesthetic stage (curate.stages.aesthetic): LAION's improved aesthetic predictor."""
 
     model: str | None = Field(
@@ -321,13 +321,6 @@ class AestheticConfig(ModelComputeConfig):
         "curate:tiny-aesthetic; None: stage off (needs clip.model: it reads the CLIP image embeddings)"
     )
     min_score: float | None = Field(None, description="filter: aesthetic_score below this is filtered (LAION-Aesthetics: 5, 6, 6.5)")
-    keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="keep the top fraction of the run's aesthetic scores (DataComp: 0.3); resolves aesthetic.min_score at the decision")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_threshold(cls, data):
-        return _one_threshold_of(data, "min_score")
     # Five matrix products per batch: a small share of a CPU and large batches.
     batch_size: int = Field(1024, ge=1)
     num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per actor")

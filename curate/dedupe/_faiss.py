@@ -204,3 +204,17 @@ def finalize_pairs(
     sim = pair_cosines(emb, emb, i, j)
     ok = sim >= threshold
     return i[ok], j[ok], sim[ok]
+
+
+def range_pairs(emb, db, queries, radius: float):
+    """Exact inner-product range search of rows ``queries`` of ``emb`` against rows ``db``
+    (both int arrays of row numbers; emb: (N, d) float32, L2-normalised) -> (query rows,
+    db rows) of every pair with cosine >= ``radius``, as two int arrays of equal length."""
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb[db])
+    lims, _, found = index.range_search(emb[queries], radius)
+    hits = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
+    return queries[hits], db[found]

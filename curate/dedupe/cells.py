@@ -144,12 +144,9 @@ def search_group(files: list[str], group: int, threshold: float) -> pa.Table:
             db = members[primary[members]]
             if len(db) == 0:
                 continue
-            index = faiss.IndexFlatIP(emb.shape[1])
-            index.add(emb[db])
-            lims, _, found = index.range_search(emb[members], radius)
-            q = np.repeat(np.arange(len(members)), np.diff(lims).astype(np.int64))
-            a_parts.append(members[q])
-            b_parts.append(db[found])
+            a, b = fx.range_pairs(emb, db, members, radius)
+            a_parts.append(a)
+            b_parts.append(b)
     if not a_parts:
         return PAIRS.empty_table()
     a, b = np.concatenate(a_parts), np.concatenate(b_parts)

@@ -283,12 +283,9 @@ def search_cells(emb, db_rows, db_off, q_rows, q_off, radius: float):
         qs = q_rows[q_off[c] : q_off[c + 1]]
         if len(db) == 0 or len(qs) == 0:
             continue
-        index = faiss.IndexFlatIP(emb.shape[1])
-        index.add(emb[db])
-        lims, _, ids = index.range_search(emb[qs], radius)
-        q = np.repeat(np.arange(len(qs)), np.diff(lims).astype(np.int64))
-        a_parts.append(qs[q])
-        b_parts.append(db[ids])
+        a, b = fx.range_pairs(emb, db, qs, radius)
+        a_parts.append(a)
+        b_parts.append(b)
     if not a_parts:
         return np.empty(0, np.int64), np.empty(0, np.int64), _peak_rss()
     return np.concatenate(a_parts), np.concatenate(b_parts), _peak_rss()
