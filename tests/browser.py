@@ -27,3 +27,23 @@ def page_check(dom: str) -> dict[str, str]:
     """The ``data-*`` attributes the page's check script set on ``#report-check``."""
     tag = re.search(r'<div id="report-check"[^>]*>', dom).group(0)
     return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', tag))
+
+
+def assert_page_renders(chromium: str, tmp_path: Path, page: Path, sections) -> None:
+    """The report ``page`` loads in headless Chromium: its check script ran, every image
+    loaded, no script or console error, every section anchor present, and a 1280x2000
+    screenshot that is not blank."""
+    from PIL import Image
+
+    out = run_chromium(chromium, tmp_path, page, "--dump-dom")
+    assert out.returncode == 0, out.stderr[-2000:]
+    check = page_check(out.stdout)
+    assert check["ready"] == "yes" and int(check["images-total"]) >= 10
+    assert check["images-loaded"] == check["images-total"] and check["errors"] == "0"
+    assert console_errors(out.stderr) == []
+    for anchor in sections:
+        assert f'id="{anchor}"' in out.stdout
+    shot = tmp_path / "shot.png"
+    run_chromium(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 2000) and image.getextrema()[0] < 100 < image.getextrema()[1]  # not blank

@@ -18,11 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curate.core import storage
 from curate.core.views import open_views
 from curate.report import stats
 from curate.report.build import write_report
-from browser import console_errors, page_check, run_chromium
+from browser import assert_page_renders, console_errors, page_check, run_chromium
 from e2e import read_manifest
 from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
 
@@ -152,16 +151,4 @@ def test_browser_catches_broken_pages(chromium, tmp_path):
 
 
 def test_report_renders_in_headless_chromium(chromium, finished_run, tmp_path):  # noqa: F811
-    page = finished_run / "report" / "index.html"
-    out = run_chromium(chromium, tmp_path, page, "--dump-dom")
-    assert out.returncode == 0, out.stderr[-2000:]
-    check = page_check(out.stdout)
-    assert check["ready"] == "yes" and int(check["images-total"]) >= 10
-    assert check["images-loaded"] == check["images-total"] and check["errors"] == "0"
-    assert console_errors(out.stderr) == []
-    for anchor in SECTIONS:
-        assert f'id="{anchor}"' in out.stdout
-    shot = tmp_path / "shot.png"
-    out = run_chromium(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")
-    image = Image.open(shot).convert("L")
-    assert image.size == (1280, 2000) and image.getextrema()[0] < 100 < image.getextrema()[1]  # not blank
+    assert_page_renders(chromium, tmp_path, finished_run / "report" / "index.html", SECTIONS)

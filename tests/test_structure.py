@@ -132,7 +132,7 @@ def test_every_stage_declares_the_contract(cls):
     assert isinstance(cls.writes, pa.Schema)
     assert set(cls.manifest) <= set(cls.writes.names), "manifest columns must be among the writes"
     for name, (original, synthetic) in cls.caption_columns.items():
-        assert original in cls.writes.names or original in ("caption_bad_encoding",)
+        assert original is None or original in cls.writes.names or original in ("caption_bad_encoding",)
         assert synthetic is None or synthetic in cls.writes.names
     assert set(cls.text_columns.values()) <= set(cls.writes.names), "a document's per-text scores are among the writes"
     for key in cls.thresholds:  # refilter-able keys are real config keys (or whole sections)

@@ -15,8 +15,9 @@ from curate.core import storage
 from curate.core.views import open_views
 from curate.core.rundir import RunDir
 from curate.report import html, plots, samples, stats
+from curate.report.failures import failures_section
 from curate.report.thumbnails import load_thumbnails
-from curate.schemas.status import STATUS_ORDER, Status
+from curate.schemas.status import STATUS_ORDER
 from curate.stages.registry import STAGES
 
 DEFAULT_SAMPLES = 24
@@ -232,19 +233,6 @@ def duplicates_section(groups, thumbs, scores) -> tuple[str, str]:
         rows.append(f'<div class="dup">{survivor}{copies}</div>')
     lead = "The largest duplicate groups: the survivor (green border, kept) first, then the copies that point to it (<code>duplicate_of:&lt;sample_id&gt;</code>)."
     return lead, f'<div class="dups">{"".join(rows)}</div>'
-
-
-def failures_section(con) -> tuple[str, str]:
-    body = []
-    for status in (Status.DOWNLOAD_FAILED.value, Status.BLOCKED.value):
-        rows = samples.failure_examples(con, status)
-        if rows:
-            for r in rows:
-                r["examples"] = "  ".join("(no url)" if e is None else e for e in r["examples"])
-            body.append(f"<h3>{html.badge(status)}</h3>" + html.table(rows, ["reason", "rows", "examples"]))
-    if not body:
-        body.append(html.note("Every URL passed the check and downloaded."))
-    return "Rows without an image: reasons with example URLs.", "".join(body)
 
 
 def capfilt_section(rows, thumbs, scores) -> tuple[str, str]:

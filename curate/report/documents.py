@@ -18,7 +18,8 @@ from curate.core.rundir import RunDir
 from curate.core.views import QueryError
 from curate.flow.document_rules import document_rules
 from curate.report import document_stats as ds
-from curate.report import html, plots, samples, stats
+from curate.report import html, plots, stats
+from curate.report.failures import failures_section
 from curate.report.thumbnails import load_thumbnails
 from curate.schemas.status import STATUS_ORDER, Status
 
@@ -73,7 +74,7 @@ def render_documents(con, run: RunDir, config: dict, n: int) -> str:
         ("reasons", "Decisions", reasons_section(con)),
         ("documents", "Kept documents, in reading order", kept_section(kept, images, thumbs)),
         ("dropped", "Dropped documents", dropped_section(dropped, images, texts, thumbs)),
-        ("failures", "Download failures and blocked URLs", failures_section(con)),
+        ("failures", "Download failures and blocked URLs", failures_section(con, "manifest_images", "Images")),
         ("sources", "Sources", sources_section(con)),
     ]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -242,19 +243,6 @@ def dropped_section(docs: list[dict], images: dict[str, list[dict]], texts: dict
         out.append(f'<article class="doc dropped" data-doc="{html.esc(doc["sample_id"])}">{head}'
                    f'<div class="seq">{"".join(items)}</div></article>')
     return "Dropped documents as the input had them, each image with its reason.", "".join(out)
-
-
-def failures_section(con) -> tuple[str, str]:
-    body = []
-    for status in (Status.DOWNLOAD_FAILED.value, Status.BLOCKED.value):
-        rows = samples.failure_examples(con, status, table="manifest_images")
-        if rows:
-            for r in rows:
-                r["examples"] = "  ".join("(no url)" if e is None else e for e in r["examples"])
-            body.append(f"<h3>{html.badge(status)}</h3>" + html.table(rows, ["reason", "rows", "examples"]))
-    if not body:
-        body.append(html.note("Every image URL passed the check and downloaded."))
-    return "Images without bytes: reasons with example URLs.", "".join(body)
 
 
 def sources_section(con) -> tuple[str, str]:

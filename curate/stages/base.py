@@ -94,8 +94,8 @@ class Stage:
     manifest: ClassVar[tuple[str, ...]] = ()
     thresholds: ClassVar[tuple[str, ...]] = ()
     kinds: ClassVar[tuple[str, ...]] = ("pairs", "documents")
-    # Per candidate caption of a pair: column name -> (its column for the original caption,
-    # the list column of its synthetic captions, or None). Caption-scope rules read these.
+    # Per candidate caption of a pair: column name -> (its column for the original caption or
+    # None, the list column of its synthetic captions or None). Caption-scope rules read these.
     caption_columns: ClassVar[dict[str, tuple[str, str | None]]] = {}
     # Documents runs: score name -> the list column holding this score of an image against
     # each text of its document, aligned with the texts (NULL where not scored). Placement
