@@ -51,6 +51,20 @@ DOWNLOADED = pa.schema([
     ("original_height", pa.int32()),
     ("sha256", pa.string()),
 ])
+# Per-host figures of one download shard (RUN/downloaded/NNNNN_hosts.parquet, written by
+# curate.stages.polite_fetch; summed over the run by the `hosts` query view).
+DOWNLOAD_HOSTS = pa.schema([
+    ("host", pa.string()),
+    ("requests", pa.int64()),  # HTTP requests started (retries and Retry-After waits included)
+    ("fetched", pa.int64()),  # rows whose body arrived
+    ("failed", pa.int64()),  # rows that failed to download (any reason)
+    ("http_429", pa.int64()),  # 429 answers
+    ("http_5xx", pa.int64()),  # 5xx answers
+    ("retry_after_waits", pa.int64()),  # times a row waited out a Retry-After instead of failing
+    ("waited_seconds", pa.float64()),  # time rows waited for a start slot (limits) or a Retry-After pause
+    ("shard_timeout", pa.int64()),  # rows ended by their shard's deadline
+])
+
 # Columns only the score step's batches carry: the image bytes stay in RUN/downloaded/, a
 # document's texts in RUN/documents/; `_live` is the score step's own row mask.
 NOT_STORED = ("doc_texts", "_live")

@@ -16,6 +16,13 @@ connecting; the socket is opened to the checked address itself, never re-resolve
 DNS answer that changes between check and connect (rebinding) can't slip through. Every
 hop of a redirect chain goes through the same check.
 
+Time: inside a fetch made under a deadline (``curate.stages.fetch_deadline``: the request's
+``max_fetch_seconds`` from before its connect, or its download shard's deadline, whichever
+comes first) a connect waits at most the time left, and the connected socket is handed to
+the deadline's watchdog, which shuts it down when the time is up; the body reader checks the
+same deadline between reads. Every answer's status and ``Retry-After`` are noted for the
+caller (``AnswerRecorder``).
+
 Refusals raise ``FetchRefused``; img2dataset records ``str(error)`` as the row's
 error message, and ``curate.stages.download.download_reason`` reads the reason back.
 """
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 
 from curate.schemas.reasons import reason
 from curate.stages.content_encoding import ContentRefused, decode_content
+from curate.stages.fetch_deadline import Deadline, current_deadline, note_answer, watch_socket
 from curate.stages.precheck import ALLOWED_SCHEMES, AddressPolicy
 
 _CHUNK = 64 * 1024
@@ -47,6 +55,12 @@ class FetchRefused(OSError):
     def __init__(self, code: str, detail: object | None = None):
         self.reason = reason(code, detail)
         super().__init__(f"{MARK} {self.reason}")
+
+    @classmethod
+    def by(cls, deadline: Deadline) -> "FetchRefused":
+        """The refusal of a fetch ``deadline`` ended (its cause: ``code`` or ``code:detail``)."""
+        code, _, detail = deadline.cause.partition(":")
+        return cls(code, detail or None)
 
 
 @dataclass(frozen=True)
@@ -91,18 +105,29 @@ def open_checked_socket(address, timeout, source_address=None, *, policy: FetchP
     the connect, and on the peer address after it)."""
     host, port = address
     refused, last_error = None, None
+    deadline = current_deadline()
     for family, sockaddr in policy.candidates(host, port):
         if not policy.addresses.allows(ipaddress.ip_address(sockaddr[0])):
             refused = refused or _refusal(sockaddr[0], redirected)
             continue  # never connect to it
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+            if deadline is not None and deadline.passed():
+                sock.close()
+                raise FetchRefused.by(deadline)
+            if deadline is not None:  # the connect gets at most the time left
+                step = deadline.remaining() if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else min(timeout, deadline.remaining())
+                sock.settimeout(step)
+            elif timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
                 sock.settimeout(timeout)
             if source_address:
                 sock.bind(source_address)
             sock.connect(sockaddr)
+            if deadline is not None and timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)  # each read gets download.timeout; the watchdog ends the whole
             peer = sock.getpeername()[0]
+        except FetchRefused:
+            raise
         except OSError as error:
             sock.close()
             last_error = error
@@ -120,10 +145,13 @@ class CappedResponse(http.client.HTTPResponse):
     def __init__(self, sock, *args, policy: FetchPolicy, **kwargs):
         super().__init__(sock, *args, **kwargs)
         self.policy = policy
-        self.deadline = time.monotonic() + policy.max_fetch_seconds
+        # The fetch's deadline (set before its connect) when there is one, else from now.
+        self.deadline = current_deadline() or Deadline(time.monotonic() + policy.max_fetch_seconds,
+                                                       "timeout:max_fetch_seconds")
 
     def begin(self) -> None:
         super().begin()
+        note_answer(self.status, self.getheader("Retry-After"))
         if self.length is not None and self.length > self.policy.max_body_bytes:
             raise FetchRefused("body_too_large", self.policy.max_body_bytes)  # declared: don't read it
 
@@ -135,6 +163,8 @@ class CappedResponse(http.client.HTTPResponse):
         while True:
             self._check_deadline()
             chunk = self.read1(_CHUNK)  # read1: one recv, so a trickle can't block it for long
+            if not chunk and self.deadline.passed():
+                raise FetchRefused.by(self.deadline)  # the watchdog ended it: not a complete body
             if not chunk:
                 if self.length:  # closed before Content-Length bytes came: never a cut image
                     raise http.client.IncompleteRead(b"".join(chunks), self.length)
@@ -151,11 +181,11 @@ class CappedResponse(http.client.HTTPResponse):
             chunks.append(chunk)
 
     def _check_deadline(self) -> None:
-        # The socket timeout bounds each read; only this bounds a server that trickles
-        # bytes forever, each one just inside the timeout.
-        if time.monotonic() > self.deadline:
+        # The socket timeout bounds each read; only this (and the watchdog) bounds a server
+        # that trickles bytes forever, each one just inside the timeout.
+        if self.deadline.passed():
             self.close()
-            raise FetchRefused("timeout", "max_fetch_seconds")
+            raise FetchRefused.by(self.deadline)
 
 
 def _checked(connection_class):
@@ -164,6 +194,10 @@ def _checked(connection_class):
             super().__init__(*args, **kwargs)
             self._create_connection = functools.partial(open_checked_socket, policy=policy, redirected=redirected)
             self.response_class = functools.partial(CappedResponse, policy=policy)
+
+        def connect(self):
+            super().connect()
+            watch_socket(self.sock)  # after TLS wraps it: shutting it down ends a stalled handshake or read
 
     Checked.__name__ = f"Checked{connection_class.__name__}"
     return Checked
