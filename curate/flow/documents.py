@@ -27,6 +27,7 @@ from curate.core.config import CurateConfig
 from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
 from curate.flow import interleave
+from curate.flow.decision import ATTEMPTS_SQL
 from curate.flow.documents_input import read_documents_part
 from curate.flow.kind import Kind
 from curate.flow.hf_features import IMAGE_STRUCT, with_image_features
@@ -98,7 +99,7 @@ class DocumentsKind(Kind):
             SELECT sample_id, doc_id, image_index, input_file, input_row, url, original_slot, f.status, f.reason,
                    sentence_sims, CAST(list_position(sentence_sims, list_max(sentence_sims)) - 1 AS INTEGER) AS best_text,
                    width, height, original_width, original_height, sha256, pixel_sha256 {stage_columns},
-                   download_shard, key AS download_key
+                   {ATTEMPTS_SQL} AS attempts, download_shard, key AS download_key
             FROM joined JOIN final f USING (sample_id)
         """)
 

@@ -31,7 +31,8 @@ from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.score import TASK_CPUS, run_score
-from curate.pipeline.summary import compute_summary, print_summary, save_summary
+from curate.pipeline.passes import load_prepared
+from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.stages.download import committed_shards, run_download
 
 
@@ -230,7 +231,7 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    prepared = json.loads(storage.read_text(run.marker("prepare")))
+    prepared = load_prepared(run)  # with the `curate retry` passes' shards
     with progress.step("manifest", total=prepared["rows"]), _manifest_memory(cfg):
         decided = decide_run(plan, run, prepared, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
@@ -245,6 +246,8 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     summary["task_seconds"] = {"prepare": prepared.get("task_seconds"), **{f"manifest/{k}": v for k, v in
                                                                          decided.task_seconds.items()}}
     summary["partitions"] = decided.partitions
+    if prepared["retries"]:
+        summary["retries"] = retry_outcomes(decided.counts, prepared["retries"])
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)

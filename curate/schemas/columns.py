@@ -72,9 +72,12 @@ NOT_STORED = ("doc_texts", "_live")
 # The columns of RUN/scored/ that every run has (the inspect stage's writes included), so a
 # view over scored/ has them even when no shard was scored (every row blocked).
 # download_shard: the RUN/downloaded/ shard of the row (its scored parts are in
-# RUN/scored/<download_shard>/).
+# RUN/scored/<download_shard>/). attempt: which download of the row this is (1 the first,
+# k + 1 from the k-th `curate retry`; only retried rows carry it in their files, the views
+# over scored/ give every row one: curate.core.duck.create_latest_copy_view).
 SCORED_BASE = DOWNLOADED.append(pa.field("download_shard", pa.string())).append(
-    pa.field("download_reason", pa.string())).append(pa.field("pixel_sha256", pa.string()))
+    pa.field("download_reason", pa.string())).append(pa.field("pixel_sha256", pa.string())).append(
+    pa.field("attempt", pa.int32()))
 
 # The pairs manifest, before the columns each enabled stage adds (clip_score, itm_prob, ...).
 CAPTION_STRUCT = pa.struct([
@@ -107,6 +110,7 @@ PAIRS_MANIFEST_HEAD = pa.schema([
 ])
 # ... then the stages' manifest columns, then these.
 MANIFEST_TAIL = pa.schema([
+    ("attempts", pa.int32()),  # downloads of the row: 0 never fetched (blocked), 1, then +1 per `curate retry`
     ("download_shard", pa.string()),
     ("download_key", pa.string()),
     ("output_shard", pa.string()),
