@@ -27,6 +27,9 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="the run directory (overrides output.path)")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="an existing Ray cluster")] = None,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="grow a finished RUN with the input files it has not seen: only their rows are "
+        "downloaded and scored, the run is decided again over all of them")] = False,
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
     from curate.models.references import ModelReferenceError
@@ -39,7 +42,7 @@ def run(
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
-        run_pipeline(cfg, console)
+        run_pipeline(cfg, console, extend=extend)
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 

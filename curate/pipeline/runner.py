@@ -19,7 +19,7 @@ from rich.console import Console
 
 from curate.core import storage
 from curate.core.config import ConfigError, CurateConfig, config_changes
-from curate.core.inputs import fingerprint, resolve_input_files
+from curate.core.inputs import InputFile, fingerprint, resolve_input_files
 from curate.core.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, scored_rows, stage_counts_dir,
 )
@@ -31,7 +31,7 @@ from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
 from curate.pipeline.score import TASK_CPUS, run_score
-from curate.pipeline.passes import load_prepared
+from curate.pipeline.passes import load_prepared, recorded_passes
 from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.stages.download import committed_shards, run_download
 
@@ -49,17 +49,29 @@ class RunResult:
 RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem")
 
 
-def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
-    """A RUN may only be resumed with the same config and input it was started with."""
-    changes = config_changes(storage.read_text(run.config), cfg, ignore=RESOURCE_KEYS) if storage.exists(run.config) else []
+def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool = False) -> None:
+    """A RUN may only be resumed with the same config and input it was started with; with
+    ``extend``, its input files (same sizes) plus new ones, and input.path may change."""
+    ignore = RESOURCE_KEYS + (("input.path",) if extend else ())
+    changes = config_changes(storage.read_text(run.config), cfg, ignore=ignore) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ConfigError(
             f"{run.root} was started with another config ({shown}; see {run.config}); "
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
-    if storage.exists(run.state) and json.loads(storage.read_text(run.state)) != state:
-        raise ConfigError(f"{run.root} was started from other input files; use a new --out")
+    if not storage.exists(run.state):
+        return
+    before = json.loads(storage.read_text(run.state))
+    old, now = [tuple(f) for f in before["files"]], [tuple(f) for f in state["files"]]
+    gone = [uri for uri, size in old if (uri, size) not in now]
+    if gone:
+        raise ConfigError(f"{run.root} was started from other input files ({gone[0]} is gone or changed size); "
+                          "a run's input files can't change: use a new --out")
+    added = now[len(old):]
+    if added and not extend:
+        raise ConfigError(f"{run.root} was started from {len(old)} input files; {len(added)} more are there now "
+                          f"(first: {added[0][0]}): add them with `curate run ... --extend`, or use a new --out")
 
 
 def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
@@ -114,22 +126,60 @@ def _stops_cleanly(fn):
     return wrapper
 
 
+def _numbered_like_run(files: list[InputFile], run: RunDir) -> list[InputFile]:
+    """The input files numbered as the run numbered them (a file's number is the first part
+    of its rows' sample_ids, so it never changes); files the run has not seen come after, in
+    name order. A new run numbers them in name order."""
+    if not storage.exists(run.state):
+        return files
+    known = [uri for uri, _ in json.loads(storage.read_text(run.state))["files"]]
+    listed = {f.uri: f for f in files}
+    ordered = [listed[uri] for uri in known if uri in listed] + [f for f in files if f.uri not in set(known)]
+    return [InputFile(i, f.uri, f.size) for i, f in enumerate(ordered)]
+
+
+def _start_extending(run: RunDir) -> None:
+    """--extend on a run with new input files: its prepare and download steps run again (the
+    parts and shards they committed are kept and skipped), then the rest as usual."""
+    for step in ("prepare", "download"):
+        storage.remove_tree(run.marker(step))
+
+
+def _check_no_open_retry(run: RunDir) -> None:
+    recorded = recorded_passes(run)
+    if recorded and not recorded[-1]["finished"]:
+        raise ConfigError(f"retry {recorded[-1]['pass']} of {run.root} was interrupted; finish it first with "
+                          f"`curate retry {run.root}`")
+
+
 @_stops_cleanly
-def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
+def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False) -> RunResult:
+    """Run the pipeline, or resume it on the same RUN. ``extend``: grow a run with input files
+    it has not seen (curate run --extend): their rows get the next file numbers, only they
+    are prepared, downloaded and scored, and the whole run is decided again (dedupe across
+    old and new), so the result equals one run over all the files. ConfigError for a config
+    or input that does not match the RUN."""
     console = console or Console()
     started = time.perf_counter()
     os.environ.update(cfg.storage.environment())  # before the first bucket access
     run = RunDir(cfg.output.path)
-    files = resolve_input_files(cfg.input)  # input errors stop here, before anything is written
+    if extend and not storage.exists(run.config):
+        raise ConfigError(f"--extend grows an existing run, and {run.root} has none; leave --extend out to start it")
+    files = _numbered_like_run(resolve_input_files(cfg.input), run)  # input errors stop here, before anything is written
     state = fingerprint(files, cfg)
-    _check_resumable(cfg, run, state)
+    _check_resumable(cfg, run, state, extend)
+    _check_no_open_retry(run)
     plan = make_plan(cfg)
     plan.check()  # a bad model reference or stage config stops here, before anything is written
     fresh = not storage.exists(run.config)
+    before = json.loads(storage.read_text(run.state)) if storage.exists(run.state) else None
     with _nothing_left_unless_started(run, fresh):
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         check_actor_fit(plan)
+        if extend and before != state:
+            console.print(f"extend: {len(state['files']) - len(before['files'])} new input files")
+            _start_extending(run)  # before the new state: a run killed in between asks for --extend again
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())
         storage.write_text(run.state, json.dumps(state))
