@@ -5,6 +5,9 @@ Views (see docs/queries.md):
 - ``scored``: RUN/scored/, one row per downloaded sample with its scores and CLIP image
   embeddings (a batch committed twice is counted once, as when the manifest is built);
 - ``output``: RUN/output/index.json, one row per output shard (name, count, files);
+- ``hosts``: one row per host the download steps asked, their figures summed over every
+  download shard (RUN/downloaded/**/NNNNN_hosts.parquet: requests, rows fetched and failed,
+  429 and 5xx answers, Retry-After waits, seconds waited, shard timeouts);
 - ``manifest_images`` (documents runs): one row per image of every document.
 Local and bucket (s3://, gs://) runs alike: DuckDB reads through the pipeline's fsspec.
 """
@@ -18,7 +21,7 @@ import pyarrow as pa
 
 from curate.core import duck, storage
 from curate.core.rundir import RunDir
-from curate.schemas.columns import SCORED_BASE
+from curate.schemas.columns import DOWNLOAD_HOSTS, SCORED_BASE
 
 
 class QueryError(ValueError):
@@ -42,11 +45,20 @@ def open_views(run_root: str) -> duckdb.DuckDBPyConnection:
         con.execute(f"CREATE VIEW manifest_images AS SELECT * FROM read_parquet({duck.sql_list(images)})")
     _scored_view(con, run)
     _output_view(con, run)
+    _hosts_view(con, run)
     return con
 
 
 def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    duck.create_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True), SCORED_BASE)
+    duck.create_latest_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True), SCORED_BASE)
+
+
+def _hosts_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
+    files = storage.list_files(run.downloaded, "_hosts.parquet", recursive=True)
+    duck.create_parquet_view(con, "host_shards", files, DOWNLOAD_HOSTS)
+    sums = ", ".join(f"sum({name})::{'DOUBLE' if name == 'waited_seconds' else 'BIGINT'} AS {name}"
+                     for name in DOWNLOAD_HOSTS.names[1:])
+    con.execute(f"CREATE VIEW hosts AS SELECT host, {sums} FROM host_shards GROUP BY host")
 
 
 def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
