@@ -37,7 +37,7 @@ from curate.core.progress import Progress
 from curate.core.rundir import RunDir
 from curate.flow.decision import PartitionFiles, apply_globals, candidates_sql, decide_units, followed, open_views
 from curate.flow.plan import Plan
-from curate.pipeline.passes import load_prepared, shards_by_part
+from curate.pipeline.passes import RETRY_PREFIX, load_prepared, shards_by_part
 from curate.schemas.status import Status
 
 TASK_CPUS = 0.5
@@ -163,7 +163,7 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
             found[stage.key] = f"{stage.key}_found"
         apply_globals(con, plan, found)
         result = plan.kind.write_partition(con, plan, partition.name, files, out)
-        result["attempts"] = _retried_counts(con)
+        result["retried"] = _retried_counts(con)
         for stage in plan.globals:
             stage.partition_done(con, plan, storage.join(out.staged, stage.key), partition.name)
     finally:
@@ -172,13 +172,14 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
 
 
 def _retried_counts(con) -> dict[str, int]:
-    """Image rows downloaded more than once (`curate retry`), per (attempt, status, reason code):
-    what each retry pass recovered, for the summary. Keys are JSON lists."""
-    rows = con.execute("""
-        SELECT j.attempt, f.status, split_part(f.reason, ':', 1), count(*)
-        FROM joined j JOIN final f USING (sample_id) WHERE j._downloaded AND j.attempt > 1 GROUP BY ALL
+    """Image rows whose latest download came from a `curate retry` pass, per (pass, status,
+    reason code): what each pass recovered, for the summary. Keys are JSON lists."""
+    retry_pass = f"TRY_CAST(regexp_extract(j.download_shard, '^{RETRY_PREFIX}(\\d+)/', 1) AS INTEGER)"
+    rows = con.execute(f"""
+        SELECT {retry_pass} AS retry_pass, f.status, split_part(f.reason, ':', 1), count(*)
+        FROM joined j JOIN final f USING (sample_id) WHERE j._downloaded AND {retry_pass} IS NOT NULL GROUP BY ALL
     """).fetchall()
-    return {json.dumps([attempt, status, code]): n for attempt, status, code, n in rows}
+    return {json.dumps([number, status, code]): n for number, status, code, n in rows}
 
 
 def _phase_shards(uri: str, offset: int, per_shard: int) -> dict:
@@ -277,15 +278,15 @@ def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | Non
 
 
 def _merge_counts(finished: list[dict]) -> dict:
-    statuses, reasons, extra, attempts = Counter(), Counter(), {}, Counter()
+    statuses, reasons, extra, retried = Counter(), Counter(), {}, Counter()
     for result in finished:
-        attempts.update({tuple(json.loads(k)): n for k, n in result.get("attempts", {}).items()})
+        retried.update({tuple(json.loads(k)): n for k, n in result.get("retried", {}).items()})
         statuses.update(result["statuses"])
         reasons.update({tuple(json.loads(k)): n for k, n in result["reasons"].items()})
         for name, values in result.get("extra", {}).items():
             extra.setdefault(name, Counter()).update(values)
     return {"statuses": dict(statuses), "reasons": dict(reasons), "extra": {k: dict(v) for k, v in extra.items()},
-            "attempts": dict(attempts)}
+            "retried": dict(retried)}
 
 
 PREVIEW = "_preview"

@@ -34,16 +34,15 @@ def retry_outcomes(counts: dict, passes: list[dict]) -> list[dict]:
     the rows it fetched again, how many of them now have an image (``recovered``: any status
     but download_failed) and the statuses and failure reasons they ended with. A finished
     pass keeps the figures recorded at its end (a later pass may fetch its failures again);
-    the others are counted now, from the decision's rows downloaded ``pass + 1`` times."""
+    the others are counted now, from the decision's rows whose latest download is the pass's."""
     out = []
     for record in passes:
         outcome = record.get("outcome") if record.get("finished") else None
         if outcome is None:
-            attempt = record["pass"] + 1
             statuses: Counter = Counter()
             failed: Counter = Counter()
-            for (n, status, code), rows in counts.get("attempts", {}).items():
-                if n == attempt:
+            for (number, status, code), rows in counts.get("retried", {}).items():
+                if number == record["pass"]:
                     statuses[status] += rows
                     if status == Status.DOWNLOAD_FAILED.value:
                         failed[code] += rows

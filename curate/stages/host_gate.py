@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 # How long a caller waits before asking again while a host is at its concurrency limit.
 POLL_SECONDS = 0.05
@@ -35,10 +36,11 @@ class _Host:
 class HostSchedule:
     """When requests to each host may start. ``max_per_host``: requests in flight per host
     (None: no limit); ``per_host_rps``: starts per second per host (None: no limit). Times are
-    this process's ``time.monotonic()`` seconds; callers only ever see durations."""
+    ``clock()`` seconds (this process's monotonic clock); callers only ever see durations."""
 
     max_per_host: int | None = None
     per_host_rps: float | None = None
+    clock: Callable[[], float] = time.monotonic
     hosts: dict[str, _Host] = field(default_factory=dict)
 
     def acquire(self, host: str, limit: float) -> tuple[bool, float | None]:
@@ -49,7 +51,7 @@ class HostSchedule:
         concurrency limit, ask again in ``wait`` seconds; ``(False, None)``: no start is
         possible within ``limit``."""
         state = self.hosts.setdefault(host, _Host())
-        now = time.monotonic()
+        now = self.clock()
         start = max(now, state.next_start, state.paused_until)
         if start - now > limit:
             return False, None
@@ -69,7 +71,7 @@ class HostSchedule:
     def pause(self, host: str, seconds: float) -> None:
         """No request to ``host`` starts in the next ``seconds`` (its Retry-After)."""
         state = self.hosts.setdefault(host, _Host())
-        state.paused_until = max(state.paused_until, time.monotonic() + seconds)
+        state.paused_until = max(state.paused_until, self.clock() + seconds)
 
 
 class LocalGate:

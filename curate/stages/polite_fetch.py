@@ -35,6 +35,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 import pyarrow as pa
+from img2dataset.downloader import download_image  # a download worker imports img2dataset anyway
 
 from curate.schemas.columns import DOWNLOAD_HOSTS as HOSTS_SCHEMA
 from curate.stages.download_errors import TRANSIENT_REASONS, ReasonSet, download_reason
@@ -105,8 +106,6 @@ class ShardFetches:
     def fetch(self, row, timeout, retries, user_agent_token, disallowed_header_directives):
         """img2dataset's ``download_image_with_retry`` contract: ``row`` is (key, url); returns
         (key, BytesIO or None, error message or None)."""
-        from img2dataset.downloader import download_image
-
         key, url = row
         host = host_of(url)
         waited_on_retry_after, retried = 0.0, 0

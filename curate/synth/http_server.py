@@ -36,12 +36,25 @@ class _Handler(BaseHTTPRequestHandler):
     requests: list[str] = []  # request targets as received (path and query, still encoded)
     log: list[tuple[float, str]] = []
     seen: dict[str, int] = {}  # requests per decoded path so far
+    in_flight: dict[str, int] = {}  # requests being answered now, per Host header
+    max_in_flight: dict[str, int] = {}  # the most ever at once, per Host header
     lock = threading.Lock()
     closing = threading.Event()
     latency: float = 0.0
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        with self.lock:
+            self.in_flight[host] = self.in_flight.get(host, 0) + 1
+            self.max_in_flight[host] = max(self.max_in_flight.get(host, 0), self.in_flight[host])
+        try:
+            self._answer()
+        finally:
+            with self.lock:
+                self.in_flight[host] -= 1
+
+    def _answer(self) -> None:
         # Routes are keyed by the decoded path, as a static file server finds its files.
         path = urllib.parse.unquote(self.path.split("?", 1)[0])
         with self.lock:
@@ -84,10 +97,11 @@ class CorpusServer:
     def __init__(self, routes: dict[str, Route], latency: float = 0.0):
         self.requests: list[str] = []  # every request target received, in order
         self.log: list[tuple[float, str]] = []  # (time.monotonic(), target) of every request
+        self.max_in_flight: dict[str, int] = {}  # the most requests answered at once, per Host header
         self._closing = threading.Event()
         handler = type("Handler", (_Handler,), {
             "routes": dict(routes), "latency": latency, "requests": self.requests, "log": self.log, "seen": {},
-            "lock": threading.Lock(), "closing": self._closing})
+            "lock": threading.Lock(), "closing": self._closing, "in_flight": {}, "max_in_flight": self.max_in_flight})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
