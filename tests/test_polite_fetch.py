@@ -72,6 +72,19 @@ def test_a_retry_after_pause_holds_every_start_to_the_host():
     assert gate.acquire("a.test", 60) == (True, 0.0)
 
 
+def test_idle_hosts_are_forgotten_once_many_are_remembered(monkeypatch):
+    from curate.stages import host_gate
+
+    monkeypatch.setattr(host_gate, "MAX_HOSTS", 2)
+    clock = Clock()
+    gate = HostSchedule(clock=clock)
+    gate.acquire("a.test", 60)
+    gate.acquire("b.test", 60)
+    gate.release("a.test")  # b.test still has a request in flight
+    gate.acquire("c.test", 60)
+    assert sorted(gate.hosts) == ["b.test", "c.test"]
+
+
 def test_retry_after_reads_seconds_and_http_dates():
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0

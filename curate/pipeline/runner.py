@@ -345,6 +345,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
                 f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
+    _check_no_open_retry(run)
     plan = make_plan(cfg)
     plan.check(models=False)
     _check_scored(plan, run)

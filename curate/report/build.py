@@ -96,7 +96,7 @@ def render(con, run: RunDir, config: dict, n: int) -> str:
         ("kept", "Kept samples", kept_section(kept, thumbs, scores)),
         ("filtered", "Filtered samples", filtered_section(filtered, thumbs, scores)),
         ("duplicates", "Duplicate groups", duplicates_section(dups, thumbs, scores)),
-        ("failures", "Download failures and blocked URLs", failures_section(con)),
+        ("failures", "Download failures and blocked URLs", failures_section(con, _read_json(run.summary).get("retries", []))),
         ("capfilt", "Original vs. synthetic captions", capfilt_section(capfilt, thumbs, scores)),
         ("sources", "Sources", sources_section(con)),
     ]
@@ -229,8 +229,16 @@ def duplicates_section(groups, thumbs, scores) -> tuple[str, str]:
     return lead, f'<div class="dups">{"".join(rows)}</div>'
 
 
-def failures_section(con) -> tuple[str, str]:
+def failures_section(con, retries: list[dict] | None = None) -> tuple[str, str]:
     body = []
+    if retries:
+        rows = [{"retry": r["pass"], "reasons": ", ".join(r["reasons"]), "rows fetched again": r["retried"],
+                 "recovered": r["recovered"], "now": ", ".join(f"{s} {n}" for s, n in r["statuses"].items()),
+                 "still failed": ", ".join(f"{f['reason']} {f['count']}" for f in r["still_failed"]) or "none"}
+                for r in retries]
+        body.append("<h3>Retries</h3>" + html.table(rows) + html.note(
+            "What each <code>curate retry</code> fetched again and recovered (an image now; the row's "
+            "<code>attempts</code> in the manifest counts its downloads)."))
     for status in (Status.DOWNLOAD_FAILED.value, Status.BLOCKED.value):
         rows = samples.failure_examples(con, status)
         if rows:
@@ -267,5 +275,8 @@ def capfilt_section(rows, thumbs, scores) -> tuple[str, str]:
 
 def sources_section(con) -> tuple[str, str]:
     body = "<h3>Top domains</h3>" + html.table(stats.top_domains(con))
+    hosts = stats.host_figures(con)
+    if hosts.num_rows:
+        body += "<h3>Download figures per host</h3>" + html.table(hosts)
     body += "<h3>Kept fraction per input file</h3>" + html.table(stats.kept_per_input_file(con))
     return "", body

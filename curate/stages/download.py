@@ -1,9 +1,10 @@
 """Step 2: download with img2dataset, as a library.
 
 img2dataset does the fetching, X-Robots-Tag opt-out handling, resizing and re-encoding;
-this module only calls it and translates its per-row error messages into reason codes.
-Each row's fetch runs under a deadline, a per-host gate and Retry-After
-(``curate.stages.polite_fetch``), and each shard under ``download.shard_timeout``. Its Parquet output keeps failed rows, and it writes a shard's
+this module only calls it (its error messages become reason codes in
+``curate.stages.download_errors``). Each row's fetch runs under a deadline, a per-host gate
+shared by every shard and Retry-After (``curate.stages.polite_fetch``), each shard under
+``download.shard_timeout``. Its Parquet output keeps failed rows, and it writes a shard's
 ``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
 
@@ -20,7 +21,10 @@ import signal
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
-from curate.stages.download_errors import BLOCKED_AT_DOWNLOAD, TRANSIENT_REASONS, ReasonSet, download_reason  # noqa: F401
+# download_reason etc. lived here first; imported from here by the inspect stage and tests.
+from curate.stages.download_errors import (  # noqa: F401
+    BLOCKED_AT_DOWNLOAD, TRANSIENT_REASONS, ReasonSet, download_reason,
+)
 from curate.stages.safe_fetch import FetchPolicy
 
 class DownloadIncomplete(OSError):

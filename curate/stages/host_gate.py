@@ -23,6 +23,9 @@ from typing import Callable
 
 # How long a caller waits before asking again while a host is at its concurrency limit.
 POLL_SECONDS = 0.05
+# Hosts remembered before idle ones (nothing in flight, no pause or slot ahead) are forgotten:
+# a web crawl asks millions of hosts once each.
+MAX_HOSTS = 100_000
 
 
 @dataclass
@@ -50,8 +53,10 @@ class HostSchedule:
         :meth:`release` when the request ends); ``(False, wait)``: the host is at its
         concurrency limit, ask again in ``wait`` seconds; ``(False, None)``: no start is
         possible within ``limit``."""
-        state = self.hosts.setdefault(host, _Host())
         now = self.clock()
+        if host not in self.hosts and len(self.hosts) >= MAX_HOSTS:
+            self._forget_idle(now)
+        state = self.hosts.setdefault(host, _Host())
         start = max(now, state.next_start, state.paused_until)
         if start - now > limit:
             return False, None
@@ -61,6 +66,11 @@ class HostSchedule:
         if self.per_host_rps:
             state.next_start = start + 1.0 / self.per_host_rps
         return True, start - now
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [h for h, s in self.hosts.items() if s.in_flight == 0 and max(s.next_start, s.paused_until) <= now]
+        for host in idle:
+            del self.hosts[host]
 
     def release(self, host: str) -> None:
         """A request reserved by :meth:`acquire` ended."""
