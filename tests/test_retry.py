@@ -77,7 +77,7 @@ def retried(tmp_path_factory, cli_env_module):
         config.write_text(yaml.safe_dump({
             "input": {"path": str(folder), "format": "parquet"},
             "output": {"path": "unused", "samples_per_shard": 3},
-            "download": {"timeout": 60, "shard_timeout": 10, "allow_private_hosts": True, "image_size": 64,
+            "download": {"timeout": 60, "shard_timeout": 20, "allow_private_hosts": True, "image_size": 64,
                          "threads": 4, "shard_size": 4},
             "filters": {"min_side": 32},
             "report": {"enabled": False},
@@ -94,6 +94,10 @@ def retried(tmp_path_factory, cli_env_module):
         states["retry_404"] = (read_manifest(str(run)), json.loads((run / "summary.json").read_text()))
         states["nothing"] = _curate(["retry", str(run)], env).stdout
         states["bad_reason"] = _curate(["retry", str(run), "--reasons", "not_a_code"], env, ok=False)
+        # The server fails nothing now (its first requests are spent): a run where nothing failed.
+        _curate(["run", str(config), "--out", str(tmp / "fresh")], env)
+        states["fresh"] = (read_manifest(str(tmp / "fresh")), _files(tmp / "fresh" / "output"))
+        states["retried_output"] = _files(run / "output")
         yield server, states
 
 
@@ -170,3 +174,16 @@ def test_nothing_to_retry_and_a_bad_reason_are_told_plainly(retried):
     bad = states["bad_reason"]
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "not_a_code" in bad.stderr and "http_5xx" in bad.stderr
+
+
+def test_a_retry_that_recovered_everything_equals_a_run_where_nothing_failed(retried):
+    _, states = retried
+    where = ["attempts", "download_shard", "download_key"]  # how the bytes were got, not what they are
+    fresh, retried_manifest = states["fresh"][0], states["retry_404"][0]
+    assert retried_manifest.drop_columns(where).equals(fresh.drop_columns(where))
+    fresh_files, retried_files = states["fresh"][1], states["retried_output"]
+    shards = [n for n in fresh_files if n.endswith(".parquet")]
+    assert sorted(shards) == sorted(n for n in retried_files if n.endswith(".parquet")) and shards
+    for name in shards:
+        read = lambda files: pq.read_table(pa.BufferReader(files[name][1]))  # noqa: E731
+        assert read(retried_files).equals(read(fresh_files)), name
