@@ -124,6 +124,10 @@ class DocumentsKind(Kind):
         return {"manifest": written, "statuses": dict(statuses), "reasons": dict(reasons),
                 "extra": {"images": dict(images_by_status)}}
 
+    def image_manifest_parts(self, written: dict, out) -> list[str]:
+        """The manifest_images parts, named as the manifest parts."""
+        return [storage.join(out.manifest_images, part["uri"].rsplit("/", 1)[-1]) for part in written["manifest"]]
+
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         return write_document_shard(rows, name, out_dir, downloaded_dir, self.cfg.download.encode_format,
                                     self.cfg.output.formats)

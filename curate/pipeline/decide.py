@@ -163,7 +163,7 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
             found[stage.key] = f"{stage.key}_found"
         apply_globals(con, plan, found)
         result = plan.kind.write_partition(con, plan, partition.name, files, out)
-        result["retried"] = _retried_counts(con)
+        result["retried"] = _retried_counts(con, plan.kind.image_manifest_parts(result, out))
         for stage in plan.globals:
             stage.partition_done(con, plan, storage.join(out.staged, stage.key), partition.name)
     finally:
@@ -171,13 +171,18 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
     return result
 
 
-def _retried_counts(con) -> dict[str, int]:
-    """Image rows whose latest download came from a `curate retry` pass, per (pass, status,
-    reason code): what each pass recovered, for the summary. Keys are JSON lists."""
-    retry_pass = f"TRY_CAST(regexp_extract(j.download_shard, '^{RETRY_PREFIX}(\\d+)/', 1) AS INTEGER)"
+def _retried_counts(con, image_parts: list[str]) -> dict[str, int]:
+    """Image rows of the written manifest parts whose latest download came from a `curate
+    retry` pass, per (pass, status, reason code): what each pass recovered, for the summary.
+    Keys are JSON lists."""
+    from curate.core import duck
+
+    if not image_parts:
+        return {}
+    retry_pass = f"TRY_CAST(regexp_extract(download_shard, '^{RETRY_PREFIX}(\\d+)/', 1) AS INTEGER)"
     rows = con.execute(f"""
-        SELECT {retry_pass} AS retry_pass, f.status, split_part(f.reason, ':', 1), count(*)
-        FROM joined j JOIN final f USING (sample_id) WHERE j._downloaded AND {retry_pass} IS NOT NULL GROUP BY ALL
+        SELECT {retry_pass} AS retry_pass, status, split_part(reason, ':', 1), count(*)
+        FROM read_parquet({duck.sql_list(image_parts)}) WHERE {retry_pass} IS NOT NULL GROUP BY ALL
     """).fetchall()
     return {json.dumps([number, status, code]): n for number, status, code, n in rows}
 
