@@ -50,12 +50,13 @@ def _config(config: str | Path | dict, out: str | Path | None, overrides: list[s
 
 
 def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: list[str] | None = None,
-        address: str | None = None, progress: str = "lines") -> "Run":
+        address: str | None = None, progress: str = "lines", extend: bool = False) -> "Run":
     """Run (or resume) the pipeline, as ``curate run``; returns the finished :class:`Run`.
 
     ``config``: a YAML path or the same structure as a dict (docs/config.md); ``out``: the
     run directory (``output.path``); ``overrides``: ``["clip.min_score=0.3", ...]`` as
-    ``--set``; ``address``: an existing Ray cluster."""
+    ``--set``; ``address``: an existing Ray cluster; ``extend``: grow a finished run with the
+    input files it has not seen, as ``curate run --extend``."""
     from curate.core.ray_session import start_ray
     from curate.pipeline.runner import run_pipeline
 
@@ -67,7 +68,7 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
         from curate.core.terminal import quiet_ray_data
 
         quiet_ray_data()
-    result = run_pipeline(cfg, console)
+    result = run_pipeline(cfg, console, extend=extend)
     return Run(result.run.root, summary=result.summary, index=result.index)
 
 

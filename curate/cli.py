@@ -32,6 +32,9 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set clip.min_score=0.3")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="the run directory (overrides output.path)")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="an existing Ray cluster")] = None,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="grow a finished RUN with the input files it has not seen: only their rows are "
+        "downloaded and scored, the run is decided again over all of them")] = False,
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
     from curate.models.references import ModelReferenceError
@@ -44,8 +47,33 @@ def run(
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
-        run_pipeline(cfg, console)
+        run_pipeline(cfg, console, extend=extend)
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:
+        _fail(str(error))
+
+
+@app.command()
+def retry(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a finished run directory")],
+    reasons: Annotated[Optional[list[str]], typer.Option(
+        "--reasons", help="reason codes to fetch again (repeat, or comma-separated): timeout, http_503, http_5xx, ... "
+        "[default: timeout, connection_error, http_429, http_5xx, shard_timeout]")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="how this retry fetches: --set download.per_host_rps=2 (download.timeout, threads, "
+        "shard_timeout, max_per_host, per_host_rps, ...)")] = None,
+) -> None:
+    """Download again only the rows whose download failed with these reasons, score them and
+    decide the run again (dedupe included); the summary says what the retry recovered. An
+    interrupted retry resumes with the same command."""
+    from curate.core.config import ConfigError
+    from curate.models.references import ModelReferenceError
+    from curate.pipeline.retry import retry as do_retry
+    from curate.pipeline.runner import RunStopped
+
+    names = [name for item in reasons or [] for name in item.split(",")]
+    try:
+        do_retry(run_dir, names or None, console, list(set_ or []))
+    except (ConfigError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 
 

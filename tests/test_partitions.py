@@ -12,7 +12,7 @@ import pytest
 
 from corpus import image_bytes, mixed_corpus
 from curate.core.config import load_config
-from curate.core.inputs import InputPart, plan_input_parts, read_input_file, read_input_part, resolve_input_files
+from curate.core.inputs import plan_input_parts, read_input_file, read_input_part, resolve_input_files
 from curate.pipeline.decide import plan_partitions
 from curate.pipeline.runner import run_pipeline
 from curate.stages.dedupe_stage import DedupeStage

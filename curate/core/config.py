@@ -166,7 +166,21 @@ class DownloadConfig(_Section):
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1, description="bodies larger than this are refused while streaming")
     max_fetch_seconds: float = Field(
-        60.0, gt=0, description="a whole response (headers and body) must arrive within this; timeout is per read"
+        60.0, gt=0, description="a whole request (connect, headers and body) must end within this; timeout is per read"
+    )
+    shard_timeout: float = Field(
+        3600.0, gt=0, description="a download shard ends within this many seconds: rows not fetched by then are "
+        "download_failed with reason shard_timeout (curate retry fetches them again)"
+    )
+    max_per_host: int | None = Field(
+        None, ge=1, description="requests in flight to one host at once, over the whole run; None: no limit"
+    )
+    per_host_rps: float | None = Field(
+        None, gt=0, description="requests started per second to one host, over the whole run; None: no limit"
+    )
+    max_retry_after: float = Field(
+        60.0, ge=0, description="seconds a row may wait in total on Retry-After answers (429, 503) before it "
+        "fails with that status; 0: Retry-After is not waited for"
     )
     max_redirects: int = Field(5, ge=0, description="longer redirect chains are refused (too_many_redirects)")
     max_decode_bytes: int = Field(

@@ -58,23 +58,35 @@ def create_parquet_view(con: duckdb.DuckDBPyConnection, name: str, files: list[s
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_empty")
 
 
-def create_first_copy_view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema) -> None:
-    """View ``name`` over Parquet parts that may hold a row twice: one row per sample_id.
+def create_latest_copy_view(con: duckdb.DuckDBPyConnection, name: str, files: list[str], empty: pa.Schema,
+                            attempt: str = "attempt") -> None:
+    """View ``name`` over Parquet parts that may hold a sample_id more than once: one row per
+    sample_id, from its latest download, with an ``attempt`` column (int, 1 when a part has none).
 
-    A batch retried after its write can be committed twice, in two files with identical
-    rows; the copy in the first file (by name) is kept. This joins on the file chosen per
-    sample_id, an aggregate of two narrow columns that spills, while the rest streams. (A
-    ``QUALIFY row_number() OVER (PARTITION BY sample_id)`` window holds every column of the
-    rows it partitions: at 1M scored rows, embeddings included, it ran out of the 256 MB
-    limit, measured by the since removed bench/manifest_memory.py.)"""
+    A row is in several parts when `curate retry` downloaded it again (its parts carry
+    ``attempt``: the latest wins), or when a batch retried after its write was committed
+    twice, in two files with identical rows (the copy in the first file by name is kept).
+    This joins on the file chosen per sample_id, an aggregate of narrow columns that spills,
+    while the rest streams. (A ``QUALIFY row_number() OVER (PARTITION BY sample_id)`` window
+    holds every column of the rows it partitions: at 1M scored rows, embeddings included, it
+    ran out of the 256 MB limit, measured by the since removed bench/manifest_memory.py.)"""
     if not files:
         create_parquet_view(con, name, files, empty)
         return
     parts = f"read_parquet({sql_list(files)}, union_by_name=true, filename=true)"
+    columns = {row[0] for row in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {parts})").fetchall()}
+    if attempt in columns:  # some rows were downloaded again: a row's latest download wins
+        value = f"coalesce(p.{attempt}, 1)::INTEGER"
+        order = f"struct_pack(a := -coalesce({attempt}, 1), f := filename)"
+        chosen = f"SELECT sample_id, min({order}).f AS filename FROM {parts} GROUP BY sample_id"
+        select = f"p.* EXCLUDE (filename, {attempt}), {value} AS {attempt}"
+    else:
+        chosen = f"SELECT sample_id, min(filename) AS filename FROM {parts} GROUP BY sample_id"
+        select = f"p.* EXCLUDE (filename), 1::INTEGER AS {attempt}"
     con.execute(f"""
         CREATE OR REPLACE VIEW {name} AS
-        SELECT p.* EXCLUDE (filename) FROM {parts} p
-        JOIN (SELECT sample_id, min(filename) AS filename FROM {parts} GROUP BY sample_id) f USING (sample_id, filename)
+        SELECT {select} FROM {parts} p
+        JOIN ({chosen}) f USING (sample_id, filename)
     """)
 
 

@@ -222,12 +222,16 @@ class Progress:
 class CommittedRows:
     """Counts rows in committed files of a folder, reading each immutable file only once."""
 
-    def __init__(self, folder: str, suffix: str, rows_of: Callable[[str], int], recursive: bool = False):
+    def __init__(self, folder: str, suffix: str, rows_of: Callable[[str], int], recursive: bool = False,
+                 exclude: str | None = None):
         self.folder, self.suffix, self.rows_of, self.recursive = folder, suffix, rows_of, recursive
+        self.exclude = exclude  # files whose path below ``folder`` holds this are not counted
         self._seen: dict[str, int] = {}
 
     def __call__(self) -> int:
         for uri in storage.list_files(self.folder, self.suffix, self.recursive):
+            if self.exclude and self.exclude in uri[len(self.folder):]:
+                continue
             if uri not in self._seen:
                 self._seen[uri] = self.rows_of(uri)
         return sum(self._seen.values())
@@ -258,7 +262,9 @@ def downloaded_rows(run: RunDir) -> CommittedRows:
 
 
 def scored_rows(run: RunDir) -> CommittedRows:
-    return CommittedRows(run.scored, ".parquet", parquet_rows, recursive=True)
+    """Rows scored from the run's own download shards (a `curate retry` pass's are in
+    scored/retry-KK/, counted by the retry)."""
+    return CommittedRows(run.scored, ".parquet", parquet_rows, recursive=True, exclude="/retry-")
 
 
 def stage_counts_dir(run: RunDir, key: str) -> str:

@@ -63,17 +63,26 @@ def register_view(con: duckdb.DuckDBPyConnection, name: str, uris: list[str], em
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_data")
 
 
-def register_first_copy_view(con: duckdb.DuckDBPyConnection, name: str, uris: list[str], empty: pa.Schema) -> None:
-    """``duck.create_first_copy_view`` over Arrow: one row per sample_id, the copy in the
-    first file (by name) when a batch was committed twice."""
+def register_latest_copy_view(con: duckdb.DuckDBPyConnection, name: str, uris: list[str], empty: pa.Schema,
+                              attempt: str = "attempt") -> None:
+    """``duck.create_latest_copy_view`` over Arrow: one row per sample_id, from its latest
+    download (``attempt``, 1 when a file has none: `curate retry` downloads a row again), and
+    of that the copy in the first file (by name) when a batch was committed twice."""
     if not uris:
         register_view(con, name, uris, empty)
         return
-    con.register(f"{name}_data", parquet_dataset(sorted(uris), empty, numbered=True))
+    data = parquet_dataset(sorted(uris), empty, numbered=True)
+    con.register(f"{name}_data", data)
+    if attempt in data.schema.names:
+        order = f"struct_pack(a := -coalesce({attempt}, 1), f := {_PART})"
+        select = f"p.* EXCLUDE ({_PART}, {attempt}), coalesce(p.{attempt}, 1)::INTEGER AS {attempt}"
+    else:
+        order, select = _PART, f"p.* EXCLUDE ({_PART}), 1::INTEGER AS {attempt}"
     con.execute(f"""
         CREATE VIEW {name} AS
-        SELECT p.* EXCLUDE ({_PART}) FROM {name}_data p
-        JOIN (SELECT sample_id, min({_PART}) AS {_PART} FROM {name}_data GROUP BY sample_id) f USING (sample_id, {_PART})
+        SELECT {select} FROM {name}_data p
+        JOIN (SELECT sample_id, min({order}){'.f' if order != _PART else ''} AS {_PART} FROM {name}_data
+              GROUP BY sample_id) f USING (sample_id, {_PART})
     """)
 
 

@@ -47,6 +47,11 @@ class RunDir:
         return self._sub("downloaded")
 
     @property
+    def retries(self) -> str:
+        """`curate retry`: each pass's list of rows to download again (retry/NN/download_list/)."""
+        return self._sub("retry")
+
+    @property
     def scored(self) -> str:
         return self._sub("scored")
 

@@ -3,8 +3,12 @@
 Views (see docs/queries.md):
 - ``manifest``: RUN/manifest/, one row per input row (the source of truth);
 - ``scored``: RUN/scored/, one row per downloaded sample with its scores and CLIP image
-  embeddings (a batch committed twice is counted once, as when the manifest is built);
+  embeddings (a row's latest download; a batch committed twice is counted once, as when
+  the manifest is built);
 - ``output``: RUN/output/index.json, one row per output shard (name, count, files);
+- ``hosts``: one row per host the download steps asked, their figures summed over every
+  download shard (RUN/downloaded/**/NNNNN_hosts.parquet: requests, rows fetched and failed,
+  429 and 5xx answers, Retry-After waits, seconds waited, shard timeouts);
 - ``manifest_images`` (documents runs): one row per image of every document.
 Local and bucket (s3://, gs://) runs alike: pyarrow reads them through the pipeline's
 fsspec. The SQL can read these views and nothing else: no other file, no network, no
@@ -20,7 +24,7 @@ import pyarrow as pa
 
 from curate.core import duck, query_sandbox, storage
 from curate.core.rundir import RunDir
-from curate.schemas.columns import SCORED_BASE
+from curate.schemas.columns import DOWNLOAD_HOSTS, SCORED_BASE
 
 
 class QueryError(ValueError):
@@ -31,7 +35,7 @@ OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files
 
 
 def open_views(run_root: str, external_access: bool = False) -> duckdb.DuckDBPyConnection:
-    """A connection with the views ``manifest``, ``scored`` and ``output`` of a run (and
+    """A connection with the views ``manifest``, ``scored``, ``output`` and ``hosts`` of a run (and
     ``manifest_images`` for a documents run). Unless ``external_access``, SQL on it can
     read nothing but these views (no file, network, extension access; no writes)."""
     run = RunDir(run_root.rstrip("/"))
@@ -45,14 +49,23 @@ def open_views(run_root: str, external_access: bool = False) -> duckdb.DuckDBPyC
         query_sandbox.register_view(con, "manifest_images", images, pa.schema([]))
     _scored_view(con, run)
     _output_view(con, run)
+    _hosts_view(con, run)
     if not external_access:
         query_sandbox.lock(con)
     return con
 
 
 def _scored_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
-    query_sandbox.register_first_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True),
-                                           SCORED_BASE)
+    query_sandbox.register_latest_copy_view(con, "scored", storage.list_files(run.scored, ".parquet", recursive=True),
+                                            SCORED_BASE)
+
+
+def _hosts_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:
+    files = storage.list_files(run.downloaded, "_hosts.parquet", recursive=True)
+    query_sandbox.register_view(con, "host_shards", files, DOWNLOAD_HOSTS)
+    sums = ", ".join(f"sum({name})::{'DOUBLE' if name == 'waited_seconds' else 'BIGINT'} AS {name}"
+                     for name in DOWNLOAD_HOSTS.names[1:])
+    con.execute(f"CREATE VIEW hosts AS SELECT host, {sums} FROM host_shards GROUP BY host")
 
 
 def _output_view(con: duckdb.DuckDBPyConnection, run: RunDir) -> None:

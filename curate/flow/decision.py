@@ -51,6 +51,10 @@ BASE_RULES = [
 _SCORED_DUPLICATES = ("sample_id", "url", "caption", "caption_bad_encoding", "status", "error_message")
 
 
+# The manifest's ``attempts`` over ``joined``: a row's downloads so far (curate retry adds one).
+ATTEMPTS_SQL = "CASE WHEN _downloaded THEN coalesce(attempt, 1) WHEN blocked_reason IS NULL THEN 1 ELSE 0 END::INTEGER"
+
+
 def case_sql(rules: list[Rule], prior: str | None = None) -> tuple[str, str]:
     """(status, reason) SQL for ``rules``, first match wins; no match: kept, NULL reason.
     ``prior``: a table alias whose status/reason stand when not kept (a later decision)."""
@@ -78,7 +82,7 @@ def open_views(root: str, plan: Plan, files: PartitionFiles):
     """A DuckDB connection with the views ``rows``, ``scored`` and ``joined`` over ``files``."""
     con = duck.connect(root, spill_over=plan.cfg.manifest.memory_limit)
     duck.create_parquet_view(con, "rows", list(files.rows), plan.kind.rows_schema)
-    duck.create_first_copy_view(con, "scored", list(files.scored), plan.scored_schema())
+    duck.create_latest_copy_view(con, "scored", list(files.scored), plan.scored_schema())
     con.execute(f"""
         CREATE OR REPLACE VIEW joined AS
         SELECT r.*, s.* EXCLUDE ({', '.join(_SCORED_DUPLICATES)}), s.sample_id IS NOT NULL AS _downloaded

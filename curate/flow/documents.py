@@ -41,7 +41,7 @@ from curate.core.config import ConfigError, CurateConfig
 from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
 from curate.flow import captions, document_rules, interleave
-from curate.flow.decision import KEPT, case_sql
+from curate.flow.decision import ATTEMPTS_SQL, KEPT, case_sql
 from curate.flow.documents_input import read_documents_part
 from curate.flow.kind import Kind
 from curate.flow.hf_features import IMAGE_STRUCT, with_image_features
@@ -222,7 +222,7 @@ class DocumentsKind(Kind):
                    d.valid, d.synthetic_caption, d.caption_clip_score, d.caption_itm_prob, d.captions {lists},
                    CAST(list_position(sentence_sims, list_max(sentence_sims)) - 1 AS INTEGER) AS best_text,
                    width, height, original_width, original_height, sha256, pixel_sha256 {stage_columns},
-                   download_shard, key AS download_key
+                   {ATTEMPTS_SQL} AS attempts, download_shard, key AS download_key
             FROM joined JOIN decided d USING (sample_id) JOIN final f USING (sample_id)
         """)
 
@@ -247,6 +247,10 @@ class DocumentsKind(Kind):
             written.append({"uri": target, "units": manifest.num_rows, "kept": statuses_kept(rows)})
         return {"manifest": written, "statuses": dict(statuses), "reasons": dict(reasons),
                 "extra": {"images": dict(images_by_status)}}
+
+    def image_manifest_parts(self, written: dict, out) -> list[str]:
+        """The manifest_images parts, named as the manifest parts."""
+        return [storage.join(out.manifest_images, part["uri"].rsplit("/", 1)[-1]) for part in written["manifest"]]
 
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         return write_document_shard(rows, name, out_dir, downloaded_dir, self.cfg.download.encode_format,

@@ -71,6 +71,11 @@ class Kind:
         "kept"}], "statuses": {status: n}, "reasons": {'["status", "code"]': n}, "extra": {...}}``."""
         raise NotImplementedError
 
+    def image_manifest_parts(self, written: dict, out) -> list[str]:
+        """The manifest parts with one row per image (``download_shard``, ``status``,
+        ``reason``) among what ``write_partition`` returned (``written``): its manifest parts."""
+        return [part["uri"] for part in written["manifest"]]
+
     def write_shard(self, rows: pa.Table, name: str, out_dir: str, downloaded_dir: str) -> int:
         """Write one output shard of kept units (manifest rows) in every output format."""
         raise NotImplementedError

@@ -32,7 +32,7 @@ from curate.flow.shards import json_value
 CAPTION_SCORES = ("clip_score", "itm_prob", "itm_cosine")
 # Manifest columns that say where the bytes are or why, not what the sample is; and the
 # dedupe stage's duplicate_kind, NULL for every kept sample.
-LEFT_OUT = ("download_shard", "download_key", "output_shard", "status", "reason", "duplicate_kind")
+LEFT_OUT = ("attempts", "download_shard", "download_key", "output_shard", "status", "reason", "duplicate_kind")
 
 
 def output_key(sample_id: str) -> str:

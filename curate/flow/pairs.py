@@ -28,16 +28,15 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from curate.core import duck, storage
+from curate.core import storage
 from curate.core.inputs import InputPart, read_input_part
 from curate.core.rundir import RunDir
 from curate.flow import captions, pair_record
-from curate.flow.decision import KEPT, case_sql
+from curate.flow.decision import ATTEMPTS_SQL, KEPT, case_sql
 from curate.flow.kind import Kind
 from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_stats
 from curate.schemas import columns
 from curate.schemas import reasons as R
-from curate.schemas.reasons import sql_clean_detail
 from curate.stages.base import Rule
 
 if TYPE_CHECKING:
@@ -189,7 +188,8 @@ class PairsKind(Kind):
         head = [f"f.{c}" if c in ("status", "reason") else c for c in columns.PAIRS_MANIFEST_HEAD.names]
         stage_columns = [c for s in plan.stages for c in s.manifest]
         return f"""
-            SELECT {', '.join(head + stage_columns)}, download_shard, key AS download_key, NULL::VARCHAR AS output_shard
+            SELECT {', '.join(head + stage_columns)}, {ATTEMPTS_SQL} AS attempts, download_shard, key AS download_key,
+                   NULL::VARCHAR AS output_shard
             FROM joined JOIN decided d USING (sample_id) JOIN final f USING (sample_id) ORDER BY sample_id
         """
 

@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +38,7 @@ from curate.core.rundir import RunDir
 from curate.flow.decision import PartitionFiles, apply_globals, candidates_sql, decide_units, followed, open_views
 from curate.flow.plan import Plan
 from curate.pipeline import quantiles
+from curate.pipeline.passes import RETRY_PREFIX, load_prepared, shards_by_part
 from curate.schemas.status import Status
 
 TASK_CPUS = 0.5
@@ -69,36 +70,29 @@ class Partition:
         )
 
 
-def shard_width(shards: int) -> int:
-    """Digits of a download shard's name, as the download step asks img2dataset for them."""
-    return max(5, len(str(max(shards - 1, 0))))
-
-
 def plan_partitions(prepared: dict, partition_rows: int) -> list[Partition]:
     """Consecutive input parts grouped into partitions of about ``partition_rows`` rows.
 
     ``prepared``: the prepare step's result (its parts, in sample_id order, with their rows and
-    download-list parts). A download shard is a download-list part (at most one shard each), its
-    number the part's position among all of them in name order, as img2dataset numbers them."""
+    download-list parts) and, with ``retries``, the `curate retry` passes (curate.pipeline.passes).
+    A download shard is a download-list part (at most one shard each), its number the part's
+    position among all of its pass's parts in name order, as img2dataset numbers them."""
     parts = sorted(prepared["parts"], key=lambda p: p["part"])
-    names = sorted(n for p in parts for n in p["download_parts"])
-    width = shard_width(len(names))
-    number = {name: f"{k:0{width}d}" for k, name in enumerate(names)}
+    shards = shards_by_part(prepared)
     out, group, rows = [], [], 0
     for part in parts:
         group.append(part)
         rows += part["rows"]
         if rows >= partition_rows:
-            out.append(_partition(len(out), group, rows, number))
+            out.append(_partition(len(out), group, rows, shards))
             group, rows = [], 0
     if group or not out:
-        out.append(_partition(len(out), group, rows, number))
+        out.append(_partition(len(out), group, rows, shards))
     return out
 
 
-def _partition(index: int, parts: list[dict], rows: int, number: dict[str, str]) -> Partition:
-    return Partition(index, tuple(p["part"] for p in parts),
-                     tuple(number[n] for p in parts for n in p["download_parts"]), rows)
+def _partition(index: int, parts: list[dict], rows: int, shards: dict[str, list[str]]) -> Partition:
+    return Partition(index, tuple(p["part"] for p in parts), tuple(s for p in parts for s in shards[p["part"]]), rows)
 
 
 @dataclass(frozen=True)
@@ -170,6 +164,7 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
             found[stage.key] = f"{stage.key}_found"
         apply_globals(con, plan, found)
         result = plan.kind.write_partition(con, plan, partition.name, files, out)
+        result["retried"] = _retried_counts(con, plan.kind.image_manifest_parts(result, out))
         for stage in plan.globals:
             stage.partition_done(con, plan, storage.join(out.staged, stage.key), partition.name)
     finally:
@@ -177,9 +172,26 @@ def _phase_finish(plan: Plan, run: RunDir, partition: Partition, out: Outputs) -
     return result
 
 
+def _retried_counts(con, image_parts: list[str]) -> dict[str, int]:
+    """Image rows of the written manifest parts whose latest download came from a `curate
+    retry` pass, per (pass, status, reason code): what each pass recovered, for the summary.
+    Keys are JSON lists."""
+    from curate.core import duck
+
+    if not image_parts:
+        return {}
+    retry_pass = f"TRY_CAST(regexp_extract(download_shard, '^{RETRY_PREFIX}(\\d+)/', 1) AS INTEGER)"
+    rows = con.execute(f"""
+        SELECT {retry_pass} AS retry_pass, status, split_part(reason, ':', 1), count(*)
+        FROM read_parquet({duck.sql_list(image_parts)}) WHERE {retry_pass} IS NOT NULL GROUP BY ALL
+    """).fetchall()
+    return {json.dumps([number, status, code]): n for number, status, code, n in rows}
+
+
 def _phase_shards(uri: str, offset: int, per_shard: int) -> dict:
     """Number the kept rows of one manifest part from ``offset`` (global, in sample_id order):
-    output shard ``NNNNN`` = (offset + rank) // per_shard. Returns shard counts and the part's digest."""
+    output shard ``NNNNN`` = (offset + rank) // per_shard. Returns shard counts, the part's
+    digest and, per shard, the digest of its rows in this part."""
     fs, path = storage.fs_and_path(uri)
     table = pq.read_table(path, filesystem=fs)
     kept = pc.equal(table.column("status"), Status.KEPT.value).to_numpy(zero_copy_only=False)
@@ -188,7 +200,22 @@ def _phase_shards(uri: str, offset: int, per_shard: int) -> dict:
     table = table.set_column(table.schema.get_field_index("output_shard"), "output_shard", pa.array(shards, pa.string()))
     storage.write_parquet(uri, table, BATCH_ROWS)
     return {"uri": uri, "shards": dict(Counter(s for s in shards if s is not None)),
-            "digest": hashlib.sha256(fs.cat_file(path)).hexdigest()}
+            "digest": hashlib.sha256(fs.cat_file(path)).hexdigest(), "shard_digests": _rows_digests(table)}
+
+
+def _rows_digests(table: pa.Table) -> dict[str, str]:
+    """Per output shard: sha256 of its manifest rows here (Arrow IPC), which say everything its
+    files hold (the record, and where its image bytes are). Equal rows give equal digests, so
+    the output step rewrites only shards whose rows changed (a retry, an extend, a refilter)."""
+    shard_column = table.column("output_shard")
+    out = {}
+    for name in pc.unique(shard_column.drop_null()).to_pylist():
+        rows = table.filter(pc.equal(shard_column, name)).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        out[name] = hashlib.sha256(sink.getvalue()).hexdigest()
+    return out
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -207,6 +234,7 @@ class Decided:
     task_seconds: dict[str, float]  # per phase, summed over its tasks (benchmarks)
     partitions: int
     thresholds: dict  # keep fractions resolved (curate.pipeline.quantiles.resolve)
+    shard_digests: dict[str, str] = field(default_factory=dict)  # output shard -> digest of its manifest rows
 
 
 def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | None = None,
@@ -243,25 +271,30 @@ def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | Non
     storage.remove_tree(out.staged)
     shard_counts: Counter = Counter()
     shard_parts: dict[str, list[str]] = {}
+    row_digests: dict[str, list[str]] = {}
     for s in sorted(sharded, key=lambda s: s["uri"]):
         shard_counts.update(s["shards"])
         for shard in s["shards"]:
             shard_parts.setdefault(shard, []).append(s["uri"])
+            row_digests.setdefault(shard, []).append(s["shard_digests"][shard])
+    shard_digests = {name: hashlib.sha256("".join(d).encode()).hexdigest() for name, d in sorted(row_digests.items())}
     digest = hashlib.sha256("".join(s["digest"] for s in sorted(sharded, key=lambda s: s["uri"])).encode()).hexdigest()
     seconds = {"decide": sum(d["seconds"] for d in decided), "finish": sum(f["seconds"] for f in finished),
                "shards": sum(s["seconds"] for s in sharded)}
     return Decided(_merge_counts(finished), dict(sorted(shard_counts.items())), shard_parts, digest,
-                   {k: round(v, 3) for k, v in seconds.items()}, len(partitions), thresholds)
+                   {k: round(v, 3) for k, v in seconds.items()}, len(partitions), thresholds, shard_digests)
 
 
 def _merge_counts(finished: list[dict]) -> dict:
-    statuses, reasons, extra = Counter(), Counter(), {}
+    statuses, reasons, extra, retried = Counter(), Counter(), {}, Counter()
     for result in finished:
+        retried.update({tuple(json.loads(k)): n for k, n in result.get("retried", {}).items()})
         statuses.update(result["statuses"])
         reasons.update({tuple(json.loads(k)): n for k, n in result["reasons"].items()})
         for name, values in result.get("extra", {}).items():
             extra.setdefault(name, Counter()).update(values)
-    return {"statuses": dict(statuses), "reasons": dict(reasons), "extra": {k: dict(v) for k, v in extra.items()}}
+    return {"statuses": dict(statuses), "reasons": dict(reasons), "extra": {k: dict(v) for k, v in extra.items()},
+            "retried": dict(retried)}
 
 
 PREVIEW = "_preview"
@@ -274,7 +307,7 @@ def preview(plan: Plan, run: RunDir) -> dict[str, pa.Table]:
     root = storage.join(run.root, PREVIEW)
     out = Outputs(storage.join(root, "manifest"), storage.join(root, "manifest_images"), storage.join(root, STAGED))
     try:
-        decide_run(plan, run, json.loads(storage.read_text(run.marker("prepare"))), out=out)
+        decide_run(plan, run, load_prepared(run), out=out)
         tables = {"manifest": storage.read_parquet(storage.list_files(out.manifest, ".parquet"))}
         images = storage.list_files(out.manifest_images, ".parquet")
         if images:

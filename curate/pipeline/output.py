@@ -3,14 +3,19 @@
 Shard ``NNNNN`` holds the kept units (pairs, documents) whose manifest ``output_shard`` is
 ``NNNNN``, in sample_id order, as ``NNNNN.tar`` (WebDataset) and/or ``NNNNN.parquet``; the
 run's kind writes them (curate.flow.pairs, curate.flow.documents). Each shard is written by
-one Ray task and committed by rename. ``index.json`` (shard names and counts) is written
-last and records the manifest digest: a resumed run re-uses shards written for the same
-manifest, and a refilter (another manifest) replaces them.
+one Ray task and committed by rename; then its digest (of the manifest rows it holds, and
+the formats) is recorded in ``RUN/_done/output-shards/NNNNN``. A shard already written with
+the same digest is kept as it is: a resumed run, or a `curate retry` / `--extend` / refilter
+that changed other shards, rewrites only the shards whose content changes. Shards the new
+manifest no longer has are removed. ``index.json`` (shard names and counts) is written last
+and records the manifest digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pyarrow.compute as pc
 
@@ -21,6 +26,8 @@ from curate.flow.plan import Plan
 from curate.flow.shards import STATS_SUFFIX, SUFFIX
 from curate.pipeline.decide import Decided
 
+_SHARD_FILE = re.compile(r"(\d+)(\.tar|\.parquet|_stats\.json)$")
+
 
 def shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
     """A shard is done when every one of its files (its stats file last) is committed and
@@ -30,12 +37,39 @@ def shard_done(out_dir: str, name: str, formats: list[str]) -> bool:
     return all(commits.problem(storage.join(out_dir, name + suffix)) is None for suffix in suffixes)
 
 
-def _reset_if_other_manifest(run: RunDir, digest: str) -> None:
+def _digest_marker(run: RunDir, name: str) -> str:
+    return storage.join(run.marker("output-shards"), name)
+
+
+def _shard_digest(rows_digest: str, kind: str, formats: list[str]) -> str:
+    return hashlib.sha256(json.dumps([rows_digest, kind, sorted(formats)]).encode()).hexdigest()
+
+
+def _up_to_date(run: RunDir, name: str, digest: str, formats: list[str]) -> bool:
+    marker = _digest_marker(run, name)
+    return shard_done(run.output, name, formats) and storage.exists(marker) and storage.read_text(marker) == digest
+
+
+def _start(run: RunDir, digest: str) -> None:
+    """A new manifest: its index goes until every shard of it is written."""
     marker = storage.join(run.output, "_manifest_digest")
     if not storage.exists(marker) or storage.read_text(marker) != digest:
-        commits.remove_tree(run.output)
+        for name in ("index.json", "sizes.json"):
+            storage.remove_tree(storage.join(run.output, name))
         storage.write_text(marker, digest)
     storage.remove_temporaries(run.output)
+
+
+def _remove_stale(run: RunDir, names: set[str], formats: list[str]) -> None:
+    """Shard files of shards the manifest no longer has, or of formats no longer written."""
+    wanted = {SUFFIX[f] for f in formats} | {STATS_SUFFIX}
+    for uri in storage.list_files(run.output, ""):
+        match = _SHARD_FILE.search(uri.rsplit("/", 1)[-1])
+        if match and (match.group(1) not in names or match.group(2) not in wanted):
+            commits.forget(uri)
+    for uri in storage.list_files(run.marker("output-shards"), ""):
+        if uri.rsplit("/", 1)[-1] not in names:
+            storage.remove_tree(uri)
 
 
 def _write_from_manifest(kind: Kind, manifest_files: list[str], name: str, out_dir: str, downloaded_dir: str) -> int:
@@ -66,28 +100,34 @@ def build_index(kind: str, formats: list[str], image_format: str, counts: dict[s
 
 
 def write_output(plan: Plan, run: RunDir, decided: Decided, on_shard=None) -> dict:
-    """Write every output shard of the manifest's kept rows (one Ray task each, reading only
-    the manifest parts that hold its rows), then the index. ``decided``: what the decision
-    step returned (shard counts, the manifest parts of each shard, the manifest's digest)."""
+    """Write every output shard of the manifest's kept rows whose content changed or is
+    missing (one Ray task each, reading only the manifest parts that hold its rows), then the
+    index. ``decided``: what the decision step returned (shard counts, the manifest parts of
+    each shard, the digests of the manifest and of each shard's rows)."""
     import ray
 
     cfg = plan.cfg
+    formats = cfg.output.formats
     counts, digest = decided.shard_counts, decided.digest
-    _reset_if_other_manifest(run, digest)
+    _start(run, digest)
+    digests = {name: _shard_digest(decided.shard_digests.get(name, digest), cfg.input.kind, formats) for name in counts}
     remote = ray.remote(num_cpus=0.5)(_write_from_manifest)
     names = list(counts)
-    futures = {
-        name: remote.remote(plan.kind, decided.shard_parts[name], name, run.output, run.downloaded)
-        for name in names if not shard_done(run.output, name, cfg.output.formats)
-    }
+    todo = [name for name in names if not _up_to_date(run, name, digests[name], formats)]
+    for name in todo:
+        storage.remove_tree(_digest_marker(run, name))  # being rewritten: not up to date until its files are
+    futures = {name: remote.remote(plan.kind, decided.shard_parts[name], name, run.output, run.downloaded)
+               for name in todo}
     for name, future in futures.items():
         written = ray.get(future)
         if written != counts[name]:  # the manifest changed under us: never index a partial shard
             raise RuntimeError(f"output shard {name}: wrote {written} samples, the manifest has {counts[name]}")
+        storage.write_text(_digest_marker(run, name), digests[name])
         if on_shard:
             on_shard(counts[name])
-    index = build_index(cfg.input.kind, cfg.output.formats, cfg.download.encode_format, counts, digest)
-    if "webdataset" in cfg.output.formats:
+    _remove_stale(run, set(names), formats)
+    index = build_index(cfg.input.kind, formats, cfg.download.encode_format, counts, digest)
+    if "webdataset" in formats:
         # open_clip's loader (and DataComp's resharder) take the shard sizes from here.
         sizes = {n + SUFFIX["webdataset"]: counts[n] for n in names}
         storage.write_text(storage.join(run.output, "sizes.json"), json.dumps(sizes, indent=2))

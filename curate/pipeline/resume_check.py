@@ -30,6 +30,7 @@ from curate.core import commits, storage
 from curate.core.rundir import RunDir
 
 _STATS = "_stats.json"
+_HOSTS = "_hosts.parquet"  # a download shard's per-host figures (curate.stages.polite_fetch), committed with it
 TASK_CPUS = 0.5
 GROUP = 16  # parts or shards checked per task
 
@@ -110,6 +111,9 @@ def _damaged_shards(shards: list[str], run: RunDir) -> list[tuple[str, list[str]
     out = []
     for shard in shards:
         uris = [storage.join(run.downloaded, shard + s) for s in (".parquet", _STATS)]
+        hosts = storage.join(run.downloaded, shard + _HOSTS)
+        if commits.problem(hosts) != "not written":  # shards written before per-host figures have none
+            uris.append(hosts)
         found = [commits.problem(u) for u in uris]
         if all(f is None for f in found) or all(f == "not written" for f in found):
             continue
@@ -122,7 +126,7 @@ def _damaged_shards(shards: list[str], run: RunDir) -> list[tuple[str, list[str]
 def _check_downloads(run: RunDir, problems: list[str]) -> set[str]:
     """Remove download shards that are not committed and whole; returns their names."""
     names = [posixpath.basename(u) for s in (".parquet", _STATS) for u in storage.list_files(run.downloaded, s)]
-    names += commits.recorded_names(run.downloaded)
+    names = [n for n in names + commits.recorded_names(run.downloaded) if not n.endswith(_HOSTS)]
     shards = sorted({n[: -len(_STATS)] if n.endswith(_STATS) else n[: -len(".parquet")]
                      for n in names if n.endswith((".parquet", _STATS))})
     damaged = _in_tasks(_damaged_shards, shards, run)
@@ -189,5 +193,5 @@ def _adopt(run: RunDir) -> int:
     uris = [u for d in (run.rows, run.download_list, run.documents) for u in storage.list_files(d, ".parquet")]
     uris += storage.list_files(run.scored, ".parquet", recursive=True)
     for stats in storage.list_files(run.downloaded, _STATS):
-        uris += [stats, stats[: -len(_STATS)] + ".parquet"]
+        uris += [stats, stats[: -len(_STATS)] + ".parquet", stats[: -len(_STATS)] + _HOSTS]
     return sum(_in_tasks(_record_all, uris))

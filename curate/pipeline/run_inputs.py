@@ -84,18 +84,22 @@ def input_state(files: list[InputFile], cfg: CurateConfig) -> dict:
     return {**fingerprint(files, cfg), "content": [[f.uri, content_id(f.uri)] for f in files]}
 
 
-def input_changes(stored: dict, current: dict) -> list[str]:
-    """How ``current`` differs from a stored state, one line per difference; empty if the
-    input is the same. A state stored by an earlier curate has no ``content``: only what
-    it has is compared."""
-    changes = []
-    if stored.get("input") != current.get("input"):
-        changes.append("input settings changed")
-    if stored.get("files") != current.get("files"):
-        before, after = {u: s for u, s in stored.get("files", [])}, {u: s for u, s in current.get("files", [])}
-        changes += [f"{u}: {'added' if u not in before else 'removed' if u not in after else 'size changed'}"
-                    for u in sorted(before.keys() | after.keys()) if before.get(u) != after.get(u)]
-    if "content" in stored and not changes:
-        before = dict(map(tuple, stored["content"]))
-        changes += [f"{u}: content changed" for u, c in current["content"] if before.get(u) != c]
+def input_changes(stored: dict, current: dict, ignore_path: bool = False) -> list[str]:
+    """How ``current`` differs from a stored state, one line per difference (``<uri>:
+    added``, ``removed``, ``size changed`` or ``content changed``; ``input settings
+    changed``); empty if the input is the same. ``ignore_path``: input.path may differ
+    (``curate run --extend``). A state stored by an earlier curate has no ``content``: only
+    what it has is compared."""
+    settings = [dict(s.get("input") or {}) for s in (stored, current)]
+    if ignore_path:
+        for s in settings:
+            s.pop("path", None)
+    changes = ["input settings changed"] if settings[0] != settings[1] else []
+    before, after = {u: s for u, s in stored.get("files", [])}, {u: s for u, s in current.get("files", [])}
+    changes += [f"{u}: {'added' if u not in before else 'removed' if u not in after else 'size changed'}"
+                for u in sorted(before.keys() | after.keys()) if before.get(u) != after.get(u)]
+    if "content" in stored:
+        recorded = dict(map(tuple, stored["content"]))
+        changes += [f"{u}: content changed" for u, c in current["content"]
+                    if u in recorded and before.get(u) == after.get(u) and recorded[u] != c]
     return changes

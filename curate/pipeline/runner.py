@@ -21,6 +21,7 @@ from rich.text import Text
 
 from curate.core import lifeline, runlock, storage
 from curate.core.config import ConfigError, CurateConfig, config_changes
+from curate.core.inputs import InputFile
 from curate.core.progress import (
     Progress, StageRows, downloaded_rows, parquet_rows, prepared_rows, scored_rows, stage_counts_dir,
 )
@@ -33,11 +34,12 @@ from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import prepare
+from curate.pipeline.passes import load_prepared, recorded_passes
 from curate.pipeline.pools import assign_pools
 from curate.pipeline.resume_check import verify_run
 from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
 from curate.pipeline.score import run_score
-from curate.pipeline.summary import compute_summary, print_summary, save_summary
+from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.stages.download import committed_shards, run_download
 
 
@@ -65,9 +67,11 @@ def _check_layout(run: RunDir) -> None:
                           "this version cannot resume or refilter it; run it again with another --out")
 
 
-def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
-    """A RUN may only be resumed with the same config and input it was started with."""
-    changes = config_changes(storage.read_text(run.config), cfg, ignore=RESOURCE_KEYS) if storage.exists(run.config) else []
+def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool = False) -> None:
+    """A RUN may only be resumed with the same config and input it was started with; with
+    ``extend``, its input files (same sizes) plus new ones, and input.path may change."""
+    ignore = RESOURCE_KEYS + (("input.path",) if extend else ())
+    changes = config_changes(storage.read_text(run.config), cfg, ignore=ignore) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise ConfigError(
@@ -75,10 +79,18 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict) -> None:
             "use a new --out, or `curate refilter` to change thresholds of a finished run"
         )
     _check_layout(run)
-    changed = input_changes(json.loads(storage.read_text(run.state)), state) if storage.exists(run.state) else []
-    if changed:
-        shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise ConfigError(f"{run.root} was started from other input files ({shown}); use a new --out")
+    if not storage.exists(run.state):
+        return
+    changed = input_changes(json.loads(storage.read_text(run.state)), state, ignore_path=extend)
+    added = [c for c in changed if c.endswith(": added")]
+    other = [c for c in changed if c not in added]
+    if other:
+        shown = "; ".join(other[:5]) + (f"; and {len(other) - 5} more" if len(other) > 5 else "")
+        raise ConfigError(f"{run.root} was started from other input files ({shown}); "
+                          "a run's input files can't change: use a new --out")
+    if added and not extend:
+        raise ConfigError(f"{run.root}: {len(added)} input files are new since it started ({added[0]}): "
+                          "add them with `curate run ... --extend`, or use a new --out")
 
 
 def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
@@ -143,25 +155,60 @@ def _stops_cleanly(fn):
     return wrapper
 
 
+def _numbered_like_run(files: list[InputFile], run: RunDir) -> list[InputFile]:
+    """The input files numbered as the run numbered them (a file's number is the first part
+    of its rows' sample_ids, so it never changes); files the run has not seen come after, in
+    name order. A new run numbers them in name order."""
+    if not storage.exists(run.state):
+        return files
+    known = [uri for uri, _ in json.loads(storage.read_text(run.state))["files"]]
+    listed = {f.uri: f for f in files}
+    ordered = [listed[uri] for uri in known if uri in listed] + [f for f in files if f.uri not in set(known)]
+    return [InputFile(i, f.uri, f.size) for i, f in enumerate(ordered)]
+
+
+def _start_extending(run: RunDir) -> None:
+    """--extend on a run with new input files: its prepare and download steps run again (the
+    parts and shards they committed are kept and skipped), then the rest as usual."""
+    for step in ("prepare", "download"):
+        storage.remove_tree(run.marker(step))
+
+
+def _check_no_open_retry(run: RunDir) -> None:
+    recorded = recorded_passes(run)
+    if recorded and not recorded[-1]["finished"]:
+        raise ConfigError(f"retry {recorded[-1]['pass']} of {run.root} was interrupted; finish it first with "
+                          f"`curate retry {run.root}`")
+
+
 @_stops_cleanly
-def run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
-    """Run (or resume) the pipeline of ``cfg`` in its run directory, which it holds for
-    the whole run: a second run on the same directory is refused (runlock.RunInUse)."""
+def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False) -> RunResult:
+    """Run the pipeline of ``cfg``, or resume it, in its run directory, which it holds for
+    the whole run: a second run on the same directory is refused (runlock.RunInUse).
+    ``extend``: grow a run with input files it has not seen (curate run --extend): their rows
+    get the next file numbers, only they are prepared, downloaded and scored, and the whole
+    run is decided again (dedupe across old and new), so the result equals one run over all
+    the files. ConfigError for a config or input that does not match the run directory."""
     os.environ.update(cfg.storage.environment())  # before the first bucket access
     with runlock.hold(cfg.output.path):
-        return _run_pipeline(cfg, console)
+        return _run_pipeline(cfg, console, extend)
 
 
-def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResult:
+def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> RunResult:
     console = console or Console()
     started = time.perf_counter()
     run = RunDir(cfg.output.path)
-    files = list_run_inputs(cfg.input, run.root)  # input errors stop here, before anything is written
+    if extend and not storage.exists(run.config):
+        raise ConfigError(f"--extend grows an existing run, and {run.root} has none; leave --extend out to start it")
+    # input errors stop here, before anything is written
+    files = _numbered_like_run(list_run_inputs(cfg.input, run.root), run)
     state = input_state(files, cfg)
-    _check_resumable(cfg, run, state)
+    _check_resumable(cfg, run, state, extend)
+    _check_no_open_retry(run)
     plan = make_plan(cfg)
     plan.check()  # a bad model reference or stage config stops here, before anything is written
     fresh = not storage.exists(run.config)
+    before = json.loads(storage.read_text(run.state)) if storage.exists(run.state) else None
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
@@ -171,6 +218,9 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None = None) -> RunResul
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
             console.print(literal(f"resume: {damaged}; done again", "yellow"))
+        if extend and before != state:
+            console.print(f"extend: {len(state['files']) - len(before['files'])} new input files")
+            _start_extending(run)  # before the new state: a run killed in between asks for --extend again
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())
         storage.write_text(run.state, json.dumps(state))
@@ -264,7 +314,7 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     progress = progress or Progress(run, console)
     console.rule("[bold]manifest")
     t = time.perf_counter()
-    prepared = json.loads(storage.read_text(run.marker("prepare")))
+    prepared = load_prepared(run)  # with the `curate retry` passes' shards
     with progress.step("manifest", total=prepared["rows"]), _manifest_memory(cfg):
         decided = decide_run(plan, run, prepared, progress)
     timings["manifest"] = round(time.perf_counter() - t, 2)
@@ -286,6 +336,8 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
         for key, t in decided.thresholds.items():
             console.print(f"{key}: {t['resolved']:.6g} keeps the top {t['keep_fraction']:.0%} of {t['scored']:,} scored "
                           f"images ({t['at_or_above']:,} at or above it)")
+    if prepared["retries"]:
+        summary["retries"] = retry_outcomes(decided.counts, prepared["retries"])
     summary.update(plan.kind.summary(decided.counts))
     save_summary(run, summary)
     print_summary(summary, run.root, console)
@@ -332,6 +384,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
                 f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
+    _check_no_open_retry(run)
     plan = make_plan(cfg)
     plan.check(models=False)
     with runlock.hold(run.root):

@@ -25,6 +25,7 @@ from curate.core import commits, storage
 from curate.core.progress import RowCounter, stage_counts_dir
 from curate.core.rundir import RunDir
 from curate.flow.plan import Plan
+from curate.pipeline.passes import RETRY_PREFIX
 from curate.schemas.columns import NOT_STORED
 from curate.stages.base import BatchStage
 
@@ -35,8 +36,12 @@ ACTOR_TASK_RETRIES = 3
 
 
 def shard_name(shard_uri: str) -> str:
-    """``NNNNN`` of ``RUN/downloaded/NNNNN.parquet``."""
-    return shard_uri.rsplit("/", 1)[-1][: -len(".parquet")]
+    """``NNNNN`` of ``RUN/downloaded/NNNNN.parquet``; ``retry-KK/NNNNN`` of a `curate retry`
+    pass's ``RUN/downloaded/retry-KK/NNNNN.parquet`` (curate.pipeline.passes)."""
+    parent, _, file = shard_uri.rpartition("/")
+    folder = parent.rpartition("/")[2]
+    stem = file[: -len(".parquet")]
+    return f"{folder}/{stem}" if folder.startswith(RETRY_PREFIX) else stem
 
 
 def _read_shards(batch: pa.Table, scored_dir: str) -> pa.Table:

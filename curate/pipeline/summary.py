@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +31,32 @@ def compute_summary(counts: dict, wall_seconds: float) -> dict:
     }
 
 
+def retry_outcomes(counts: dict, passes: list[dict]) -> list[dict]:
+    """What each `curate retry` pass recovered (curate.pipeline.passes): per pass, its reasons,
+    the rows it fetched again, how many of them now have an image (``recovered``: any status
+    but download_failed) and the statuses and failure reasons they ended with. A finished
+    pass keeps the figures recorded at its end (a later pass may fetch its failures again);
+    the others are counted now, from the decision's rows whose latest download is the pass's."""
+    out = []
+    for record in passes:
+        outcome = record.get("outcome") if record.get("finished") else None
+        if outcome is None:
+            statuses: Counter = Counter()
+            failed: Counter = Counter()
+            for (number, status, code), rows in counts.get("retried", {}).items():
+                if number == record["pass"]:
+                    statuses[status] += rows
+                    if status == Status.DOWNLOAD_FAILED.value:
+                        failed[code] += rows
+            outcome = {
+                "recovered": sum(n for status, n in statuses.items() if status != Status.DOWNLOAD_FAILED.value),
+                "statuses": dict(sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "still_failed": [{"reason": c, "count": n} for c, n in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0]))],
+            }
+        out.append({"pass": record["pass"], "reasons": record["reasons"], "retried": record["rows"], **outcome})
+    return out
+
+
 def save_summary(run: RunDir, summary: dict) -> None:
     storage.write_text(run.summary, json.dumps(summary, indent=2))
 
@@ -55,5 +82,10 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
         f"kept: [bold green]{summary['kept']}[/bold green]  "
         f"wall time: {summary['wall_seconds']:.1f} s ({summary['rows_per_second']} rows/s)"
     )
+    for item in summary.get("retries", []):
+        failed = ", ".join(f"{f['reason']} {f['count']}" for f in item["still_failed"][:4]) or "none"
+        console.print(f"retry {item['pass']} ({', '.join(item['reasons'])}): fetched {item['retried']} rows again, "
+                      f"[bold green]{item['recovered']} recovered[/bold green]"
+                      f" ({', '.join(f'{s} {n}' for s, n in item['statuses'].items())}); still failed: {failed}")
     if summary.get("images"):
         console.print(literal("images of the documents: " + ", ".join(f"{s} {n}" for s, n in summary["images"].items())))

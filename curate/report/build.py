@@ -102,7 +102,7 @@ def render(con, run: RunDir, config: dict, n: int) -> str:
         ("kept", "Kept samples", kept_section(kept, thumbs, scores)),
         ("filtered", "Filtered samples", filtered_section(filtered, thumbs, scores)),
         ("duplicates", "Duplicate groups", duplicates_section(dups, thumbs, scores)),
-        ("failures", "Download failures and blocked URLs", failures_section(con)),
+        ("failures", "Download failures and blocked URLs", failures_section(con, retries=_read_json(run.summary).get("retries"))),
         ("capfilt", "Original vs. synthetic captions", capfilt_section(capfilt, thumbs, scores)),
         ("sources", "Sources", sources_section(con)),
     ]
@@ -260,5 +260,8 @@ def capfilt_section(rows, thumbs, scores) -> tuple[str, str]:
 
 def sources_section(con) -> tuple[str, str]:
     body = "<h3>Top domains</h3>" + html.table(stats.top_domains(con))
+    hosts = stats.host_figures(con)
+    if hosts.num_rows:
+        body += "<h3>Download figures per host</h3>" + html.table(hosts)
     body += "<h3>Kept fraction per input file</h3>" + html.table(stats.kept_per_input_file(con))
     return "", body

@@ -12,7 +12,9 @@ config and only the drawn images from RUN/downloaded/.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+from curate.core import storage
 from curate.core.config import InterleavedConfig
 from curate.core.rundir import RunDir
 from curate.core.views import QueryError
@@ -57,6 +59,11 @@ def _check_columns(con, run: RunDir) -> None:
                              f"{run.root} --set report.enabled=true")
 
 
+def _retries(run: RunDir) -> list[dict] | None:
+    """summary.json's "retries" (what each `curate retry` recovered), if any."""
+    return json.loads(storage.read_text(run.summary)).get("retries") if storage.exists(run.summary) else None
+
+
 def render_documents(con, run: RunDir, config: dict, n: int) -> str:
     """The whole page of a documents run; ``n``: the report's sample size (report.samples).
     QueryError when its manifests were written by a curate without the columns it draws."""
@@ -74,7 +81,7 @@ def render_documents(con, run: RunDir, config: dict, n: int) -> str:
         ("reasons", "Decisions", reasons_section(con)),
         ("documents", "Kept documents, in reading order", kept_section(kept, images, thumbs)),
         ("dropped", "Dropped documents", dropped_section(dropped, images, texts, thumbs)),
-        ("failures", "Download failures and blocked URLs", failures_section(con, "manifest_images", "Images")),
+        ("failures", "Download failures and blocked URLs", failures_section(con, "manifest_images", "Images", _retries(run))),
         ("sources", "Sources", sources_section(con)),
     ]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -104,6 +104,17 @@ def top_domains(con: duckdb.DuckDBPyConnection, limit: int = 20, table: str = "m
     """)
 
 
+def host_figures(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pa.Table:
+    """The download's figures for the hosts asked most (view ``hosts``): requests, rows
+    fetched and failed, 429 and 5xx answers, Retry-After waits, seconds waited for a start
+    (download.max_per_host, download.per_host_rps, Retry-After) and rows ended by a shard's deadline."""
+    return duck.fetch_table(con, f"""
+        SELECT host, requests, fetched, failed, http_429, http_5xx, retry_after_waits,
+               round(waited_seconds, 1) AS waited_seconds, shard_timeout
+        FROM hosts ORDER BY requests DESC, host LIMIT {int(limit)}
+    """)
+
+
 def kept_per_input_file(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return duck.fetch_table(con, f"""
         SELECT input_file, count(*) AS rows, count(*) FILTER (status = {Status.KEPT.sql}) AS kept,
@@ -215,6 +226,7 @@ READY = {
     "score_quantiles": ("score quantiles per status", score_quantiles),
     "caption_length": ("caption length (words, characters) per status", caption_length_quantiles),
     "top_domains": ("top domains", top_domains),
+    "hosts": ("download figures per host", host_figures),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
 }
 
@@ -238,5 +250,6 @@ READY_DOCUMENTS = {
     "image_similarity": ("images: best CLIP cosine (and ITM P(match)) to a text of their document, per status",
                          lambda con: image_score_quantiles(con)),
     "top_image_domains": ("top image domains", lambda con: top_domains(con, table="manifest_images")),
+    "hosts": ("download figures per host", host_figures),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
 }

@@ -53,6 +53,20 @@ DOWNLOADED = pa.schema([
     ("original_height", pa.int32()),
     ("sha256", pa.string()),
 ])
+# Per-host figures of one download shard (RUN/downloaded/NNNNN_hosts.parquet, written by
+# curate.stages.polite_fetch; summed over the run by the `hosts` query view).
+DOWNLOAD_HOSTS = pa.schema([
+    ("host", pa.string()),
+    ("requests", pa.int64()),  # HTTP requests started (retries and Retry-After waits included)
+    ("fetched", pa.int64()),  # rows whose body arrived
+    ("failed", pa.int64()),  # rows that failed to download (any reason)
+    ("http_429", pa.int64()),  # 429 answers
+    ("http_5xx", pa.int64()),  # 5xx answers
+    ("retry_after_waits", pa.int64()),  # times a row waited out a Retry-After instead of failing
+    ("waited_seconds", pa.float64()),  # time rows waited for a start slot (limits) or a Retry-After pause
+    ("shard_timeout", pa.int64()),  # rows ended by their shard's deadline
+])
+
 # Columns only the score step's batches carry: the image bytes stay in RUN/downloaded/, a
 # document's texts in RUN/documents/; `_live` is the score step's own row mask.
 NOT_STORED = ("doc_texts", "_live")
@@ -60,9 +74,12 @@ NOT_STORED = ("doc_texts", "_live")
 # The columns of RUN/scored/ that every run has (the inspect stage's writes included), so a
 # view over scored/ has them even when no shard was scored (every row blocked).
 # download_shard: the RUN/downloaded/ shard of the row (its scored parts are in
-# RUN/scored/<download_shard>/).
+# RUN/scored/<download_shard>/). attempt: which download of the row this is (1 the first,
+# k + 1 from the k-th `curate retry`; only retried rows carry it in their files, the views
+# over scored/ give every row one: curate.core.duck.create_latest_copy_view).
 SCORED_BASE = DOWNLOADED.append(pa.field("download_shard", pa.string())).append(
-    pa.field("download_reason", pa.string())).append(pa.field("pixel_sha256", pa.string()))
+    pa.field("download_reason", pa.string())).append(pa.field("pixel_sha256", pa.string())).append(
+    pa.field("attempt", pa.int32()))
 
 # The pairs manifest, before the columns each enabled stage adds (clip_score, itm_prob, ...).
 CAPTION_STRUCT = pa.struct([
@@ -95,6 +112,7 @@ PAIRS_MANIFEST_HEAD = pa.schema([
 ])
 # ... then the stages' manifest columns, then these.
 MANIFEST_TAIL = pa.schema([
+    ("attempts", pa.int32()),  # downloads of the row: 0 never fetched (blocked), 1, then +1 per `curate retry`
     ("download_shard", pa.string()),
     ("download_key", pa.string()),
     ("output_shard", pa.string()),

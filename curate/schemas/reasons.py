@@ -61,6 +61,7 @@ REDIRECT_TO_PRIVATE_HOST = Code("redirect_to_private_host", B, "a redirect led t
 # -- download_failed -------------------------------------------------------------------------
 HTTP_STATUS = Code("http_<code>", D, "the server answered with this HTTP status")
 TIMEOUT = Code("timeout", D, "no complete answer in time")
+SHARD_TIMEOUT = Code("shard_timeout", D, "not fetched before its download shard's deadline (download.shard_timeout)")
 CONNECTION_ERROR = Code("connection_error", D, "DNS or connection failure")
 TOO_MANY_REDIRECTS = Code("too_many_redirects", D, "a redirect loop or too long a redirect chain")
 NOT_AN_IMAGE = Code("not_an_image", D, "the body is not a decodable image")

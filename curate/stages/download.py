@@ -1,10 +1,13 @@
 """Step 2: download with img2dataset, as a library.
 
-img2dataset does the fetching, retries, X-Robots-Tag opt-out handling, resizing and
-re-encoding; this module only calls it and turns each failed row into a reason code: the
-verdict the fetching worker verified (``fetch_reason``, see curate.stages.safe_fetch), or
-else img2dataset's own message for what happened after the fetch. Its Parquet output
-keeps failed rows, and it writes a shard's ``*_stats.json`` only after the shard's Parquet is closed, so the stats file is the
+img2dataset does the fetching, X-Robots-Tag opt-out handling, resizing and re-encoding;
+this module only calls it and turns each failed row into a reason code: the verdict the
+fetching worker verified (``fetch_reason``, see curate.stages.safe_fetch), or else
+img2dataset's own message for what happened after the fetch (``curate.stages.download_errors``).
+Each row's fetch runs under a deadline, a per-host gate shared by every shard and
+Retry-After (``curate.stages.polite_fetch``), each shard under ``download.shard_timeout``.
+Its Parquet output keeps failed rows, and it writes a shard's ``*_stats.json`` only after
+the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
 
 Fetching goes through ``curate.stages.safe_fetch`` (address checks at connect time, body
@@ -16,18 +19,15 @@ recorded as failed downloads.
 
 from __future__ import annotations
 
-import re
 import signal
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
-from curate.schemas.reasons import reason
-from curate.stages.download_errors import download_error_code
+# download_reason etc. lived here first; imported from here by the inspect stage and tests.
+from curate.stages.download_errors import (  # noqa: F401
+    BLOCKED_AT_DOWNLOAD, TRANSIENT_REASONS, ReasonSet, download_reason,
+)
 from curate.stages.safe_fetch import FetchPolicy
-
-_HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
-# Refusals at download time that mean "must not be fetched", like the precheck's: status blocked.
-BLOCKED_AT_DOWNLOAD = ("private_host", "redirect_to_private_host", "scheme_not_allowed")
 
 
 class DownloadIncomplete(OSError):
@@ -35,57 +35,27 @@ class DownloadIncomplete(OSError):
     environment failure, hence an OSError); a re-run resumes them."""
 
 
-def download_reason(status: str | None, error_message: str | None, fetch_reason: str | None = None) -> str | None:
-    """img2dataset's (status, error_message) and the verified ``fetch_reason`` of a row ->
-    its reason code; None for a success.
-
-    A verdict (blocked or not) comes only from ``fetch_reason``, never from the message:
-    the message can hold text a server wrote. The message is read only for what
-    img2dataset reports itself (X-Robots-Tag, the resizer), and for shards downloaded by
-    an earlier curate that had no ``fetch_reason``; whatever it says, it can only make the
-    row a download failure with a stable code (curate.stages.download_errors), never
-    with its text."""
-    if status == "success":
-        return None
-    if fetch_reason:
-        return fetch_reason
-    message = error_message or ""
-    lowered = message.lower()
-    if "infinite loop" in lowered or ("redirect" in lowered and "error" in lowered):
-        return reason("too_many_redirects")
-    match = _HTTP_ERROR.search(message)
-    if match:
-        return reason(f"http_{match.group(1)}")
-    if "timed out" in lowered or "timeout" in lowered:
-        return reason("timeout")
-    if "x-robots-tag" in lowered:
-        return reason("opted_out")
-    if "area too large" in lowered or "exceeds limit" in lowered or "decompression bomb" in lowered:
-        return reason("image_too_large")
-    if "decoding error" in lowered or "cannot identify image" in lowered:
-        return reason("not_an_image")
-    if "urlopen error" in lowered or "connection" in lowered or "remote end closed" in lowered:
-        return reason("connection_error")
-    return download_error_code(status, message)  # a stable code, never the message
-
-
 def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
     """Download every part of ``list_dir`` into ``out_dir`` (one img2dataset shard per part);
     the ``carried`` columns of the list (beyond url and caption) go into the downloaded shards."""
     from img2dataset import download  # heavy import (cv2, albumentations, wandb): only when used
 
+    from curate.stages.host_gate import start_host_gate, stop_host_gate
+    from curate.stages.polite_fetch import FetchSettings
     from curate.stages.safe_downloader import downloader_with_policy
 
     parts = storage.list_files(list_dir, ".parquet")
     if not parts:
         return
     previous_sigint = signal.getsignal(signal.SIGINT)
+    gate = start_host_gate(cfg.max_per_host, cfg.per_host_rps)  # one schedule per host for every shard
     try:
-        with downloader_with_policy(FetchPolicy.from_config(cfg)):
+        with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)):
             _download(download, list_dir, out_dir, cfg, carried)
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
+        stop_host_gate(gate)
     missing = len(parts) - len(committed_shards(out_dir))
     if missing > 0:
         raise DownloadIncomplete(

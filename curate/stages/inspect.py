@@ -22,7 +22,7 @@ from PIL import Image
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
 from curate.stages.base import IMAGE, BatchStage, Rule
-from curate.stages.download import download_reason
+from curate.stages.download_errors import download_reason
 
 WIDTH, HEIGHT = "original_width", "original_height"
 

@@ -22,6 +22,16 @@ Every way a fetch ends badly becomes a ``FetchVerdict`` carrying a reason code:
 exception *type* (a timeout, an HTTP status, a refused connection). How the verdict gets
 from here to the manifest is the part a server must not be able to forge; see
 ``verified_reason``.
+
+Time: a fetch has one ``Deadline`` (``curate.stages.fetch_deadline``) for all its hops: the
+deadline of the row's fetch when one is running (``max_fetch_seconds`` from before its
+connect, or its download shard's ``shard_timeout``, whichever comes first), else
+``max_fetch_seconds`` from its first connect. Every connect, TLS handshake and recv (status
+line and headers included) waits at most the time left, and the connected socket is handed
+to the deadline's watchdog, which shuts it down when the time is up. A fetch the deadline
+ends is refused with the deadline's cause (``timeout:max_fetch_seconds``,
+``shard_timeout``). Every answer's status and ``Retry-After`` are noted for the caller
+(``fetch_deadline.note_answer``).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from dataclasses import dataclass, field
 from curate.schemas.reasons import reason
 from curate.stages.address_policy import AddressPolicy, address_text
 from curate.stages.content_encoding import ContentRefused, decode_content
+from curate.stages.fetch_deadline import Deadline, current_deadline, note_answer, watch_socket
 from curate.stages.precheck import ALLOWED_SCHEMES
 
 _CHUNK = 64 * 1024
@@ -92,7 +103,13 @@ class FetchVerdict(OSError):
 
 
 class FetchRefused(FetchVerdict):
-    """A fetch curate refuses to make or finish (the address policy, a cap)."""
+    """A fetch curate refuses to make or finish (the address policy, a cap, a deadline)."""
+
+    @classmethod
+    def by(cls, deadline: Deadline) -> "FetchRefused":
+        """The refusal of a fetch ``deadline`` ended (its cause: ``code`` or ``code:detail``)."""
+        code, _, detail = deadline.cause.partition(":")
+        return cls(code, detail or None)
 
 
 class FetchFailed(FetchVerdict):
@@ -167,20 +184,16 @@ def _refusal(address: str, redirected: bool) -> FetchRefused:
     return FetchRefused("redirect_to_private_host" if redirected else "private_host", shown)
 
 
-def _deadline_passed() -> FetchRefused:
-    return FetchRefused("timeout", "max_fetch_seconds")
-
-
-def _bounded(timeout: float | None, deadline: float) -> float:
-    """A socket timeout that is at most ``timeout`` and ends by ``deadline`` (monotonic)."""
-    remaining = deadline - time.monotonic()
+def _bounded(timeout: float | None, deadline: Deadline) -> float:
+    """A socket timeout that is at most ``timeout`` and ends by ``deadline``."""
+    remaining = deadline.remaining()
     if remaining <= 0:
-        raise _deadline_passed()
+        raise FetchRefused.by(deadline)
     return remaining if timeout is None else min(timeout, remaining)
 
 
 def open_checked_socket(address, timeout, source_address=None, *, policy: FetchPolicy, redirected: bool,
-                        deadline: float):
+                        deadline: Deadline):
     """socket.create_connection, but only to addresses the policy allows (checked before
     the connect, and on the peer address after it), and never past ``deadline``."""
     host, port = address
@@ -200,6 +213,8 @@ def open_checked_socket(address, timeout, source_address=None, *, policy: FetchP
                 sock.bind(source_address)
             sock.connect(sockaddr)
             peer = sock.getpeername()[0]
+        except FetchRefused:
+            raise
         except OSError as error:
             sock.close()
             last_error = error
@@ -217,7 +232,7 @@ class _DeadlineReader(io.RawIOBase):
     deadline. The socket timeout alone bounds each read, so a server sending one byte per
     second, headers included, would hold a fetch for as long as it likes."""
 
-    def __init__(self, sock: socket.socket, deadline: float, per_read: float | None):
+    def __init__(self, sock: socket.socket, deadline: Deadline, per_read: float | None):
         # makefile keeps the socket's file descriptor open after urllib closes the socket
         # object (it does so right after reading the headers, and reads the body from here).
         self.raw, self.sock = sock.makefile("rb", buffering=0), sock
@@ -232,11 +247,14 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, buffer) -> int | None:
         self.sock.settimeout(_bounded(self.per_read, self.deadline))
         try:
-            return self.raw.readinto(buffer)
-        except TimeoutError:
-            if time.monotonic() >= self.deadline:
-                raise _deadline_passed() from None
+            got = self.raw.readinto(buffer)
+        except (TimeoutError, OSError):
+            if self.deadline.passed():  # a timeout, or the watchdog shut the socket down
+                raise FetchRefused.by(self.deadline) from None
             raise
+        if not got and self.deadline.passed():  # shut down by the watchdog: not the server's end
+            raise FetchRefused.by(self.deadline)
+        return got
 
     def close(self) -> None:
         self.raw.close()
@@ -246,7 +264,7 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineSocket:
     """What CappedResponse hands to HTTPResponse, which only calls ``makefile``."""
 
-    def __init__(self, sock: socket.socket, deadline: float, per_read: float | None):
+    def __init__(self, sock: socket.socket, deadline: Deadline, per_read: float | None):
         self.sock, self.deadline, self.per_read = sock, deadline, per_read
 
     def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
@@ -255,15 +273,16 @@ class _DeadlineSocket:
 
 class CappedResponse(http.client.HTTPResponse):
     """An HTTPResponse whose status line, headers and body must all arrive by the fetch's
-    deadline (``max_fetch_seconds`` after the request started), and whose full read stops
+    Deadline, and whose full read stops
     at ``max_body_bytes``. Any error while reading the body becomes a FetchVerdict."""
 
-    def __init__(self, sock, *args, policy: FetchPolicy, deadline: float, per_read: float | None, **kwargs):
+    def __init__(self, sock, *args, policy: FetchPolicy, deadline: Deadline, per_read: float | None, **kwargs):
         super().__init__(_DeadlineSocket(sock, deadline, per_read), *args, **kwargs)
-        self.policy = policy
+        self.policy, self.deadline = policy, deadline
 
     def begin(self) -> None:
         super().begin()
+        note_answer(self.status, self.getheader("Retry-After"))
         if self.length is not None and self.length > self.policy.max_body_bytes:
             raise FetchRefused("body_too_large", self.policy.max_body_bytes)  # declared: don't read it
 
@@ -277,7 +296,9 @@ class CappedResponse(http.client.HTTPResponse):
     def _read_capped(self) -> bytes:
         chunks, total = [], 0
         while True:
-            chunk = self.read1(_CHUNK)
+            chunk = self.read1(_CHUNK)  # read1: one recv, so a trickle can't block it for long
+            if not chunk and self.deadline.passed():
+                raise FetchRefused.by(self.deadline)  # the watchdog shut it down: not a complete body
             if not chunk:
                 if self.length:  # closed before Content-Length bytes came: never a cut image
                     raise http.client.IncompleteRead(b"".join(chunks), self.length)
@@ -295,12 +316,16 @@ class CappedResponse(http.client.HTTPResponse):
 
 def _checked(connection_class):
     class Checked(connection_class):
-        def __init__(self, *args, policy: FetchPolicy, redirected: bool, deadline: float, **kwargs):
+        def __init__(self, *args, policy: FetchPolicy, redirected: bool, deadline: Deadline, **kwargs):
             super().__init__(*args, **kwargs)
             self._create_connection = functools.partial(
                 open_checked_socket, policy=policy, redirected=redirected, deadline=deadline)
             per_read = None if self.timeout is socket._GLOBAL_DEFAULT_TIMEOUT else self.timeout
             self.response_class = functools.partial(CappedResponse, policy=policy, deadline=deadline, per_read=per_read)
+
+        def connect(self):
+            super().connect()
+            watch_socket(self.sock)  # after TLS wraps it: shutting it down ends a stalled handshake or read
 
     Checked.__name__ = f"Checked{connection_class.__name__}"
     return Checked
@@ -310,14 +335,16 @@ CheckedHTTPConnection = _checked(http.client.HTTPConnection)
 CheckedHTTPSConnection = _checked(http.client.HTTPSConnection)
 
 
-_DEADLINE = "_curate_deadline"  # attribute of a Request: when its whole fetch must be done
+_DEADLINE = "_curate_deadline"  # attribute of a Request: the Deadline of its whole fetch
 
 
 def _connection(cls, policy: FetchPolicy, req: urllib.request.Request):
     # urllib marks every request made by following a redirect with ``redirect_dict``; a
     # redirected request inherits the first one's deadline (BoundedRedirectHandler), so
     # max_fetch_seconds bounds the whole chain.
-    deadline = req.__dict__.setdefault(_DEADLINE, time.monotonic() + policy.max_fetch_seconds)
+    deadline = req.__dict__.get(_DEADLINE) or current_deadline() or Deadline(
+        time.monotonic() + policy.max_fetch_seconds, "timeout:max_fetch_seconds")
+    setattr(req, _DEADLINE, deadline)
     return functools.partial(cls, policy=policy, redirected=hasattr(req, "redirect_dict"), deadline=deadline)
 
 

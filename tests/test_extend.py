@@ -1,0 +1,131 @@
+"""`curate run --extend`: a finished run grows with new input files. Only the new rows are
+downloaded and scored, dedupe runs across old and new, old rows keep their sample_ids, old
+output shards stay as written, and the result equals one run over all the files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from corpus import image_bytes
+from curate.synth.http_server import CorpusServer, Route
+from e2e import read_manifest
+
+# What differs between two runs over the same rows: where the input file was.
+WHERE = ["input_file"]
+
+
+def _curate(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["curate", *args], env=env, capture_output=True, text=True, timeout=900)
+    if ok:
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _config(path: Path, input_dir: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "input": {"path": str(input_dir), "format": "parquet"},
+        "output": {"path": "unused", "samples_per_shard": 3},
+        "download": {"allow_private_hosts": True, "image_size": 64, "threads": 4, "shard_size": 4},
+        "filters": {"min_side": 32},
+        "report": {"enabled": False},
+        "ray": {"num_cpus": 2},
+    }))
+    return path
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("extend")
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    routes = {f"/img/{i}.jpg": Route(image_bytes("JPEG", seed=40 + i)) for i in range(12)}
+    with CorpusServer(routes) as server:
+        def rows(images, words):
+            return pa.Table.from_pylist([{"url": server.url(f"/img/{i}.jpg"), "caption": f"{words} number {i}"}
+                                         for i in images])
+
+        first = rows(range(7), "a photo of thing")
+        # the new file: two images the first file has (duplicates across old and new), five new
+        second = rows([2, 5, 7, 8, 9, 10, 11], "another photo of thing")
+        grow, whole = tmp / "grow-in", tmp / "whole-in"
+        grow.mkdir()
+        whole.mkdir()
+        pq.write_table(first, grow / "2026-01.parquet")
+        pq.write_table(first, whole / "2026-01.parquet")
+        pq.write_table(second, whole / "2026-02.parquet")
+        run = tmp / "run"
+        config = _config(tmp / "grow.yaml", grow)
+        _curate(["run", str(config), "--out", str(run)], env)
+        state = {"before": (read_manifest(str(run)), _files(run / "output"), len(server.requests),
+                            {p.name: p.stat().st_mtime_ns for p in (run / "scored").rglob("*.parquet")})}
+        pq.write_table(second, grow / "2026-02.parquet")
+        state["without_extend"] = _curate(["run", str(config), "--out", str(run)], env, ok=False)
+        _curate(["run", str(config), "--out", str(run), "--extend"], env)
+        state["after"] = (read_manifest(str(run)), _files(run / "output"), list(server.requests),
+                          {p.name: p.stat().st_mtime_ns for p in (run / "scored").rglob("*.parquet")})
+        _curate(["run", str(_config(tmp / "whole.yaml", whole)), "--out", str(tmp / "whole")], env)
+        state["whole"] = (read_manifest(str(tmp / "whole")), _files(tmp / "whole" / "output"))
+        # a file that sorts before the others still comes after them: old sample_ids never change
+        pq.write_table(rows([3, 11], "an early photo of thing"), grow / "2025-12.parquet")
+        _curate(["run", str(config), "--out", str(run), "--extend"], env)
+        state["early"] = read_manifest(str(run))
+        yield state
+
+
+def test_extend_equals_one_run_over_all_the_inputs(extended):
+    grown, whole = extended["after"][0], extended["whole"][0]
+    assert grown.num_rows == whole.num_rows == 14
+    assert grown.drop_columns(WHERE).equals(whole.drop_columns(WHERE))
+    grown_index = json.loads(extended["after"][1]["index.json"][1])
+    whole_index = json.loads(extended["whole"][1]["index.json"][1])
+    assert grown_index["shards"] == whole_index["shards"]
+    for name in (s["name"] + ".parquet" for s in whole_index["shards"]):
+        read = lambda files: pq.read_table(pa.BufferReader(files[name][1])).drop_columns(WHERE)  # noqa: E731
+        assert read(extended["after"][1]).equals(read(extended["whole"][1])), name
+    rows = {m["sample_id"]: m for m in grown.to_pylist()}
+    # dedupe across old and new: the new file's copies of images 2 and 5 point to the old rows
+    assert rows["00001-0000000000"]["reason"] == "duplicate_of:00000-0000000002"
+    assert rows["00001-0000000001"]["reason"] == "duplicate_of:00000-0000000005"
+
+
+def test_only_new_rows_are_downloaded_and_scored(extended):
+    _, _, requests_before, scored_before = extended["before"]
+    _, _, requests, scored_after = extended["after"]
+    assert sorted(requests[requests_before:]) == sorted(f"/img/{i}.jpg" for i in (2, 5, 7, 8, 9, 10, 11))
+    assert all(scored_after[name] == mtime for name, mtime in scored_before.items()), "old rows were scored again"
+    assert len(scored_after) > len(scored_before)
+
+
+def test_old_rows_keep_their_sample_ids_and_their_output_shards(extended):
+    before, files_before = extended["before"][0], extended["before"][1]
+    after, files_after = extended["after"][0], extended["after"][1]
+    assert after.slice(0, before.num_rows).select(["sample_id", "url", "status"]).equals(
+        before.select(["sample_id", "url", "status"]))
+    for name in ("00000.tar", "00000.parquet", "00001.tar", "00001.parquet"):
+        assert files_after[name] == files_before[name], f"{name} was rewritten"
+
+
+def test_new_files_are_numbered_after_the_runs_own(extended):
+    early = extended["early"]
+    ids = early.column("sample_id").to_pylist()
+    assert ids[:14] == extended["after"][0].column("sample_id").to_pylist()
+    assert ids[14:] == ["00002-0000000000", "00002-0000000001"]
+    assert early.column("input_file").to_pylist()[14].endswith("2025-12.parquet")
+
+
+def test_new_files_without_extend_are_refused_with_what_to_do(extended):
+    done = extended["without_extend"]
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--extend" in done.stderr and "2026-02.parquet" in done.stderr
