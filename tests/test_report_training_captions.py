@@ -11,7 +11,8 @@ from curate.core.views import open_views
 from curate.report import html, samples, stats
 from e2e import read_manifest
 from finished_run import finished_run  # noqa: F401 - the shared run fixture
-from test_report import _check, _chromium, chromium, page_of  # noqa: F401 - the browser fixture and helpers
+from browser import page_check, run_chromium
+from test_report import page_of
 
 
 def _chosen(m: dict) -> dict:
@@ -62,8 +63,8 @@ def test_rescued_images_are_their_own_histogram_series(finished_run):  # noqa: F
 
 
 def test_nav_fits_and_reasons_are_whole_at_1400px(chromium, finished_run, tmp_path):  # noqa: F811
-    out = _chromium(chromium, tmp_path, finished_run / "report" / "index.html", "--dump-dom", "--window-size=1400,1000")
-    check = _check(out.stdout)
+    out = run_chromium(chromium, tmp_path, finished_run / "report" / "index.html", "--dump-dom", "--window-size=1400,1000")
+    check = page_check(out.stdout)
     assert check["ready"] == "yes"
     assert check["nav-fits"] == "yes" and check["nav-rows"] == "1"
     assert int(check["reasons"]) > 0 and check["reasons-cut"] == "0"
