@@ -132,7 +132,7 @@ def _images(template: Path):
     from curate.stages.model_support import decode_rgb
 
     jpgs, captions = [], []
-    for shard in sorted((template / "run" / "downloaded").glob("*.parquet")):
+    for shard in sorted((template / "run" / "downloaded").glob("[0-9]*[0-9].parquet")):  # not NNNNN_hosts.parquet
         t = pq.read_table(shard, columns=["jpg", "caption", "status"]).to_pylist()
         for row in t:
             if row["status"] == "success":

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.core import storage
+from curate.core import commits, storage
 from curate.flow import pairs, shards
 from curate.flow.pairs import PairsKind
 from stage_helpers import config
@@ -94,7 +94,9 @@ def test_a_streamed_shard_holds_every_row_in_order_in_both_formats(tmp_path, mon
     assert PAIRS.write_shard(rows, "00000", out, downloaded) == rows.num_rows
 
     assert read == ["00000", "00001", "00002"]  # each download shard read once, in order
-    assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    files = ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert sorted(os.listdir(out)) == files + ["_commits"]
+    assert all(commits.problem(f"{out}/{name}") is None for name in files)  # each committed with its record
     ids = rows.column("sample_id").to_pylist()
     samples = list(wds.WebDataset(f"{out}/00000.tar", shardshuffle=False))
     assert [s["__key__"] for s in samples] == [i.replace("-", "") for i in ids]  # digits, as img2dataset's

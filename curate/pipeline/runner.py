@@ -217,7 +217,7 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
-            console.print(literal(f"resume: {damaged}; done again", "yellow"))
+            console.print(literal(f"resume: {damaged}; done again", "yellow"), soft_wrap=True)  # one line per file, for grep
         if extend and before != state:
             console.print(f"extend: {len(state['files']) - len(before['files'])} new input files")
             _start_extending(run)  # before the new state: a run killed in between asks for --extend again

@@ -160,12 +160,13 @@ def _damage(run: str, case: str) -> str:
         Path(run, "downloaded", "00003_stats.json").unlink()
         return "downloaded/00003_stats.json: missing"
     if case == "scored_part_changed_in_place":
-        part = sorted(Path(run, "scored").glob("*.parquet"))[0]
+        part = sorted(Path(run, "scored").glob("*/*.parquet"))[0]  # scored/<download shard>/part-*.parquet
         _flip_a_byte(part)
-        return f"scored/{part.name}: content changed"
+        return f"scored/{part.parent.name}/{part.name}: content changed"
     if case == "prepared_rows_deleted":
-        Path(run, "rows", "part-00000.parquet").unlink()
-        return "rows/part-00000.parquet: missing"
+        part = sorted(Path(run, "rows").glob("*.parquet"))[0]  # rows/part-<file>-<row group>.parquet
+        part.unlink()
+        return f"rows/{part.name}: missing"
     raise ValueError(case)
 
 
