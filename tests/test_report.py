@@ -124,6 +124,7 @@ def test_all_null_itm_column_gets_a_note(finished_run, tmp_path):  # noqa: F811
                                                     pa.nulls(t.num_rows, pa.float32())))
     page = Path(write_report(str(run), 4)).read_text()
     assert "No ITM probability in this run" in page
+    assert "aesthetic" not in page.lower()  # the stage is off in this run: left out, not noted
 
 
 def test_report_command(finished_run, tmp_path, cli_env):  # noqa: F811

@@ -27,13 +27,26 @@ NAV_LABELS = {"kept": "Kept", "filtered": "Filtered", "duplicates": "Duplicates"
               "capfilt": "CapFilt captions"}
 
 
-def stage_scores() -> dict[str, tuple[str, str | None]]:
-    """Every stage's score columns: column -> (label, threshold key). The report plots the
-    present ones and says which are missing (their stage was off)."""
+def stage_scores(config: dict | None = None) -> dict[str, tuple[str, str | None]]:
+    """Score columns: column -> (label, threshold key), of every stage, or with ``config``
+    (a run's config.yaml) of the stages that run enabled. The report plots the present
+    ones and says which are missing (their stage ran, but scored nothing)."""
     out: dict[str, tuple[str, str | None]] = {}
-    for stage in STAGES:
+    for stage in _enabled_stages(config) if config is not None else STAGES:
         out.update(stage.scores)
     return out
+
+
+def _enabled_stages(config: dict) -> list:
+    """The stage classes ``config`` enables; every stage when it no longer validates (a
+    run of an older curate), so that the report still notes what is missing."""
+    from curate.core.config import ConfigError, validate
+
+    try:
+        cfg = validate(config)
+    except (ConfigError, ValueError):
+        return list(STAGES)
+    return [stage for stage in STAGES if stage(cfg).enabled()]
 
 
 def _read_yaml(uri: str) -> dict:
@@ -165,12 +178,12 @@ def funnel_section(con) -> tuple[str, str]:
 
 def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
     body = []
-    expected = {column: label for column, (label, _) in stage_scores().items()}
+    expected = {column: label for column, (label, _) in stage_scores(config).items()}
     for column in scores + [c for c in expected if c not in scores]:
         label = expected.get(column, column)
         if column not in scores:
             body.append(html.note(f"No {html.esc(label)} in this run (manifest column <code>{html.esc(column)}</code> "
-                                  "is missing or empty): its stage was off or has not been run, so there is nothing to plot."))
+                                  "is missing or empty): its stage is enabled but scored nothing, so there is nothing to plot."))
             continue
         t = threshold(con, config, column)
         # Kept images CapFilt rescued (a synthetic caption replaced the alt-text) are their own
