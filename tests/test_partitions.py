@@ -135,3 +135,26 @@ def test_a_placeholder_copied_thousands_of_times_is_one_representative(tmp_path,
     reps = pq.read_table([str(p) for p in sorted((tmp_path / "placeholder" / "work" / "reps").glob("*.parquet"))])
     assert reps.num_rows == 101  # the 4,900 copies reach the near search as one row
     assert len(found) == 4899 and set(found.values()) == {("00100-0000000000", "exact")}
+
+
+def test_exact_copies_scored_a_float_bit_apart_keep_the_smallest_sample_id():
+    """The same image and caption score differently in the last float bits from one batching
+    to another (measured on the demo: two exact copies with one caption, 0.70284867 and
+    0.70284873, survived the other way round after a rebatching). The keep score is compared
+    at dedupe.KEEP_DECIMALS, so the smallest sample_id survives either way."""
+    import duckdb
+
+    from curate.flow.plan import make_plan
+
+    plan = make_plan(config("clip.model=curate:tiny-clip", "dedupe.keep=clip_score"))
+    [stage] = [s for s in plan.globals if isinstance(s, DedupeStage)]
+    emb = [1.0] + [0.0] * 15
+    for scores in ([0.7028487324714661, 0.7028486728668213], [0.7028486728668213, 0.7028487324714661]):
+        decided = pa.table({"sample_id": ["00000-0000000111", "00000-0000000207"], "pixel_sha256": ["p", "p"],
+                            "sha256": ["a", "b"], "chosen_clip_score": scores,
+                            "clip_image_embedding": [emb, emb], "original_width": [8, 8], "original_height": [8, 8]})
+        columns = ", ".join(f"{sql} AS {name}" for name, sql in stage.candidates().items())
+        candidates = duckdb.connect().execute(f"SELECT sample_id, {columns} FROM decided").arrow().read_all()
+        found = stage.find(candidates, lambda rows: None).to_pylist()
+        assert [(r["sample_id"], r["duplicate_of"], r["duplicate_kind"]) for r in found] == [
+            ("00000-0000000207", "00000-0000000111", "exact")]

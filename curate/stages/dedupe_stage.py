@@ -38,6 +38,12 @@ BUILTIN_KEEP = {
     "resolution": "CAST(original_width AS DOUBLE) * original_height",
     "first": "NULL::DOUBLE",
 }
+# The keep score is compared at this many decimals, ties going to the smallest sample_id. A
+# model's score of the same image and caption differs in the last float bits between
+# batchings (up to 1e-6 measured on the demo: float32 matmuls summed in another order), and
+# exact copies usually have the same caption: compared in full, which copy survives would
+# depend on how the run was batched.
+KEEP_DECIMALS = 4
 
 
 @runtime_checkable
@@ -125,7 +131,8 @@ class DedupeStage(GlobalStage):
         return {}
 
     def candidates(self) -> dict[str, str]:
-        columns = {"exact_key": "coalesce(pixel_sha256, sha256)", "score": self.keep_options()[self.cfg.dedupe.keep]}
+        score = f"round(CAST(({self.keep_options()[self.cfg.dedupe.keep]}) AS DOUBLE), {KEEP_DECIMALS})"
+        columns = {"exact_key": "coalesce(pixel_sha256, sha256)", "score": score}
         if self.near:
             columns["emb"] = "clip_image_embedding"
         for matcher in self.matchers:
