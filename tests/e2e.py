@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -66,3 +69,16 @@ def assert_same_decisions(got: pa.Table, want: pa.Table) -> None:
     for name in got.column_names:
         for i, (a, b) in enumerate(zip(got.column(name).to_pylist(), want.column(name).to_pylist())):
             assert same_but_float_bits(a, b), (name, i, a, b)
+
+
+def curate_cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    """``curate ARGS`` as a user runs it; with ``ok``, asserts it exited 0 (showing its output)."""
+    done = subprocess.run(["curate", *args], env=env, capture_output=True, text=True, timeout=900)
+    if ok:
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Name -> (mtime in ns, bytes) of each file in ``folder``: which files a step rewrote."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}

@@ -24,16 +24,8 @@ from curate.synth import domain
 from curate.synth.http_server import CorpusServer, Route
 from e2e import FAST_SETTINGS
 from stage_helpers import live, ready
+from test_documents import FILLER, SCENES
 
-SCENES = [
-    domain.Scene("circle", "red", "white", "large"),
-    domain.Scene("star", "blue", "black", "small"),
-    domain.Scene("triangle", "yellow", "gray", "large"),
-    domain.Scene("cross", "green", "white", "large"),
-    domain.Scene("ring", "purple", "gray", "large"),
-    domain.Scene("square", "orange", "black", "large"),
-]
-FILLER = "subscribe to our newsletter for weekly updates."
 
 
 def _jpeg(image: Image.Image) -> bytes:

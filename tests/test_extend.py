@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,21 +16,10 @@ import yaml
 
 from corpus import image_bytes
 from curate.synth.http_server import CorpusServer, Route
-from e2e import read_manifest
+from e2e import curate_cli, file_states, read_manifest
 
 # What differs between two runs over the same rows: where the input file was.
 WHERE = ["input_file"]
-
-
-def _curate(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["curate", *args], env=env, capture_output=True, text=True, timeout=900)
-    if ok:
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done
-
-
-def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _config(path: Path, input_dir: Path) -> Path:
@@ -67,19 +55,19 @@ def extended(tmp_path_factory):
         pq.write_table(second, whole / "2026-02.parquet")
         run = tmp / "run"
         config = _config(tmp / "grow.yaml", grow)
-        _curate(["run", str(config), "--out", str(run)], env)
-        state = {"before": (read_manifest(str(run)), _files(run / "output"), len(server.requests),
+        curate_cli(["run", str(config), "--out", str(run)], env)
+        state = {"before": (read_manifest(str(run)), file_states(run / "output"), len(server.requests),
                             {p.name: p.stat().st_mtime_ns for p in (run / "scored").rglob("*.parquet")})}
         pq.write_table(second, grow / "2026-02.parquet")
-        state["without_extend"] = _curate(["run", str(config), "--out", str(run)], env, ok=False)
-        _curate(["run", str(config), "--out", str(run), "--extend"], env)
-        state["after"] = (read_manifest(str(run)), _files(run / "output"), list(server.requests),
+        state["without_extend"] = curate_cli(["run", str(config), "--out", str(run)], env, ok=False)
+        curate_cli(["run", str(config), "--out", str(run), "--extend"], env)
+        state["after"] = (read_manifest(str(run)), file_states(run / "output"), list(server.requests),
                           {p.name: p.stat().st_mtime_ns for p in (run / "scored").rglob("*.parquet")})
-        _curate(["run", str(_config(tmp / "whole.yaml", whole)), "--out", str(tmp / "whole")], env)
-        state["whole"] = (read_manifest(str(tmp / "whole")), _files(tmp / "whole" / "output"))
+        curate_cli(["run", str(_config(tmp / "whole.yaml", whole)), "--out", str(tmp / "whole")], env)
+        state["whole"] = (read_manifest(str(tmp / "whole")), file_states(tmp / "whole" / "output"))
         # a file that sorts before the others still comes after them: old sample_ids never change
         pq.write_table(rows([3, 11], "an early photo of thing"), grow / "2025-12.parquet")
-        _curate(["run", str(config), "--out", str(run), "--extend"], env)
+        curate_cli(["run", str(config), "--out", str(run), "--extend"], env)
         state["early"] = read_manifest(str(run))
         yield state
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +18,7 @@ import yaml
 
 from corpus import image_bytes
 from curate.synth.http_server import CorpusServer, Route
-from e2e import read_manifest
+from e2e import curate_cli, file_states, read_manifest
 
 GOOD = [f"/ok/{i}.jpg" for i in range(6)]
 # Served after the good images, so that their samples come last and the first output shards
@@ -36,17 +35,6 @@ def _routes() -> dict[str, Route]:
     routes["/flaky-copy.jpg"] = Route(image_bytes("JPEG", seed=0), fail_first=1, fail_status=503)
     routes[STALL] = Route(image_bytes("JPEG", seed=23), stall_first=1)
     return routes
-
-
-def _curate(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["curate", *args], env=env, capture_output=True, text=True, timeout=900)
-    if ok:
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return done
-
-
-def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +73,19 @@ def retried(tmp_path_factory, cli_env_module):
         }))
         run = tmp / "run"
         states = {}
-        _curate(["run", str(config), "--out", str(run)], env)
-        states["run"] = (read_manifest(str(run)), _files(run / "output"), len(server.requests))
-        done = _curate(["retry", str(run)], env)
-        states["retry"] = (read_manifest(str(run)), _files(run / "output"), list(server.requests), done.stdout,
+        curate_cli(["run", str(config), "--out", str(run)], env)
+        states["run"] = (read_manifest(str(run)), file_states(run / "output"), len(server.requests))
+        done = curate_cli(["retry", str(run)], env)
+        states["retry"] = (read_manifest(str(run)), file_states(run / "output"), list(server.requests), done.stdout,
                            json.loads((run / "summary.json").read_text()))
-        done = _curate(["retry", str(run), "--reasons", "http_404"], env)
+        done = curate_cli(["retry", str(run), "--reasons", "http_404"], env)
         states["retry_404"] = (read_manifest(str(run)), json.loads((run / "summary.json").read_text()))
-        states["nothing"] = _curate(["retry", str(run)], env).stdout
-        states["bad_reason"] = _curate(["retry", str(run), "--reasons", "not_a_code"], env, ok=False)
+        states["nothing"] = curate_cli(["retry", str(run)], env).stdout
+        states["bad_reason"] = curate_cli(["retry", str(run), "--reasons", "not_a_code"], env, ok=False)
         # The server fails nothing now (its first requests are spent): a run where nothing failed.
-        _curate(["run", str(config), "--out", str(tmp / "fresh")], env)
-        states["fresh"] = (read_manifest(str(tmp / "fresh")), _files(tmp / "fresh" / "output"))
-        states["retried_output"] = _files(run / "output")
+        curate_cli(["run", str(config), "--out", str(tmp / "fresh")], env)
+        states["fresh"] = (read_manifest(str(tmp / "fresh")), file_states(tmp / "fresh" / "output"))
+        states["retried_output"] = file_states(run / "output")
         yield server, states
 
 
