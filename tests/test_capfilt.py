@@ -7,7 +7,6 @@ import io
 import json
 import tarfile
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,18 +18,15 @@ from corpus import image_bytes, mixed_corpus
 from curate.models import blip
 from curate.models.references import ModelReferenceError
 from curate.core.config import ConfigError, load_config, validate
-from curate.flow.plan import make_plan
 from curate.pipeline.runner import refilter, run_pipeline
 from curate.schemas.reasons import reason
-from curate.schemas.status import Status
 from curate.stages.blip_caption import CaptionStage, clean_captions
 from curate.stages.blip_itm import ItmStage
-from curate.stages.caption_rules import CaptionRulesStage
 from curate.stages.cheap_filters import junk_kind, normalize_caption
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
 from model_dirs import make_blip_dir, make_open_clip_dir
-from stage_helpers import ready
+from stage_helpers import pairs_decision, ready
 
 
 def _cfg(**sections) -> object:
@@ -43,10 +39,17 @@ def _cfg(**sections) -> object:
     return validate(data)
 
 
-def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False):
+def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False,
+         tokens=(7, 9), synthetic_tokens=None, max_tokens=(77, 512)):
+    """A scored row: its scores, and its captions' token counts in CLIP's and ITM's tokenizers
+    (``tokens``: the original's; ``max_tokens``: the models' limits)."""
+    synthetic_tokens = synthetic_tokens or [tokens] * len(synthetic)
     return {"caption": caption, "caption_bad_encoding": bad_encoding, "clip_score": clip, "itm_prob": itm,
             "itm_cosine": 0.5, "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
-            "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic)}
+            "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic),
+            "clip_tokens": tokens[0], "itm_tokens": tokens[1], "synthetic_clip_tokens": [t[0] for t in synthetic_tokens],
+            "synthetic_itm_tokens": [t[1] for t in synthetic_tokens], "clip_max_tokens": max_tokens[0],
+            "itm_max_tokens": max_tokens[1]}
 
 
 SCORED = pa.schema([
@@ -55,24 +58,17 @@ SCORED = pa.schema([
     ("clip_score", pa.float32()), ("itm_prob", pa.float32()), ("itm_cosine", pa.float32()),
     ("synthetic_captions", pa.list_(pa.string())), ("synthetic_clip_scores", pa.list_(pa.float32())),
     ("synthetic_itm_probs", pa.list_(pa.float32())), ("synthetic_itm_cosines", pa.list_(pa.float32())),
+    ("clip_tokens", pa.int32()), ("synthetic_clip_tokens", pa.list_(pa.int32())), ("clip_max_tokens", pa.int32()),
+    ("itm_tokens", pa.int32()), ("synthetic_itm_tokens", pa.list_(pa.int32())), ("itm_max_tokens", pa.int32()),
 ])
 
 
 def decide(cfg, rows: list[dict]) -> list[dict]:
     """The pairs kind's decision (curate.flow.pairs) of ``rows``, every image passing the image
     rules: the same SQL a run executes, over the facts the caption rules stage stores."""
-    plan = make_plan(cfg)
     table = pa.Table.from_pylist([{**r, "sample_id": f"00000-{i:010d}", "download_reason": None, "jpg": b"x"}
                                   for i, r in enumerate(rows)], schema=SCORED)
-    table = CaptionRulesStage(cfg)(table)
-    con = duckdb.connect()
-    con.register("joined", table)
-    con.execute(f"CREATE TABLE image_decisions AS SELECT sample_id, {Status.KEPT.sql} AS status, "
-                "NULL::VARCHAR AS reason FROM joined")
-    plan.kind.decide(con, plan)
-    out = con.execute("SELECT * FROM decided ORDER BY sample_id").arrow().read_all().to_pylist()
-    con.close()
-    return [{**d, "caption_reason": d["reason"]} for d in out]
+    return [{**d, "caption_reason": d["reason"]} for d in pairs_decision(cfg, table)]
 
 
 def decide_one(cfg, row: dict) -> dict:

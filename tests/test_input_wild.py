@@ -487,6 +487,131 @@ def test_caption_rules_count_cjk_words():
         None, None, "caption_too_short:2", "caption_too_long:256"]  # the first was caption_too_short:2
 
 
+# -- long captions: a text model reads only its first tokens (SimpleTuner #283) -----------
+
+TRUE_CAPTION = "a photo of a red bicycle leaning on a wall"
+ONE_LONG_TOKEN = TRUE_CAPTION + " " + "x" * 3000  # the issue's caption: 3,043 characters
+# The issue's caption and its neighbours, with what the shipped tiny models (CLIP's context:
+# 16 tokens; BLIP ITM's text encoder: 64) read of each: None when all of it.
+LONG_CAPTIONS = {
+    TRUE_CAPTION: None,
+    ONE_LONG_TOKEN: "clip:16",  # one BPE run of 750 tokens; one [UNK] in BERT's WordPiece (a word > 100 chars)
+    " ".join(["a"] * 14): None,  # 16 CLIP tokens with start and end: exactly the context
+    " ".join(["a"] * 15): "clip:16",  # 17: one over
+    " ".join(["word"] * 80): "clip:16,itm:64",  # 82 tokens in both
+    "一只红色的自行车靠在墙上" * 3: "clip:16",  # 38 in BERT (a token per Han character), 100+ bytes of BPE
+}
+
+
+@pytest.fixture(scope="module")
+def text_models():
+    """The tiny CLIP and ITM stages, set up as their actors are."""
+    from stage_helpers import ready
+
+    from curate.stages.blip_itm import ItmStage
+    from curate.stages.clip_score import ClipStage
+
+    return ready(ClipStage, "clip.model=curate:tiny-clip"), ready(ItmStage, "itm.model=curate:tiny-blip-itm")
+
+
+def test_token_counts_are_the_lengths_each_tokenizer_makes(text_models):
+    """A count is the length the model's own tokenizer gives the text when nothing cuts it:
+    with one more position of context, the end token lands at the count and padding follows."""
+    from curate.models import clip
+
+    clip_stage, itm_stage = text_models
+    texts = [*LONG_CAPTIONS, ""]
+    tokenizer = clip_stage.tokenizer
+    for text, n in zip(texts, clip.token_counts(tokenizer, texts)):
+        ids = tokenizer([text], context_length=n + 1)[0].tolist()
+        assert ids[n - 1] == tokenizer.eot_token_id and ids[n] == 0, text[:40]
+    bert = itm_stage.processor.tokenizer
+    for text, n in zip(texts, itm_stage.count_tokens(texts)):
+        whole = bert(text)["input_ids"]
+        assert len(whole) == n and bert(text, truncation=True, max_length=n)["input_ids"] == whole, text[:40]
+
+
+def _scored(text_models, captions: list[str], synthetic: list[list[str]] | None = None):
+    """``captions`` (one image each) through the CLIP and ITM stages, as the score step runs them."""
+    import pyarrow as pa
+
+    from corpus import image_bytes
+
+    n = len(captions)
+    batch = pa.table({
+        "sample_id": [f"00000-{i:010d}" for i in range(n)], "caption": captions,
+        "caption_bad_encoding": [False] * n, "download_reason": pa.array([None] * n, pa.string()),
+        "jpg": [image_bytes("JPEG", seed=i) for i in range(n)],
+        "synthetic_captions": pa.array(synthetic or [None] * n, pa.list_(pa.string())),
+    })
+    for stage in text_models:
+        batch = stage(batch)
+    return batch
+
+
+def test_each_caption_records_which_model_truncated_it_at_how_many_tokens(text_models):
+    from stage_helpers import config, pairs_decision
+
+    captions = list(LONG_CAPTIONS)
+    scored = _scored(text_models, captions, synthetic=[[ONE_LONG_TOKEN]] + [None] * (len(captions) - 1))
+    cfg = config("clip.model=curate:tiny-clip", "itm.model=curate:tiny-blip-itm", "caption.model=curate:tiny-blip-captioner")
+    decided = pairs_decision(cfg, scored)
+    assert [d["status"] for d in decided] == ["kept"] * len(captions)  # recorded, not filtered: the key is off
+    assert [d["captions"][0]["truncated"] for d in decided] == list(LONG_CAPTIONS.values())
+    first = decided[1]["captions"][0]
+    assert (first["text"], first["itm_tokens"], first["clip_tokens"] > 700) == (ONE_LONG_TOKEN, 13, True)
+    assert decided[0]["captions"][1]["truncated"] == "clip:16"  # a synthetic caption is counted too
+    assert decided[0]["captions"][0]["clip_tokens"] == 12 and decided[0]["captions"][0]["itm_tokens"] == 12
+
+
+@pytest.mark.parametrize("models,limit,reasons", [
+    (["clip", "itm"], 16, [None, "caption_too_long:16_clip_tokens", None, "caption_too_long:16_clip_tokens",
+                           "caption_too_long:16_clip_tokens", "caption_too_long:16_clip_tokens"]),
+    (["itm"], 64, [None, None, None, None, "caption_too_long:64_itm_tokens", None]),  # counted by ITM's tokenizer
+    (["clip", "itm"], 64, [None, "caption_too_long:64_clip_tokens", None, None, "caption_too_long:64_clip_tokens",
+                           "caption_too_long:64_clip_tokens"]),  # the first model over it names it
+])
+def test_max_caption_tokens_filters_by_each_enabled_models_tokenizer(text_models, models, limit, reasons):
+    from stage_helpers import config, pairs_decision
+
+    settings = {"clip": "clip.model=curate:tiny-clip", "itm": "itm.model=curate:tiny-blip-itm"}
+    scored = _scored(text_models, list(LONG_CAPTIONS))
+    if "clip" not in models:
+        scored = scored.drop_columns([c for c in scored.column_names if "clip" in c])
+    cfg = config(*(settings[m] for m in models), f"filters.max_caption_tokens={limit}")
+    assert [d["reason"] for d in pairs_decision(cfg, scored)] == reasons
+
+
+def test_max_caption_tokens_is_a_text_rule_that_holds_in_caption_only_mode(text_models):
+    """caption_only drops the score thresholds, not the text rules: a synthetic caption CLIP
+    would cut is still too long."""
+    from stage_helpers import config, pairs_decision
+
+    scored = _scored(text_models, ["IMG_0001.JPG"], synthetic=[[ONE_LONG_TOKEN, TRUE_CAPTION]])
+    cfg = config("clip.model=curate:tiny-clip", "itm.model=curate:tiny-blip-itm", "clip.min_score=0.99",
+                 "caption.model=curate:tiny-blip-captioner", "capfilt.mode=caption_only", "capfilt.max_synthetic=2",
+                 "filters.max_caption_tokens=16")
+    decided = pairs_decision(cfg, scored)[0]
+    assert decided["caption_chosen"] == TRUE_CAPTION and decided["caption_source"] == "synthetic"
+    assert {c["text"]: c["reason"] for c in decided["captions"]}[ONE_LONG_TOKEN] == "caption_too_long:16_clip_tokens"
+
+
+def test_a_blip_tokenizer_without_a_limit_is_cut_at_the_encoders_positions(tmp_path):
+    """A save_pretrained tokenizer without model_max_length reports a huge one and
+    truncation=True cut nothing: a caption longer than the text encoder's 40 positions failed
+    the whole batch (RuntimeError: the size of tensor a (62) must match ... b (40))."""
+    from model_dirs import make_blip_dir
+    from stage_helpers import ready
+
+    from curate.stages.blip_itm import ItmStage
+
+    stage = ready(ItmStage, f"itm.model={make_blip_dir(tmp_path / 'itm', 'itm', model_max_length=None)}")
+    assert stage.processor.tokenizer.model_max_length > 10**9 and stage.max_tokens == 40
+    scored = _scored([stage], ["a red cat on the grass", " ".join(["a cat"] * 30)])
+    assert scored.column("itm_tokens").to_pylist() == [8, 62] and scored.column("itm_max_tokens").to_pylist() == [40, 40]
+    assert all(p is not None for p in scored.column("itm_prob").to_pylist())
+
+
 # -- whole runs: real HTTP server, real Ray, real img2dataset -----------------------------
 
 GOOD = "a photo of a red bicycle leaning on a wall"

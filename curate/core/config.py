@@ -190,6 +190,10 @@ class FilterConfig(_Section):
     min_caption_words: int = Field(2, ge=0)
     max_caption_words: int = Field(256, ge=1)
     max_caption_chars: int = Field(4096, ge=1, description="longer captions are filtered before any text rule runs")
+    max_caption_tokens: int | None = Field(
+        None, ge=1, description="captions longer than this many tokens in an enabled text model's own tokenizer "
+        "(CLIP's, BLIP ITM's; start and end tokens counted) are filtered; None: off"
+    )
     junk_captions: bool = True
 
 

@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 # Row groups small enough that an output task reading one shard's rows (by output_shard,
 # which follows sample_id order) skips the rest of the part by its statistics.
 MANIFEST_ROW_GROUP = 10_000
-# Candidate columns every caption has in the manifest's `captions`, NULL when a stage is off.
+# Candidate columns every caption has in the manifest's `captions`, NULL when a stage is off:
+# the scores, and each text model's token count of the caption.
 STRUCT_SCORES = pair_record.CAPTION_SCORES
+STRUCT_TOKENS = pair_record.CAPTION_TOKENS
 
 
 class PairsKind(Kind):
@@ -75,7 +77,7 @@ class PairsKind(Kind):
                        PARTITION BY sample_id, source, reason IS NULL ORDER BY rank DESC NULLS LAST, idx) <= {limit}) AS kept
             FROM (SELECT *, {reason} AS reason, {rank} AS rank FROM caption_candidates)
         """)
-        con.execute(f"CREATE OR REPLACE TABLE caption_decisions AS {self.decisions_sql()}")
+        con.execute(f"CREATE OR REPLACE TABLE caption_decisions AS {self.decisions_sql(plan)}")
         unit = Rule("c.caption_reason IS NOT NULL", "c.caption_reason", UNIT_CODES)
         status, reason = case_sql([unit], prior="i")
         con.execute(f"""
@@ -97,28 +99,40 @@ class PairsKind(Kind):
         the original, 1.. the captioner's in generation order."""
         cols = self.candidate_columns(plan)
         scores = {name: ("NULL::FLOAT", "NULL::FLOAT") for name in STRUCT_SCORES}
+        scores.update({name: ("NULL::INTEGER", "NULL::INTEGER") for name in STRUCT_TOKENS})
         for name, (original, synthetic) in cols.items():
             scores[name] = (original, f"{synthetic}[i]" if synthetic else "NULL")
-        needed = sorted({c for pair in cols.values() for c in pair if c} | {"caption_text"})
+        # The text models' token limits are the row's: the same for each of its captions.
+        limits = [limit for _, _, limit in _text_models(plan)]
+        needed = sorted({c for pair in cols.values() for c in pair if c} | {"caption_text"} | set(limits))
         synthetic = "synthetic_captions" in plan.written
         base = f"""SELECT sample_id, {', '.join(needed)}{', synthetic_captions' if synthetic else ''}
                    FROM joined j JOIN image_decisions d USING (sample_id) WHERE d.status = {KEPT}"""
+        shared = "".join(f", {limit}" for limit in limits)
         original = ", ".join(f"{o} AS {name}" for name, (o, _) in scores.items())
-        sql = f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {original} FROM base"
+        sql = (f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, "
+               f"{original}{shared} FROM base")
         if synthetic and self.cfg.capfilt.mode != "filter_only":
             per = ", ".join(f"{s} AS {name}" for name, (_, s) in scores.items())
             sql += f"""
                 UNION ALL
-                SELECT sample_id, i AS idx, 'synthetic' AS source, synthetic_captions[i] AS text, {per}
+                SELECT sample_id, i AS idx, 'synthetic' AS source, synthetic_captions[i] AS text, {per}{shared}
                 FROM (SELECT *, unnest(range(1, len(synthetic_captions) + 1)) AS i FROM base
                       WHERE synthetic_captions IS NOT NULL)"""
         return sql
 
+    def truncated_sql(self, plan: Plan) -> str:
+        """Which text models read only the first tokens of a candidate, and at how many
+        tokens: ``clip:77`` or ``clip:77,itm:512`` (the stage key and its model's limit, in
+        run order); NULL when every model read all of it."""
+        parts = [f"CASE WHEN {count} > {limit} THEN '{key}:' || {limit} END" for key, count, limit in _text_models(plan)]
+        return f"nullif(concat_ws(',', {', '.join(parts)}), '')" if parts else "NULL::VARCHAR"
+
     def candidate_reason_sql(self, plan: Plan) -> str:
         """Why each candidate fails (NULL: it passes), from the stages' caption rules."""
         rules = plan.rules("caption")
-        if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds
-            model_rules = [r for s in plan.batch if s.uses_model for r in s.rules()]
+        if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds (text rules stay)
+            model_rules = [r for s in plan.batch if s.uses_model for r in s.rules() if r not in s.token_rules()]
             rules = [Rule.fixed("source = 'original'", R.CAPTION_ONLY_MODE, scope="caption")] + [
                 r for r in rules if r not in model_rules]
         return case_sql(rules)[1]
@@ -127,7 +141,7 @@ class PairsKind(Kind):
         limit = self.cfg.capfilt.max_synthetic
         return max(1, limit) if self.cfg.capfilt.mode == "caption_only" else limit
 
-    def decisions_sql(self) -> str:
+    def decisions_sql(self, plan: Plan) -> str:
         """Per image: its captions (original first, then synthetic best first), the training
         caption and the reason when no caption was kept."""
         # One GROUP BY, no window and no join: ordered aggregates (list ... ORDER BY) and
@@ -146,7 +160,9 @@ class PairsKind(Kind):
             failure = (f"WHEN n_synthetic = 0 THEN original_reason "
                        f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
         struct = ("struct_pack(text := text, source := source, clip_score := clip_score::FLOAT, "
-                  "itm_prob := itm_prob::FLOAT, itm_cosine := itm_cosine::FLOAT, kept := kept, reason := reason)")
+                  "itm_prob := itm_prob::FLOAT, itm_cosine := itm_cosine::FLOAT, clip_tokens := clip_tokens::INTEGER, "
+                  f"itm_tokens := itm_tokens::INTEGER, truncated := {self.truncated_sql(plan)}, kept := kept, "
+                  "reason := reason)")
         return f"""
             WITH per_image AS (
                 SELECT sample_id,
@@ -228,6 +244,12 @@ class PairsKind(Kind):
 # Every code a pair's caption decision can give a sample.
 UNIT_CODES = tuple(c for c in R.CODES if c.name.startswith("caption_") and c.scope == "row") + (
     R.CLIP_SCORE_BELOW, R.ITM_PROB_BELOW, R.NO_CAPTION_PASSED, R.NO_SYNTHETIC_CAPTION)
+
+
+def _text_models(plan: Plan) -> list[tuple[str, str, str]]:
+    """(stage key, its token count caption column, its token limit row column) of each
+    enabled text model, in run order."""
+    return [(stage.key, *stage.token_columns) for stage in plan.batch if stage.token_columns]
 
 
 def _rank_column(plan: Plan) -> str:

@@ -69,6 +69,9 @@ CAPTION_STRUCT = pa.struct([
     ("clip_score", pa.float32()),
     ("itm_prob", pa.float32()),
     ("itm_cosine", pa.float32()),
+    ("clip_tokens", pa.int32()),  # its length in each text model's tokenizer, before truncation
+    ("itm_tokens", pa.int32()),
+    ("truncated", pa.string()),  # models that read only its first tokens: "clip:77", "clip:77,itm:512"; NULL: none
     ("kept", pa.bool_()),
     ("reason", pa.string()),  # why it failed the filter; NULL when it passed
 ])

@@ -79,8 +79,9 @@ CAPTION_BAD_ENCODING = Code("caption_bad_encoding", F, "the caption was not vali
 CAPTION_EMPTY = Code("caption_empty", F, "the caption is NULL or only whitespace")
 CAPTION_JUNK = Code("caption_junk", F, "a file name, boilerplate, a bare URL or mostly symbols (detail: which)")
 CAPTION_TOO_SHORT = Code("caption_too_short", F, "fewer words than filters.min_caption_words")
-CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_caption_words, or more characters "
-                                               "than filters.max_caption_chars")
+CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_caption_words, more characters "
+                                               "than filters.max_caption_chars, or more tokens in a text model's "
+                                               "tokenizer than filters.max_caption_tokens")
 # -- filtered: model scores -----------------------------------------------------------------
 CLIP_SCORE_BELOW = Code("clip_score_below", F, "clip_score below clip.min_score")
 AESTHETIC_SCORE_BELOW = Code("aesthetic_score_below", F, "aesthetic_score below aesthetic.min_score")

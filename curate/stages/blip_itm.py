@@ -3,7 +3,10 @@
 ``itm_prob`` is the softmax of BLIP's ITM head, P(match); ``itm_cosine`` is its ITC
 cosine (the ``use_itm_head=False`` score). Both are stored for the original caption and,
 as lists, for the captioner's captions; ``itm.min_prob`` is a rule over each candidate
-caption, applied in the decision (curate.flow.pairs) from these stored scores.
+caption, applied in the decision (curate.flow.pairs) from these stored scores. Each caption
+is cut to the text encoder's token limit (``itm_max_tokens``: its position embeddings, or
+the tokenizer's ``model_max_length`` when smaller) and its uncut length is stored
+(``itm_tokens``), so the manifest records the cut.
 
 The vision tower runs once per image, not once per (image, caption) pair: with K
 synthetic captions, calling ``BlipForImageTextRetrieval.forward`` per pair would encode
@@ -36,16 +39,22 @@ class ItmStage(BatchStage):
         ("itm_cosine", pa.float32()),
         ("synthetic_itm_probs", pa.list_(pa.float32())),
         ("synthetic_itm_cosines", pa.list_(pa.float32())),
+        # Each caption's length in the model's tokenizer, and the text encoder's token limit.
+        ("itm_tokens", pa.int32()),
+        ("synthetic_itm_tokens", pa.list_(pa.int32())),
+        ("itm_max_tokens", pa.int32()),
     ])
     manifest = ("itm_prob", "itm_cosine")
-    thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob")
+    thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob", "filters.max_caption_tokens")
     kinds = ("pairs",)
     uses_model = True
     scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
     caption_columns = {
         "itm_prob": ("itm_prob", "synthetic_itm_probs"),
         "itm_cosine": ("itm_cosine", "synthetic_itm_cosines"),
+        "itm_tokens": ("itm_tokens", "synthetic_itm_tokens"),
     }
+    token_columns = ("itm_tokens", "itm_max_tokens")
 
     @property
     def compute(self) -> ItmConfig:
@@ -66,9 +75,9 @@ class ItmStage(BatchStage):
         original = self.cfg.itm.min_prob
         synthetic = self.cfg.capfilt.synthetic_min_prob
         synthetic = original if synthetic is None else synthetic
+        rules = self.token_rules()
         if original is None and synthetic is None:
-            return []
-        rules = []
+            return rules
         for source, t in (("original", original), ("synthetic", synthetic)):
             if t is not None:
                 rules.append(Rule.fixed(f"source = '{source}' AND (itm_prob IS NULL OR itm_prob < {t!r})",
@@ -91,15 +100,26 @@ class ItmStage(BatchStage):
                                                precision)
         self.dtype = next(self.model.parameters()).dtype
         self.torch = torch
+        self.max_tokens = blip.text_token_limit(self.model, self.processor.tokenizer)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in the model's tokenizer ([CLS] and [SEP] included), before the
+        cut to ``max_tokens``. (A word over 100 characters is one [UNK] in BERT's WordPiece.)"""
+        unique = list(dict.fromkeys(texts))
+        encoded = self.processor.tokenizer(unique, truncation=False, verbose=False)["input_ids"]
+        counts = dict(zip(unique, map(len, encoded)))
+        return [counts[t] for t in texts]
 
     def score(self, images, texts_per_image: list[list[str]]) -> tuple[list[list[float]], list[list[float]]]:
-        """(P(match), ITC cosine) for every caption of every image."""
+        """(P(match), ITC cosine) for every caption of every image; each caption is cut to the
+        text encoder's ``max_tokens`` (blip.text_token_limit)."""
         torch = self.torch
         model = self.model
         pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         owner = torch.tensor([j for j, texts in enumerate(texts_per_image) for _ in texts], device=self.device)
         flat = [t for texts in texts_per_image for t in texts]
-        tokens = self.processor.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        tokens = self.processor.tokenizer(flat, padding=True, truncation=True, max_length=self.max_tokens,
+                                          return_tensors="pt").to(self.device)
         with torch.inference_mode():
             image_embeds = model.vision_model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
             pair_embeds = image_embeds[owner]
@@ -122,11 +142,13 @@ class ItmStage(BatchStage):
         out = {field.name: [None] * n for field in self.writes}
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
-            texts = candidate_texts(batch, [i for i, _ in todo])
+            texts = candidate_texts(batch, [i for i, _ in todo], self.cfg.filters.max_caption_chars)
             probs, cosines = self.score([image for _, image in todo], texts)
-            for (i, _), p, c in zip(todo, probs, cosines):
-                out["itm_prob"][i], out["itm_cosine"][i] = p[0], c[0]
+            counts = _split(self.count_tokens([t for row in texts for t in row]), texts)
+            for (i, _), p, c, k in zip(todo, probs, cosines, counts):
+                out["itm_prob"][i], out["itm_cosine"][i], out["itm_tokens"][i] = p[0], c[0], k[0]
                 out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[1:], c[1:]
+                out["synthetic_itm_tokens"][i], out["itm_max_tokens"][i] = k[1:], self.max_tokens
         return self.append(batch, out)
 
 

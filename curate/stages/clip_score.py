@@ -7,6 +7,11 @@ stored in RUN/scored/ for dedupe and the aesthetic stage; ``clip_score`` goes to
 manifest, and ``clip.min_score`` is a rule over each candidate caption's score, applied in
 the decision from the stored scores (a refilter never runs the model).
 
+The text tower reads a caption's first ``context_length`` tokens (77 for CLIP ViT models):
+each caption's length in the model's tokenizer is stored (``clip_tokens``, with the limit
+``clip_max_tokens``), so the manifest says which captions CLIP scored on their beginning only
+and ``filters.max_caption_tokens`` can filter them (docs/manifest.md, Truncated captions).
+
 Documents runs: an image row carries its document's texts (``doc_texts``) instead of a
 caption; the image is scored against each (``sentence_sims``, in text order) and
 ``clip_score`` is the best of them. Placement (curate.flow.interleave) reads the stored
@@ -19,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.core.config import ClipConfig
+from curate.models.clip import context_length as clip_context_length
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
 from curate.stages.base import IMAGE, BatchStage, Rule
@@ -41,12 +47,18 @@ class ClipStage(BatchStage):
         ("clip_image_embedding", pa.list_(pa.float32())),
         ("synthetic_clip_scores", pa.list_(pa.float32())),
         ("sentence_sims", pa.list_(pa.float32())),
+        # Pairs: each caption's length in the model's tokenizer, and the model's context length.
+        ("clip_tokens", pa.int32()),
+        ("synthetic_clip_tokens", pa.list_(pa.int32())),
+        ("clip_max_tokens", pa.int32()),
     ])
     manifest = ("clip_score",)
-    thresholds = ("clip.min_score",)
+    thresholds = ("clip.min_score", "filters.max_caption_tokens")
     uses_model = True
     scores = {"clip_score": ("CLIP score", "clip.min_score")}
-    caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores")}
+    caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores"),
+                       "clip_tokens": ("clip_tokens", "synthetic_clip_tokens")}
+    token_columns = ("clip_tokens", "clip_max_tokens")
 
     @property
     def compute(self) -> ClipConfig:
@@ -64,9 +76,9 @@ class ClipStage(BatchStage):
     def rules(self) -> list[Rule]:
         t = self.cfg.clip.min_score
         if t is None:
-            return []
-        return [Rule.fixed(f"clip_score IS NULL OR clip_score < {t!r}", R.CLIP_SCORE_BELOW, fmt_threshold(t),
-                           scope="caption")]
+            return self.token_rules()
+        return self.token_rules() + [Rule.fixed(f"clip_score IS NULL OR clip_score < {t!r}", R.CLIP_SCORE_BELOW,
+                                                fmt_threshold(t), scope="caption")]
 
     def keep_scores(self) -> dict[str, str]:
         return {"clip_score": "chosen_clip_score"}
@@ -91,6 +103,14 @@ class ClipStage(BatchStage):
             pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
             return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1).cpu().numpy()
 
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in the model's tokenizer, before it is cut to the context length."""
+        from curate.models import clip
+
+        unique = list(dict.fromkeys(texts))
+        counts = dict(zip(unique, clip.token_counts(self.tokenizer, unique)))
+        return [counts[t] for t in texts]
+
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embeddings of ``texts``; each distinct text is encoded once (the images of one
         document share its texts, and web captions repeat)."""
@@ -108,38 +128,41 @@ class ClipStage(BatchStage):
         where = {text: i for i, text in enumerate(unique)}
         return emb[[where[t] for t in texts]]
 
-    @staticmethod
-    def _texts(batch: pa.Table, rows: list[int]) -> list[list[str]]:
+    def _texts(self, batch: pa.Table, rows: list[int]) -> list[list[str]]:
         from curate.stages.model_support import candidate_texts, model_text
 
+        max_chars = self.cfg.filters.max_caption_chars
         if "doc_texts" in batch.column_names:
             doc_texts = batch.column("doc_texts").to_pylist()
-            return [[model_text(t) for t in doc_texts[i] or []] for i in rows]
-        return candidate_texts(batch, rows)
+            return [[model_text(t, max_chars) for t in doc_texts[i] or []] for i in rows]
+        return candidate_texts(batch, rows, max_chars)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from curate.stages.model_support import decoded
 
         n = batch.num_rows
         documents = "doc_texts" in batch.column_names
-        scores: list[float | None] = [None] * n
-        embeddings: list[list[float] | None] = [None] * n
-        other_scores: list[list[float] | None] = [None] * n  # synthetic captions' or document texts'
+        out: dict[str, list] = {field.name: [None] * n for field in self.writes}
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
             # One text pass for every text of the batch: captions (original, then synthetic)
             # or, for documents, each image's document texts.
             texts = self._texts(batch, [i for i, _ in todo])
+            flat = [t for row in texts for t in row]
             image_emb = self._embed_images([image for _, image in todo])
-            text_emb = self._embed_texts([t for row in texts for t in row])
+            text_emb = self._embed_texts(flat)
+            tokens = [] if documents else self._count_tokens(flat)
+            limit = clip_context_length(self.tokenizer)
             offset = 0
             for (i, _), img, row in zip(todo, image_emb, texts):
                 cosines = [float(c) for c in text_emb[offset : offset + len(row)] @ img] if row else []
-                offset += len(row)
-                embeddings[i] = img.tolist()
+                out["clip_image_embedding"][i] = img.tolist()
                 if documents:
-                    scores[i], other_scores[i] = (max(cosines) if cosines else None), cosines
+                    out["clip_score"][i], out["sentence_sims"][i] = (max(cosines) if cosines else None), cosines
                 else:
-                    scores[i], other_scores[i] = cosines[0], cosines[1:]
-        other = "sentence_sims" if documents else "synthetic_clip_scores"
-        return self.append(batch, {"clip_score": scores, "clip_image_embedding": embeddings, other: other_scores})
+                    counts = tokens[offset : offset + len(row)]
+                    out["clip_score"][i], out["synthetic_clip_scores"][i] = cosines[0], cosines[1:]
+                    out["clip_tokens"][i], out["synthetic_clip_tokens"][i] = counts[0], counts[1:]
+                    out["clip_max_tokens"][i] = limit
+                offset += len(row)
+        return self.append(batch, out)

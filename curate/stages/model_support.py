@@ -47,18 +47,22 @@ def decoded(batch: pa.Table, rows: list[int], image_col: str) -> list[tuple[int,
 
 
 # Models read at most a few hundred tokens; a multi-MB caption must not cost a multi-MB
-# tokenization. Cut long before any model's context ends.
-MAX_TEXT_CHARS = 2000
+# tokenization. The cut is filters.max_caption_chars: a caption longer than that is filtered
+# whatever its scores (caption_too_long:<n>_chars), and every caption that can pass reaches
+# the tokenizer whole, so the token counts the stages record are the caption's own.
+MAX_TEXT_CHARS = 4096
 
 
-def model_text(text: str | None) -> str:
-    return (text or "").strip()[:MAX_TEXT_CHARS]
+def model_text(text: str | None, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """``text`` as a model stage hands it to its tokenizer: trimmed, cut at ``max_chars`` characters."""
+    return (text or "").strip()[:max_chars]
 
 
-def candidate_texts(batch: pa.Table, rows: list[int]) -> list[list[str]]:
+def candidate_texts(batch: pa.Table, rows: list[int], max_chars: int = MAX_TEXT_CHARS) -> list[list[str]]:
     """For each of ``rows``: its original caption, then the captioner's captions (none where
     the captioner didn't run or is off). CLIP and ITM score exactly these, in this order."""
     captions = batch.column("caption").to_pylist()
     synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
                  else [None] * batch.num_rows)
-    return [[model_text(captions[i])] + (synthetic[i] or []) for i in rows]
+    return [[model_text(captions[i], max_chars)] + (synthetic[i] or []) for i in rows]
+
