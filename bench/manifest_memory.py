@@ -56,7 +56,7 @@ def measure(run_root: str) -> dict:
     con = decision.open_run_views(run, plan)
     out["views"] = _mem()
     # The parts of curate.flow.decision.decide and the pairs manifest, one at a time.
-    image_status, image_reason = decision.case_sql(decision.BASE_RULES + plan.rules("image") + plan.kind.image_rules())
+    image_status, image_reason = decision.case_sql(decision.image_rules(plan))
     global_status, global_reason = decision.case_sql(plan.rules("global"), prior="d")
     parts = {
         "image decision": lambda: con.execute(

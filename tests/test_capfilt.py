@@ -40,16 +40,23 @@ def _cfg(**sections) -> object:
 
 
 def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False,
-         tokens=(7, 9), synthetic_tokens=None, max_tokens=(77, 512)):
+         tokens=(7, 9), synthetic_tokens=None, max_tokens=(77, 512), alternates=(), alternate_clips=(),
+         alternate_itms=(), alternate_bad=None):
     """A scored row: its scores, and its captions' token counts in CLIP's and ITM's tokenizers
-    (``tokens``: the original's; ``max_tokens``: the models' limits)."""
+    (``tokens``: the original's; ``max_tokens``: the models' limits); ``alternates``: the
+    captions of other rows with its URL, with their scores."""
     synthetic_tokens = synthetic_tokens or [tokens] * len(synthetic)
     return {"caption": caption, "caption_bad_encoding": bad_encoding, "clip_score": clip, "itm_prob": itm,
             "itm_cosine": 0.5, "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
             "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic),
             "clip_tokens": tokens[0], "itm_tokens": tokens[1], "synthetic_clip_tokens": [t[0] for t in synthetic_tokens],
             "synthetic_itm_tokens": [t[1] for t in synthetic_tokens], "clip_max_tokens": max_tokens[0],
-            "itm_max_tokens": max_tokens[1]}
+            "itm_max_tokens": max_tokens[1],
+            "alternate_captions": list(alternates) or None,
+            "alternate_caption_bad_encoding": list(alternate_bad or [False] * len(alternates)) or None,
+            "alternate_clip_scores": list(alternate_clips), "alternate_itm_probs": list(alternate_itms),
+            "alternate_itm_cosines": [0.2] * len(alternates), "alternate_clip_tokens": [tokens[0]] * len(alternates),
+            "alternate_itm_tokens": [tokens[1]] * len(alternates)}
 
 
 SCORED = pa.schema([
@@ -60,6 +67,10 @@ SCORED = pa.schema([
     ("synthetic_itm_probs", pa.list_(pa.float32())), ("synthetic_itm_cosines", pa.list_(pa.float32())),
     ("clip_tokens", pa.int32()), ("synthetic_clip_tokens", pa.list_(pa.int32())), ("clip_max_tokens", pa.int32()),
     ("itm_tokens", pa.int32()), ("synthetic_itm_tokens", pa.list_(pa.int32())), ("itm_max_tokens", pa.int32()),
+    ("alternate_captions", pa.list_(pa.string())), ("alternate_caption_bad_encoding", pa.list_(pa.bool_())),
+    ("alternate_clip_scores", pa.list_(pa.float32())), ("alternate_itm_probs", pa.list_(pa.float32())),
+    ("alternate_itm_cosines", pa.list_(pa.float32())), ("alternate_clip_tokens", pa.list_(pa.int32())),
+    ("alternate_itm_tokens", pa.list_(pa.int32())),
 ])
 
 
@@ -188,8 +199,15 @@ class ReferenceCapFilt:
         original = {"text": " ".join((row["caption"] or "").split()), "source": "original",
                     "clip_score": f32(row["clip_score"]), "itm_prob": f32(row["itm_prob"])}
         original["reason"] = self.text_reason(row["caption"], row["caption_bad_encoding"]) or self.score_reason(original)
+        alternates = []  # the captions of other rows with its URL: judged as the original is
+        for j, text in enumerate(row["alternate_captions"] or []):
+            c = {"text": " ".join((text or "").split()), "source": "alternate",
+                 "clip_score": f32(row["alternate_clip_scores"][j]), "itm_prob": f32(row["alternate_itm_probs"][j])}
+            c["reason"] = self.text_reason(text, row["alternate_caption_bad_encoding"][j]) or self.score_reason(c)
+            alternates.append(c)
         if self.mode == "caption_only":
-            original["reason"] = "caption_only_mode"
+            for c in [original] + alternates:
+                c["reason"] = "caption_only_mode"
         synthetic = []
         if self.mode != "filter_only":
             for j, text in enumerate(row["synthetic_captions"]):
@@ -198,26 +216,29 @@ class ReferenceCapFilt:
                 c["reason"] = self.text_reason(text, False) or self.score_reason(c)
                 synthetic.append(c)
         synthetic = sorted(synthetic, key=self.rank, reverse=True)
-        original["kept"] = original["reason"] is None
+        for c in [original] + alternates:
+            c["kept"] = c["reason"] is None
         limit = max(1, self.cfg.capfilt.max_synthetic) if self.mode == "caption_only" else self.cfg.capfilt.max_synthetic
         for c in synthetic:
             c["kept"] = False
         for c in [c for c in synthetic if c["reason"] is None][:limit]:
             c["kept"] = True
-        kept = [c for c in [original] + synthetic if c["kept"]]
+        listed = [original] + alternates + synthetic
+        kept = [c for c in listed if c["kept"]]
+        given = [c for c in kept if c["source"] != "synthetic"]  # max(): the first of equals
         chosen = None
         if kept:
-            chosen = kept[0] if self.cfg.capfilt.prefer == "original" and kept[0]["source"] == "original" \
+            chosen = max(given, key=self.rank) if self.cfg.capfilt.prefer == "original" and given \
                 else max(kept, key=self.rank)
         if kept:
             why = None
         elif self.mode == "caption_only":
             why = reason("no_caption_passed", synthetic[0]["reason"]) if synthetic else "no_synthetic_caption"
         else:
-            why = reason("no_caption_passed", original["reason"]) if synthetic else original["reason"]
+            why = reason("no_caption_passed", original["reason"]) if synthetic or alternates else original["reason"]
         return {"caption_reason": why, "caption_chosen": chosen and chosen["text"],
                 "caption_source": chosen and chosen["source"], "original_caption_reason": original["reason"],
-                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in [original] + synthetic]}
+                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in listed]}
 
 
 WORDS = ["a red circle", "a blue square on white", "IMG_0042.jpg", "x", "", "click here", "a large green star",
@@ -225,12 +246,15 @@ WORDS = ["a red circle", "a blue square on white", "IMG_0042.jpg", "x", "", "cli
 
 
 def _random_row(rng):
-    k = rng.randint(0, 4)
+    k, a = rng.randint(0, 4), rng.choice([0, 0, 1, 3])
     score = lambda: rng.choice([None, round(rng.uniform(-0.2, 1.0), 2), 0.5])  # noqa: E731 - ties at 0.5
     return _row(caption=rng.choice(WORDS + [None, "  a   spaced  caption "]), clip=score(), itm=score(),
                 synthetic=[rng.choice(WORDS[:-1] + ["a dog"]) for _ in range(k)],
                 clips=[score() for _ in range(k)], itms=[score() for _ in range(k)],
-                bad_encoding=rng.random() < 0.05)
+                bad_encoding=rng.random() < 0.05,
+                alternates=[rng.choice(WORDS + [None, " a  cat on  a mat "]) for _ in range(a)],
+                alternate_clips=[score() for _ in range(a)], alternate_itms=[score() for _ in range(a)],
+                alternate_bad=[rng.random() < 0.05 for _ in range(a)])
 
 
 @pytest.mark.parametrize("mode", ["capfilt", "filter_only", "caption_only"])

@@ -612,6 +612,111 @@ def test_a_blip_tokenizer_without_a_limit_is_cut_at_the_encoders_positions(tmp_p
     assert all(p is not None for p in scored.column("itm_prob").to_pylist())
 
 
+# -- the same URL many times (COCO: 5 captions per image; img2dataset #244) --------------
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("http://images.test/a.jpg", "http://images.test/a.jpg", True),
+    ("HTTP://Images.TEST/a.jpg", "http://images.test/a.jpg", True),  # scheme and host are case-blind
+    ("http://images.test:80/a.jpg", "http://images.test/a.jpg", True),  # the default port
+    ("http://images.test/a.jpg#top", "http://images.test/a.jpg", True),  # a fragment is never sent
+    ("http://images.test/x/../a.jpg", "http://images.test/a.jpg", True),
+    ("http://images.test/東京.jpg", "http://images.test/%E6%9D%B1%E4%BA%AC.jpg", True),  # as fetched
+    ("https://images.test/a.jpg", "http://images.test/a.jpg", False),
+    ("http://images.test/a.jpg?size=2", "http://images.test/a.jpg", False),
+    ("http://images.test/A.jpg", "http://images.test/a.jpg", False),  # paths are case-sensitive
+    ("http://images.test:8080/a.jpg", "http://images.test/a.jpg", False),
+])
+def test_url_key_is_the_resource_a_browser_requests(a, b, same):
+    from curate.pipeline.same_url import url_key
+    from curate.stages.browser_url import browser_url
+
+    assert (url_key(browser_url(a)) == url_key(browser_url(b))) is same
+
+
+A = "http://images.test/a.jpg"
+B = "http://images.test/b.jpg"
+PRIVATE = "http://127.0.0.1/c.jpg"
+# Three input files. URL A: five distinct captions (COCO's layout), a repeat of one, a
+# sixth; in every file, and spelled another way once; B twice (once without a caption);
+# other URLs that are not A; a blocked URL twice.
+SAME_URL_FILES = [
+    [(A, "a man riding a red bicycle"), (B, "a green field"), (A, "a person on a bike"),
+     (A, " a man  riding a red bicycle")],
+    [(A, "a cyclist in the city"), ("HTTP://Images.TEST:80/a.jpg#top", "a bicycle parked outside"),
+     (PRIVATE, "x"), (PRIVATE, "y"), (A, "a bike")],
+    [(A, "a red bicycle leaning on a wall"), (B, None), ("https://images.test/a.jpg", "https is another url"),
+     (A + "?size=2", "a query is another url")],
+]
+# sample_id -> (what the manifest will say before download, the alternates it is fetched with)
+SAME_URL_WANT = {
+    "00000-0000000000": (None, ["a person on a bike", "a cyclist in the city", "a bicycle parked outside", "a bike"]),
+    "00000-0000000001": (None, [None]),
+    "00000-0000000002": ("same_url_as:00000-0000000000", None),
+    "00000-0000000003": ("same_url_as:00000-0000000000", None),  # its caption is the sample's own
+    "00001-0000000000": ("same_url_as:00000-0000000000", None),
+    "00001-0000000001": ("same_url_as:00000-0000000000", None),
+    "00001-0000000002": ("private_host:127.0.0.1", None),  # blocked rows are never fetched, nor merged
+    "00001-0000000003": ("private_host:127.0.0.1", None),
+    "00001-0000000004": ("same_url_as:00000-0000000000", None),  # the 5th caption: the last alternate
+    "00002-0000000000": ("same_url_not_scored:00000-0000000000", None),  # the 6th: over max_captions_per_url
+    "00002-0000000001": ("same_url_as:00000-0000000001", None),
+    "00002-0000000002": (None, None),
+    "00002-0000000003": (None, None),
+}
+
+
+def _prepared(root, files, *settings) -> dict:
+    """``files`` (lists of (url, caption)) as Parquet input files of 2-row groups, through the
+    prepare step -> sample_id -> (same_url_reason or blocked_reason, alternate captions in
+    the download list; "-" for a row not in it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.core import storage
+    from curate.core.inputs import resolve_input_files
+    from curate.core.rundir import RunDir
+    from curate.flow.plan import make_plan
+    from curate.pipeline.prepare import prepare
+
+    (root / "in").mkdir(parents=True)
+    for k, rows in enumerate(files):
+        pq.write_table(pa.table({"url": [u for u, _ in rows], "caption": pa.array([c for _, c in rows], pa.string())}),
+                       root / "in" / f"{k}.parquet", row_group_size=2)
+    cfg = load_config(None, [f"input.path={root / 'in'}", "input.format=parquet", "input.max_captions_per_url=5",
+                             *settings], out=str(root / "run"))
+    run = RunDir(cfg.output.path)
+    counts = prepare(make_plan(cfg), run, resolve_input_files(cfg.input))
+    rows = storage.read_parquet(storage.list_files(run.rows, ".parquet")).sort_by("sample_id").to_pylist()
+    listed = storage.read_parquet(storage.list_files(run.download_list, ".parquet")).to_pylist()
+    assert not (root / "run" / "_same_url").exists()  # the buckets' scratch files are gone
+    fetched = {r["sample_id"]: r["alternate_captions"] for r in listed}
+    assert counts["rows"] - counts["blocked"] - counts["merged"] == len(fetched)
+    return {r["sample_id"]: (r.get("same_url_reason") or r["blocked_reason"], fetched.get(r["sample_id"], "-"))
+            for r in rows}
+
+
+def test_rows_with_one_url_become_one_sample_whatever_the_parts(tmp_path, ray_session):
+    """The representative is the smallest sample_id, its alternates the next distinct
+    captions in sample_id order, whether the rows are in one part, one per file, or a part
+    per two rows (each part a prepare task, each bucket a group task)."""
+    want = {sid: (reason, "-" if reason else alternates) for sid, (reason, alternates) in SAME_URL_WANT.items()}
+    for partition_rows in (1000, 2, 1):
+        got = _prepared(tmp_path / f"p{partition_rows}", SAME_URL_FILES, f"manifest.partition_rows={partition_rows}")
+        assert got == want, partition_rows
+
+
+def test_max_captions_per_url_and_merge_same_url(tmp_path, ray_session):
+    one = _prepared(tmp_path / "one", SAME_URL_FILES, "input.max_captions_per_url=1")
+    assert one["00000-0000000000"] == (None, None)
+    assert one["00000-0000000003"] == ("same_url_as:00000-0000000000", "-")  # the sample's own caption again
+    assert one["00000-0000000002"] == one["00001-0000000004"] == ("same_url_not_scored:00000-0000000000", "-")
+    apart = _prepared(tmp_path / "apart", SAME_URL_FILES, "input.merge_same_url=false")
+    assert {sid: reason for sid, (reason, _) in apart.items() if reason} == {
+        "00001-0000000002": "private_host:127.0.0.1", "00001-0000000003": "private_host:127.0.0.1"}
+    assert all(alternates is None for reason, alternates in apart.values() if not reason)
+
+
 # -- whole runs: real HTTP server, real Ray, real img2dataset -----------------------------
 
 GOOD = "a photo of a red bicycle leaning on a wall"

@@ -60,6 +60,14 @@ class InputConfig(_Section):
         "pairs", description="pairs: one image and its alt-text per row; documents: interleaved web documents"
     )
     documents: DocumentsInputConfig = DocumentsInputConfig()
+    merge_same_url: bool = Field(
+        True, description="pairs: rows with the same URL are one sample, fetched once; the other rows' captions are its "
+        "alternate captions, scored and kept like the original"
+    )
+    max_captions_per_url: int = Field(
+        10, ge=1, description="captions of one URL's sample: its own and the first distinct others; further rows with "
+        "that URL are recorded but their captions not scored"
+    )
 
     @field_validator("encoding")
     @classmethod

@@ -38,6 +38,7 @@ from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_
 from curate.schemas import columns
 from curate.schemas import reasons as R
 from curate.schemas.reasons import sql_clean_detail
+from curate.schemas.status import Status
 from curate.stages.base import Rule
 
 if TYPE_CHECKING:
@@ -54,12 +55,24 @@ STRUCT_TOKENS = pair_record.CAPTION_TOKENS
 
 class PairsKind(Kind):
     name = "pairs"
-    rows_schema = columns.PREPARED_ROWS
-    download_columns = ("sample_id", "url", "caption", "caption_bad_encoding")
+    rows_schema = columns.PAIRS_ROWS
+    # A fetched row carries the captions of the rows with its URL (curate.pipeline.same_url).
+    carried = columns.ALTERNATES
+    download_columns = ("sample_id", "url", "caption", "caption_bad_encoding", *columns.ALTERNATES.names)
     thresholds = ("capfilt.mode", "capfilt.max_synthetic", "capfilt.prefer")
+
+    @property
+    def merges_same_url(self) -> bool:
+        return self.cfg.input.merge_same_url
 
     def read(self, part: InputPart, run: RunDir) -> pa.Table:
         return read_input_part(part, self.cfg.input)
+
+    def unfetched_rules(self) -> list[Rule]:
+        """A row whose URL another row fetches: ``same_url_as:<sample_id>`` (its caption is one
+        of that sample's), ``same_url_not_scored:<sample_id>`` (the sample had its fill)."""
+        return [Rule("same_url_reason IS NOT NULL", "same_url_reason", (R.SAME_URL_AS, R.SAME_URL_NOT_SCORED),
+                     Status.DUPLICATE)]
 
     # -- the caption decision ----------------------------------------------------------------
 
@@ -73,7 +86,7 @@ class PairsKind(Kind):
             CREATE OR REPLACE TABLE caption_ranked AS
             SELECT *, CASE WHEN source = 'synthetic' THEN
                           row_number() OVER (PARTITION BY sample_id, source ORDER BY rank DESC NULLS LAST, idx) END AS ord,
-                   reason IS NULL AND (source = 'original' OR row_number() OVER (
+                   reason IS NULL AND (source <> 'synthetic' OR row_number() OVER (
                        PARTITION BY sample_id, source, reason IS NULL ORDER BY rank DESC NULLS LAST, idx) <= {limit}) AS kept
             FROM (SELECT *, {reason} AS reason, {rank} AS rank FROM caption_candidates)
         """)
@@ -96,29 +109,34 @@ class PairsKind(Kind):
 
     def candidates_sql(self, plan: Plan) -> str:
         """One row per candidate caption of every image the image rules kept: ``idx`` 0 is
-        the original, 1.. the captioner's in generation order."""
+        the original; alternates (the captions of the other rows with its URL) 1.. in the
+        order of their rows; synthetic 1.. in generation order."""
         cols = self.candidate_columns(plan)
-        scores = {name: ("NULL::FLOAT", "NULL::FLOAT") for name in STRUCT_SCORES}
-        scores.update({name: ("NULL::INTEGER", "NULL::INTEGER") for name in STRUCT_TOKENS})
-        for name, (original, synthetic) in cols.items():
-            scores[name] = (original, f"{synthetic}[i]" if synthetic else "NULL")
+        specs = {name: ("NULL::FLOAT",) * 3 for name in STRUCT_SCORES}
+        specs.update({name: ("NULL::INTEGER",) * 3 for name in STRUCT_TOKENS})
+        for name, (original, synthetic, alternate) in cols.items():
+            specs[name] = (original, f"{synthetic}[i]" if synthetic else "NULL", f"{alternate}[i]" if alternate else "NULL")
         # The text models' token limits are the row's: the same for each of its captions.
         limits = [limit for _, _, limit in _text_models(plan)]
-        needed = sorted({c for pair in cols.values() for c in pair if c} | {"caption_text"} | set(limits))
-        synthetic = "synthetic_captions" in plan.written
-        base = f"""SELECT sample_id, {', '.join(needed)}{', synthetic_captions' if synthetic else ''}
+        lists = [c for c in ("alternate_caption_texts", "synthetic_captions") if c in plan.written]
+        needed = sorted({c for spec in cols.values() for c in spec if c} | {"caption_text"} | set(limits) | set(lists))
+        base = f"""SELECT sample_id, {', '.join(needed)}
                    FROM joined j JOIN image_decisions d USING (sample_id) WHERE d.status = {KEPT}"""
         shared = "".join(f", {limit}" for limit in limits)
-        original = ", ".join(f"{o} AS {name}" for name, (o, _) in scores.items())
-        sql = (f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, "
-               f"{original}{shared} FROM base")
-        if synthetic and self.cfg.capfilt.mode != "filter_only":
-            per = ", ".join(f"{s} AS {name}" for name, (_, s) in scores.items())
-            sql += f"""
-                UNION ALL
-                SELECT sample_id, i AS idx, 'synthetic' AS source, synthetic_captions[i] AS text, {per}{shared}
-                FROM (SELECT *, unnest(range(1, len(synthetic_captions) + 1)) AS i FROM base
-                      WHERE synthetic_captions IS NOT NULL)"""
+
+        def select(k: int) -> str:
+            return ", ".join(f"{spec[k]} AS {name}" for name, spec in specs.items()) + shared
+
+        sql = f"WITH base AS ({base}) SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {select(0)} FROM base"
+        others = [("alternate", "alternate_caption_texts", 2)]
+        if self.cfg.capfilt.mode != "filter_only":
+            others.append(("synthetic", "synthetic_captions", 1))
+        for source, texts, k in others:
+            if texts in lists:
+                sql += f"""
+                    UNION ALL
+                    SELECT sample_id, i AS idx, '{source}' AS source, {texts}[i] AS text, {select(k)}
+                    FROM (SELECT *, unnest(range(1, len({texts}) + 1)) AS i FROM base WHERE {texts} IS NOT NULL)"""
         return sql
 
     def truncated_sql(self, plan: Plan) -> str:
@@ -133,7 +151,7 @@ class PairsKind(Kind):
         rules = plan.rules("caption")
         if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds (text rules stay)
             model_rules = [r for s in plan.batch if s.uses_model for r in s.rules() if r not in s.token_rules()]
-            rules = [Rule.fixed("source = 'original'", R.CAPTION_ONLY_MODE, scope="caption")] + [
+            rules = [Rule.fixed("source <> 'synthetic'", R.CAPTION_ONLY_MODE, scope="caption")] + [
                 r for r in rules if r not in model_rules]
         return case_sql(rules)[1]
 
@@ -142,22 +160,28 @@ class PairsKind(Kind):
         return max(1, limit) if self.cfg.capfilt.mode == "caption_only" else limit
 
     def decisions_sql(self, plan: Plan) -> str:
-        """Per image: its captions (original first, then synthetic best first), the training
-        caption and the reason when no caption was kept."""
+        """Per image: its captions (the original first, then its alternates in the order of
+        their rows, then synthetic ones best first), the training caption and the reason when
+        no caption was kept."""
         # One GROUP BY, no window and no join: ordered aggregates (list ... ORDER BY) and
         # window partitions per sample_id held over 1 GB at 1M images (bench/driver_memory.py).
-        # `position` orders an image's captions: 0 the original, then the synthetic best first
-        # (unique per image, so list_sort on a struct led by it is that order).
-        position = "coalesce(ord, 0)"
+        # `position` orders an image's captions (unique per image, so list_sort on a struct
+        # led by it is that order).
+        group = "CASE source WHEN 'original' THEN 0 WHEN 'alternate' THEN 1 ELSE 2 END"
+        position = f"struct_pack(grp := {group}, n := coalesce(ord, idx))"
+        best = f"no_rank := rank IS NULL, neg_rank := -rank, pos := {position}"  # rank DESC NULLS LAST, then position
         if self.cfg.capfilt.prefer == "original":
-            choice = position
-        else:  # the best kept (rank DESC NULLS LAST); on a tie the original, then the better synthetic
-            choice = f"struct_pack(no_rank := rank IS NULL, neg_rank := -rank, pos := {position})"
+            # The input's captions (the original, the alternates) before any synthetic one; the
+            # best of them, on a tie the original, then the first alternate. The sample's own
+            # caption is its URL's first row's: which row that is says nothing of the caption.
+            choice = f"struct_pack(synthetic := source = 'synthetic', {best})"
+        else:  # the best kept; on a tie the original, then the alternates, then the better synthetic
+            choice = f"struct_pack({best})"
         if self.cfg.capfilt.mode == "caption_only":
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
-        else:  # no captioner (or nothing generated): the original's own reason
-            failure = (f"WHEN n_synthetic = 0 THEN original_reason "
+        else:  # the original alone (no captioner, no alternates): its own reason
+            failure = (f"WHEN n_others = 0 THEN original_reason "
                        f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
         struct = ("struct_pack(text := text, source := source, clip_score := clip_score::FLOAT, "
                   "itm_prob := itm_prob::FLOAT, itm_cosine := itm_cosine::FLOAT, clip_tokens := clip_tokens::INTEGER, "
@@ -173,6 +197,7 @@ class PairsKind(Kind):
                        bool_or(kept) AS any_kept,
                        max(reason) FILTER (WHERE source = 'original') AS original_reason,
                        count(*) FILTER (WHERE source = 'synthetic') AS n_synthetic,
+                       count(*) FILTER (WHERE source <> 'original') AS n_others,
                        min_by(reason, ord) FILTER (WHERE source = 'synthetic') AS best_synthetic_reason
                 FROM caption_ranked GROUP BY sample_id
             )

@@ -1,14 +1,26 @@
-"""Step 1: read every input row, give it a sample_id, block what must not be fetched.
+"""Step 1: read every input row, give it a sample_id, block what must not be fetched, and
+fetch each URL once.
 
-One Ray task per input part (an input file, or a run of row groups of a large Parquet file:
-curate.core.inputs.plan_input_parts). Each task reads its part through the run's kind,
-checks every URL, and writes ``RUN/rows/part-FFFFF-SSSS.parquet`` (every image row, with
-``blocked_reason``) and its rows to download as ``RUN/download_list/part-FFFFF-SSSS-KKKKK``
-parts of at most ``download.shard_size`` rows (one part becomes one download shard, the unit
-of download resume); a documents run also writes ``RUN/documents/``. A task commits its part
-with a marker (``RUN/_done/prepare-parts/<part>.json``, its counts), so a resumed run redoes
-only the parts that have none. The driver holds the list of parts and their counts: nothing
-that grows with the rows.
+Three phases of Ray tasks; the driver holds the lists of parts and buckets and their counts,
+nothing that grows with the rows:
+
+1. one task per input part (an input file, or a run of row groups of a large Parquet file:
+   curate.core.inputs.plan_input_parts) reads the part through the run's kind, checks every
+   URL, and writes ``RUN/rows/part-FFFFF-SSSS.parquet`` (every image row, with
+   ``blocked_reason``; a documents run also writes ``RUN/documents/``). A pairs run that
+   merges rows with the same URL (``input.merge_same_url``) also sends each URL's first rows
+   to a bucket by the URL's hash (curate.pipeline.same_url);
+2. one task per bucket groups its URLs over every part: a representative and its alternate
+   captions per URL of more than one row;
+3. one task per input part gives each row its URL verdict (``same_url_reason`` in its rows/
+   file: a row whose URL another row fetches) and writes the rows to download as
+   ``RUN/download_list/part-FFFFF-SSSS-KKKKK`` parts of at most ``download.shard_size`` rows
+   (one part becomes one download shard, the unit of download resume), each representative
+   with its alternates' captions.
+
+Each task commits with a marker (``RUN/_done/prepare-parts/``, ``prepare-buckets/``,
+``prepare-lists/``, its counts), so a resumed run redoes only what has none. The buckets'
+files (``RUN/_same_url/``) are removed when the step ends.
 """
 
 from __future__ import annotations
@@ -25,8 +37,9 @@ from curate.core.inputs import InputError, InputFile, InputPart, plan_input_part
 from curate.core.rundir import RunDir
 from curate.flow.kind import Kind
 from curate.flow.plan import Plan
+from curate.pipeline import same_url
 from curate.schemas import reasons as R
-from curate.schemas.columns import BLOCKED_REASON
+from curate.schemas.columns import BLOCKED_REASON, SAME_URL_REASON
 from curate.stages.browser_url import browser_url
 from curate.stages.precheck import check_url
 
@@ -43,53 +56,116 @@ def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, 
     return rows.append_column(BLOCKED_REASON, pa.array(reasons, pa.string())), pa.array(fetch, pa.string())
 
 
+SCRATCH = "_same_url"  # RUN/_same_url/: the URL buckets' files, removed when the step ends
+
+
+def _marker(run: RunDir, phase: str, name: str) -> str:
+    return storage.join(run.root, "_done", phase, f"{name}.json")
+
+
 def part_marker(run: RunDir, part: InputPart) -> str:
-    return storage.join(run.root, "_done", "prepare-parts", f"{part.name}.json")
+    return _marker(run, "prepare-parts", part.name)
 
 
-def prepare_part(kind: Kind, run: RunDir, part: InputPart) -> dict:
-    """One input part -> its rows/ file and download-list parts; returns its counts (Ray task).
-
-    ``{"part", "rows", "blocked", "download_parts": [names]}``; a part committed by an
-    earlier attempt is not read again."""
-    marker = part_marker(run, part)
+def _committed(marker: str, work) -> dict:
+    """``work()``'s counts, once: a task committed by an earlier attempt is not redone."""
     if storage.exists(marker):
         return json.loads(storage.read_text(marker))
     started = time.perf_counter()
-    cfg = kind.cfg.download
-    rows, fetch_urls = _with_precheck(kind.read(part, run), cfg)
-    storage.write_parquet(storage.join(run.rows, f"part-{part.name}.parquet"), rows)
-    fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch_urls)
-    to_fetch = fetched.filter(pc.is_null(rows.column("blocked_reason"))).select(list(kind.download_columns))
-    names = []
-    for k, start in enumerate(range(0, to_fetch.num_rows, cfg.shard_size)):
-        name = f"part-{part.name}-{k:05d}.parquet"
-        storage.write_parquet(storage.join(run.download_list, name), to_fetch.slice(start, cfg.shard_size))
-        names.append(name)
-    counts = {"part": part.name, "rows": rows.num_rows, "blocked": rows.num_rows - to_fetch.num_rows,
-              "download_parts": names, "seconds": round(time.perf_counter() - started, 3)}
+    counts = {**work(), "seconds": round(time.perf_counter() - started, 3)}
     storage.write_text(marker, json.dumps(counts))
     return counts
 
 
+def _fetch_urls(rows: pa.Table) -> pa.Array:
+    """The URL each row fetches: as a browser would request it (curate.stages.browser_url)."""
+    return pa.array([browser_url(u) for u in rows.column("url").to_pylist()], pa.string())
+
+
+def read_part(kind: Kind, run: RunDir, part: InputPart, buckets: int) -> dict:
+    """Phase 1 (Ray task): one input part -> its rows/ file, and (``buckets`` > 0) its URLs'
+    first rows to the buckets. ``{"part", "rows"}``."""
+
+    def work() -> dict:
+        rows, fetch = _with_precheck(kind.read(part, run), kind.cfg.download)
+        for field in kind.rows_schema:  # decided in phase 3 (same_url_reason)
+            if field.name not in rows.column_names:
+                rows = rows.append_column(field, pa.nulls(rows.num_rows, field.type))
+        storage.write_parquet(storage.join(run.rows, f"part-{part.name}.parquet"), rows)
+        if buckets:
+            same_url.write_candidates(rows, fetch, part.name, storage.join(run.root, SCRATCH), buckets,
+                                      kind.cfg.input.max_captions_per_url)
+        return {"part": part.name, "rows": rows.num_rows}
+
+    return _committed(part_marker(run, part), work)
+
+
+def group_urls(run: RunDir, bucket: int, max_captions: int) -> dict:
+    """Phase 2 (Ray task): one bucket's URLs grouped over every part (curate.pipeline.same_url)."""
+    work = storage.join(run.root, SCRATCH)
+    name = f"b={bucket:05d}"
+    return _committed(_marker(run, "prepare-buckets", name),
+                      lambda: {"bucket": name, "urls": same_url.group_bucket(storage.join(work, "in", name), work,
+                                                                               max_captions)})
+
+
+def list_part(kind: Kind, run: RunDir, part: InputPart) -> dict:
+    """Phase 3 (Ray task): the part's URL verdicts into its rows/ file and its rows to
+    download into download-list parts. ``{"part", "rows", "blocked", "merged", "download_parts"}``."""
+
+    def work() -> dict:
+        uri = storage.join(run.rows, f"part-{part.name}.parquet")
+        rows = storage.read_parquet([uri])
+        fetch = _fetch_urls(rows)
+        keep = pc.is_null(rows.column(BLOCKED_REASON.name))
+        carried = pa.table({f.name: pa.nulls(rows.num_rows, f.type) for f in kind.carried})
+        merged = 0
+        if kind.merges_same_url:
+            reasons, carried = same_url.resolve_part(rows, fetch, part.name, storage.join(run.root, SCRATCH))
+            merged = len(reasons) - reasons.null_count
+            if merged:  # a resumed task finds its own verdicts there: the same ones again
+                rows = rows.set_column(rows.schema.get_field_index(SAME_URL_REASON.name), SAME_URL_REASON, reasons)
+                storage.write_parquet(uri, rows)
+            keep = pc.and_(keep, pc.is_null(reasons))
+        fetched = rows.set_column(rows.schema.get_field_index("url"), "url", fetch)
+        for field in kind.carried:
+            fetched = fetched.append_column(field, carried.column(field.name))
+        to_fetch = fetched.filter(keep).select(list(kind.download_columns))
+        size = kind.cfg.download.shard_size
+        names = [f"part-{part.name}-{k:05d}.parquet" for k in range(-(-to_fetch.num_rows // size))]
+        for k, name in enumerate(names):
+            storage.write_parquet(storage.join(run.download_list, name), to_fetch.slice(k * size, size))
+        return {"part": part.name, "rows": rows.num_rows, "blocked": pc.count(rows.column(BLOCKED_REASON.name)).as_py(),
+                "merged": merged, "download_parts": names}
+
+    return _committed(_marker(run, "prepare-lists", part.name), work)
+
+
 def prepare(plan: Plan, run: RunDir, files: list[InputFile]) -> dict:
-    """Prepare every input part as a Ray task; returns the run's counts. A part that can't be
-    read stops the run with its InputError (the parts' own messages name file and row)."""
+    """Prepare every input part in the three phases above, as Ray tasks; returns the run's
+    counts. A part that can't be read stops the run with its InputError (the parts' own
+    messages name file and row)."""
     import ray
 
+    kind = plan.kind
     # Parts of about a partition of the manifest step (a partition is whole parts).
     parts = plan_input_parts(files, plan.cfg.input, plan.cfg.manifest.partition_rows)
-    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2, retry_exceptions=[OSError])(prepare_part)
-    futures = [task.remote(plan.kind, run, part) for part in parts]
+    buckets = len(parts) if kind.merges_same_url else 0
+    task = lambda fn: ray.remote(num_cpus=TASK_CPUS, max_retries=2, retry_exceptions=[OSError])(fn)  # noqa: E731
     try:
-        results = ray.get(futures)
+        read = ray.get([task(read_part).remote(kind, run, part, buckets) for part in parts])
     except ray.exceptions.RayTaskError as error:
         if isinstance(error.cause, InputError):
             raise error.cause from None  # the input's own message, not a remote traceback
         raise
+    grouped = ray.get([task(group_urls).remote(run, b, plan.cfg.input.max_captions_per_url) for b in range(buckets)])
+    results = ray.get([task(list_part).remote(kind, run, part) for part in parts])
+    storage.remove_tree(storage.join(run.root, SCRATCH))
     return {
         "rows": sum(r["rows"] for r in results),
         "blocked": sum(r["blocked"] for r in results),
-        "task_seconds": round(sum(r.get("seconds", 0.0) for r in results), 3),  # benchmarks: work done in tasks
+        "merged": sum(r["merged"] for r in results),
+        # benchmarks: work done in tasks
+        "task_seconds": round(sum(r.get("seconds", 0.0) for r in [*read, *grouped, *results]), 3),
         "parts": [{"part": r["part"], "rows": r["rows"], "download_parts": r["download_parts"]} for r in results],
     }

@@ -89,7 +89,8 @@ ITM_PROB_BELOW = Code("itm_prob_below", F, "itm_prob below itm.min_prob (capfilt
 # -- filtered: the caption decision (CapFilt) -------------------------------------------------
 NO_CAPTION_PASSED = Code("no_caption_passed", F, "neither the original nor any synthetic caption passed")
 NO_SYNTHETIC_CAPTION = Code("no_synthetic_caption", F, "caption_only: the captioner produced nothing usable")
-CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the original caption", scope="caption")
+CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the input's captions (the original, "
+                                                 "its alternates)", scope="caption")
 # -- documents runs: a document's reasons ----------------------------------------------------
 MALFORMED_DOCUMENT = Code("malformed_document", F, "the row is not a document of input.documents.layout")
 TOO_FEW_IMAGES = Code("too_few_images", F, "fewer images left than interleaved.min_images")
@@ -102,6 +103,10 @@ NO_FREE_TEXT = Code("no_free_text", F, "assignment placement: every text already
 DOCUMENT_DROPPED = Code("document_dropped", F, "its document was dropped (detail: the document's reason)")
 # -- duplicate -------------------------------------------------------------------------------
 DUPLICATE_OF = Code("duplicate_of", U, "the same or a near-identical image was kept (detail: its sample_id)")
+SAME_URL_AS = Code("same_url_as", U, "its URL is another row's, fetched once for both: its caption is one of that "
+                                     "sample's captions (detail: the sample's sample_id)")
+SAME_URL_NOT_SCORED = Code("same_url_not_scored", U, "its URL is another row's, which had input.max_captions_per_url "
+                                                     "captions already: its caption was not scored (detail: the sample)")
 
 CODES: tuple[Code, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, Code))
 

@@ -91,8 +91,9 @@ class Stage:
     thresholds: ClassVar[tuple[str, ...]] = ()
     kinds: ClassVar[tuple[str, ...]] = ("pairs", "documents")
     # Per candidate caption of a pair: column name -> (its column for the original caption,
-    # the list column of its synthetic captions, or None). Caption-scope rules read these.
-    caption_columns: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # the list column of its synthetic captions or None, the list column of its alternates
+    # (the captions of the other rows with the same URL) or None). Caption-scope rules read these.
+    caption_columns: ClassVar[dict[str, tuple[str, str | None, str | None]]] = {}
     # A text model's tokens: (its caption column of each caption's length in the model's
     # tokenizer, its row column of the model's token limit). The decision records in every
     # caption which models read only its first tokens; filters.max_caption_tokens reads the counts.

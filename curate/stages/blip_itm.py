@@ -33,7 +33,7 @@ class ItmStage(BatchStage):
     key = "itm"
     switch = "itm.model"
     reads = (IMAGE, "caption")
-    optional_reads = ("synthetic_captions",)
+    optional_reads = ("alternate_captions", "synthetic_captions")
     writes = pa.schema([
         ("itm_prob", pa.float32()),
         ("itm_cosine", pa.float32()),
@@ -43,6 +43,10 @@ class ItmStage(BatchStage):
         ("itm_tokens", pa.int32()),
         ("synthetic_itm_tokens", pa.list_(pa.int32())),
         ("itm_max_tokens", pa.int32()),
+        # The alternates' (the captions of the other rows with the same URL).
+        ("alternate_itm_probs", pa.list_(pa.float32())),
+        ("alternate_itm_cosines", pa.list_(pa.float32())),
+        ("alternate_itm_tokens", pa.list_(pa.int32())),
     ])
     manifest = ("itm_prob", "itm_cosine")
     thresholds = ("itm.min_prob", "capfilt.synthetic_min_prob", "filters.max_caption_tokens")
@@ -50,9 +54,9 @@ class ItmStage(BatchStage):
     uses_model = True
     scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
     caption_columns = {
-        "itm_prob": ("itm_prob", "synthetic_itm_probs"),
-        "itm_cosine": ("itm_cosine", "synthetic_itm_cosines"),
-        "itm_tokens": ("itm_tokens", "synthetic_itm_tokens"),
+        "itm_prob": ("itm_prob", "synthetic_itm_probs", "alternate_itm_probs"),
+        "itm_cosine": ("itm_cosine", "synthetic_itm_cosines", "alternate_itm_cosines"),
+        "itm_tokens": ("itm_tokens", "synthetic_itm_tokens", "alternate_itm_tokens"),
     }
     token_columns = ("itm_tokens", "itm_max_tokens")
 
@@ -76,11 +80,11 @@ class ItmStage(BatchStage):
         synthetic = self.cfg.capfilt.synthetic_min_prob
         synthetic = original if synthetic is None else synthetic
         rules = self.token_rules()
-        if original is None and synthetic is None:
-            return rules
-        for source, t in (("original", original), ("synthetic", synthetic)):
+        # The input's captions (the original, the alternates from its URL's other rows) at
+        # itm.min_prob: people wrote them all; the captioner's at the synthetic bar.
+        for which, t in (("<> 'synthetic'", original), ("= 'synthetic'", synthetic)):
             if t is not None:
-                rules.append(Rule.fixed(f"source = '{source}' AND (itm_prob IS NULL OR itm_prob < {t!r})",
+                rules.append(Rule.fixed(f"source {which} AND (itm_prob IS NULL OR itm_prob < {t!r})",
                                         R.ITM_PROB_BELOW, fmt_threshold(t), scope="caption"))
         return rules
 
@@ -136,19 +140,22 @@ class ItmStage(BatchStage):
         return _split(probs.cpu().tolist(), texts_per_image), _split(cosines.cpu().tolist(), texts_per_image)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_support import candidate_texts, decoded
+        from curate.stages.model_support import alternate_counts, by_source, candidate_texts, decoded
 
         n = batch.num_rows
         out = {field.name: [None] * n for field in self.writes}
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
-            texts = candidate_texts(batch, [i for i, _ in todo], self.cfg.filters.max_caption_chars)
+            rows = [i for i, _ in todo]
+            texts = candidate_texts(batch, rows, self.cfg.filters.max_caption_chars)
             probs, cosines = self.score([image for _, image in todo], texts)
             counts = _split(self.count_tokens([t for row in texts for t in row]), texts)
-            for (i, _), p, c, k in zip(todo, probs, cosines, counts):
-                out["itm_prob"][i], out["itm_cosine"][i], out["itm_tokens"][i] = p[0], c[0], k[0]
-                out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[1:], c[1:]
-                out["synthetic_itm_tokens"][i], out["itm_max_tokens"][i] = k[1:], self.max_tokens
+            for k, (i, alternates) in enumerate(zip(rows, alternate_counts(batch, rows))):
+                for name, values in (("itm_prob", probs[k]), ("itm_cosine", cosines[k]), ("itm_tokens", counts[k])):
+                    columns = self.caption_columns[name]  # (original, synthetic, alternate)
+                    first, alternate, synthetic = by_source(values, alternates)
+                    out[columns[0]][i], out[columns[1]][i], out[columns[2]][i] = first, synthetic, alternate
+                out["itm_max_tokens"][i] = self.max_tokens
         return self.append(batch, out)
 
 

@@ -41,7 +41,7 @@ class ClipStage(BatchStage):
     key = "clip"
     switch = "clip.model"
     reads = (IMAGE,)
-    optional_reads = ("caption", "synthetic_captions", "doc_texts")
+    optional_reads = ("caption", "alternate_captions", "synthetic_captions", "doc_texts")
     writes = pa.schema([
         ("clip_score", pa.float32()),
         ("clip_image_embedding", pa.list_(pa.float32())),
@@ -51,13 +51,16 @@ class ClipStage(BatchStage):
         ("clip_tokens", pa.int32()),
         ("synthetic_clip_tokens", pa.list_(pa.int32())),
         ("clip_max_tokens", pa.int32()),
+        # Pairs: the alternates' (the captions of the other rows with the same URL).
+        ("alternate_clip_scores", pa.list_(pa.float32())),
+        ("alternate_clip_tokens", pa.list_(pa.int32())),
     ])
     manifest = ("clip_score",)
     thresholds = ("clip.min_score", "filters.max_caption_tokens")
     uses_model = True
     scores = {"clip_score": ("CLIP score", "clip.min_score")}
-    caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores"),
-                       "clip_tokens": ("clip_tokens", "synthetic_clip_tokens")}
+    caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores", "alternate_clip_scores"),
+                       "clip_tokens": ("clip_tokens", "synthetic_clip_tokens", "alternate_clip_tokens")}
     token_columns = ("clip_tokens", "clip_max_tokens")
 
     @property
@@ -138,31 +141,33 @@ class ClipStage(BatchStage):
         return candidate_texts(batch, rows, max_chars)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_support import decoded
+        from curate.stages.model_support import alternate_counts, by_source, decoded
 
         n = batch.num_rows
         documents = "doc_texts" in batch.column_names
         out: dict[str, list] = {field.name: [None] * n for field in self.writes}
         todo = decoded(batch, self.todo(batch), self.image_col)
         if todo:
-            # One text pass for every text of the batch: captions (original, then synthetic)
+            # One text pass for every text of the batch: captions (original, alternates, synthetic)
             # or, for documents, each image's document texts.
             texts = self._texts(batch, [i for i, _ in todo])
+            alternates = alternate_counts(batch, [i for i, _ in todo])
             flat = [t for row in texts for t in row]
             image_emb = self._embed_images([image for _, image in todo])
             text_emb = self._embed_texts(flat)
             tokens = [] if documents else self._count_tokens(flat)
             limit = clip_context_length(self.tokenizer)
             offset = 0
-            for (i, _), img, row in zip(todo, image_emb, texts):
+            for (i, _), img, row, n_alternates in zip(todo, image_emb, texts, alternates):
                 cosines = [float(c) for c in text_emb[offset : offset + len(row)] @ img] if row else []
                 out["clip_image_embedding"][i] = img.tolist()
                 if documents:
                     out["clip_score"][i], out["sentence_sims"][i] = (max(cosines) if cosines else None), cosines
                 else:
-                    counts = tokens[offset : offset + len(row)]
-                    out["clip_score"][i], out["synthetic_clip_scores"][i] = cosines[0], cosines[1:]
-                    out["clip_tokens"][i], out["synthetic_clip_tokens"][i] = counts[0], counts[1:]
+                    for name, values in (("clip_score", cosines), ("clip_tokens", tokens[offset : offset + len(row)])):
+                        columns = self.caption_columns[name]  # (original, synthetic, alternate)
+                        first, alternate, synthetic = by_source(values, n_alternates)
+                        out[columns[0]][i], out[columns[1]][i], out[columns[2]][i] = first, synthetic, alternate
                     out["clip_max_tokens"][i] = limit
                 offset += len(row)
         return self.append(batch, out)

@@ -58,11 +58,28 @@ def model_text(text: str | None, max_chars: int = MAX_TEXT_CHARS) -> str:
     return (text or "").strip()[:max_chars]
 
 
-def candidate_texts(batch: pa.Table, rows: list[int], max_chars: int = MAX_TEXT_CHARS) -> list[list[str]]:
-    """For each of ``rows``: its original caption, then the captioner's captions (none where
-    the captioner didn't run or is off). CLIP and ITM score exactly these, in this order."""
-    captions = batch.column("caption").to_pylist()
-    synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
-                 else [None] * batch.num_rows)
-    return [[model_text(captions[i], max_chars)] + (synthetic[i] or []) for i in rows]
+def _lists(batch: pa.Table, name: str) -> list[list | None]:
+    return batch.column(name).to_pylist() if name in batch.column_names else [None] * batch.num_rows
 
+
+def candidate_texts(batch: pa.Table, rows: list[int], max_chars: int = MAX_TEXT_CHARS) -> list[list[str]]:
+    """For each of ``rows``: its original caption, then its alternates (the captions of the
+    other rows with its URL, curate.pipeline.same_url), then the captioner's captions (none
+    where there are none). CLIP and ITM score exactly these, in this order; ``by_source``
+    splits what they give back."""
+    captions = batch.column("caption").to_pylist()
+    alternates, synthetic = _lists(batch, "alternate_captions"), _lists(batch, "synthetic_captions")
+    return [[model_text(captions[i], max_chars)] + [model_text(a, max_chars) for a in alternates[i] or []]
+            + (synthetic[i] or []) for i in rows]
+
+
+def alternate_counts(batch: pa.Table, rows: list[int]) -> list[int]:
+    """For each of ``rows``: how many alternates follow its original in ``candidate_texts``."""
+    alternates = _lists(batch, "alternate_captions")
+    return [len(alternates[i] or []) for i in rows]
+
+
+def by_source(values: list, alternates: int) -> tuple[object, list, list]:
+    """One row's values in ``candidate_texts`` order -> (the original's, the alternates', the
+    synthetic captions')."""
+    return values[0], values[1 : 1 + alternates], values[1 + alternates :]
