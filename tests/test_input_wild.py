@@ -998,3 +998,141 @@ def test_a_model_pool_that_cannot_fit_stops_with_nothing_written(tmp_path, ray_s
         run_pipeline(load_config(None, settings, out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
     run_pipeline(load_config(None, settings[:2], out=str(tmp_path / "run")))  # the corrected command runs
+
+
+# -- a whole run with the text models: long captions and one URL in many rows ------------
+
+COCO = ["a man riding a red bicycle", "a person on a bike near a wall", "a red bicycle leaning on a wall",
+        "a cyclist in the city", "a bicycle parked outside"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, ray_session):
+    """The issue's long caption and COCO's five captions of one image, with neighbours, in one
+    run with the tiny CLIP and ITM; the input is two files cut into parts of 3 rows (its
+    manifest in 6 partitions), so one URL's rows are in different files and partitions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer
+    from curate.synth.http_server import Route
+    from e2e import FAST_SETTINGS
+
+    tmp = tmp_path_factory.mktemp("text-run")
+    paths = ["/coco.jpg", "/long.jpg", "/words.jpg", "/many.jpg"]
+    routes = {p: Route(image_bytes("JPEG", seed=40 + i)) for i, p in enumerate(paths)}
+    with CorpusServer(routes) as server:
+        u = server.url
+        files = [
+            [(u("/coco.jpg"), COCO[0]), (u("/long.jpg"), ONE_LONG_TOKEN), (u("/coco.jpg"), COCO[1]),
+             (u("/gone.jpg"), "a picture that is not there"), (u("/coco.jpg"), COCO[2]),
+             *[(u("/many.jpg"), f"picture number {k} of many") for k in range(3)]],
+            [(u("/coco.jpg"), COCO[3]), (u("/gone.jpg"), "the same missing picture"),
+             (u("/coco.jpg") + "#caption-5", COCO[4]), (u("/words.jpg"), " ".join(["word"] * 80)),
+             (u("/coco.jpg"), " " + COCO[0]),  # the first caption again
+             *[(u("/many.jpg"), f"picture number {k} of many") for k in range(3, 7)]],
+        ]
+        (tmp / "in").mkdir()
+        for k, rows in enumerate(files):
+            pq.write_table(pa.table({"url": [r[0] for r in rows], "caption": [r[1] for r in rows]}),
+                           tmp / "in" / f"{k}.parquet", row_group_size=3)
+        settings = FAST_SETTINGS + [
+            f"input.path={tmp / 'in'}", "input.format=parquet", "input.max_captions_per_url=5",
+            "manifest.partition_rows=3", "download.shard_size=2", "dedupe.enabled=false", "report.enabled=false",
+            "clip.model=curate:tiny-clip", "clip.num_cpus=0.5", "clip.threads=1",
+            "itm.model=curate:tiny-blip-itm", "itm.num_cpus=0.5", "itm.threads=1"]
+        cfg = load_config(None, settings, out=str(tmp / "run"))
+        result = run_pipeline(cfg)
+        requests = list(server.requests)
+    return cfg, result, str(tmp / "run"), requests
+
+
+def _by_id(run_root: str) -> dict[str, dict]:
+    from e2e import read_manifest
+
+    return {m["sample_id"]: m for m in read_manifest(run_root).to_pylist()}
+
+
+def test_each_url_is_fetched_once_and_every_row_says_where_it_went(text_run):
+    _, result, run_root, requests = text_run
+    assert sorted(requests) == ["/coco.jpg", "/gone.jpg", "/long.jpg", "/many.jpg", "/words.jpg"]
+    coco, gone, many = "00000-0000000000", "00000-0000000003", "00000-0000000005"
+    want = {
+        coco: ("kept", None), "00000-0000000001": ("kept", None), "00000-0000000002": ("duplicate", f"same_url_as:{coco}"),
+        gone: ("download_failed", "http_404"), "00000-0000000004": ("duplicate", f"same_url_as:{coco}"),
+        many: ("kept", None), "00000-0000000006": ("duplicate", f"same_url_as:{many}"),
+        "00000-0000000007": ("duplicate", f"same_url_as:{many}"),
+        "00001-0000000000": ("duplicate", f"same_url_as:{coco}"), "00001-0000000001": ("duplicate", f"same_url_as:{gone}"),
+        "00001-0000000002": ("duplicate", f"same_url_as:{coco}"), "00001-0000000003": ("kept", None),
+        "00001-0000000004": ("duplicate", f"same_url_as:{coco}"),
+        "00001-0000000005": ("duplicate", f"same_url_as:{many}"), "00001-0000000006": ("duplicate", f"same_url_as:{many}"),
+        "00001-0000000007": ("duplicate", f"same_url_not_scored:{many}"),
+        "00001-0000000008": ("duplicate", f"same_url_not_scored:{many}"),
+    }
+    assert {sid: (m["status"], m["reason"]) for sid, m in _by_id(run_root).items()} == want
+    assert result.summary["rows_in"] == len(want) and result.summary["statuses"]["duplicate"] == 12
+
+
+def test_alternates_are_scored_and_judged_like_the_original(text_run):
+    _, _, run_root, _ = text_run
+    sample = _by_id(run_root)["00000-0000000000"]
+    assert [(c["text"], c["source"]) for c in sample["captions"]] == [
+        (COCO[0], "original"), *[(text, "alternate") for text in COCO[1:]]]
+    for c in sample["captions"]:
+        assert c["kept"] and c["reason"] is None
+        assert None not in (c["clip_score"], c["itm_prob"], c["itm_cosine"], c["clip_tokens"], c["itm_tokens"])
+    # the training caption: the input caption ITM matches best (no thresholds: all pass)
+    best = max(sample["captions"], key=lambda c: c["itm_prob"])
+    assert (sample["caption_chosen"], sample["caption_source"]) == (best["text"], best["source"])
+    many = _by_id(run_root)["00000-0000000005"]
+    assert [c["text"] for c in many["captions"]] == [f"picture number {k} of many" for k in range(5)]
+
+
+def test_the_shard_record_carries_the_alternates(text_run):
+    import pyarrow.parquet as pq
+
+    _, result, run_root, _ = text_run
+    files = [f"{run_root}/output/{s['name']}.parquet" for s in result.index["shards"]]
+    records = {r["sample_id"]: r for r in pq.ParquetDataset(files).read(columns=["sample_id", "captions"]).to_pylist()}
+    captions = records["00000-0000000000"]["captions"]
+    assert [(c["text"], c["source"]) for c in captions] == [(COCO[0], "original"), *[(t, "alternate") for t in COCO[1:]]]
+    assert set(captions[0]) == {"text", "source", "clip_score", "itm_prob", "itm_cosine"}
+
+
+def test_the_long_caption_is_kept_with_its_cut_recorded_and_refilters_by_tokens(text_run):
+    from curate.core.rundir import RunDir
+    from curate.flow.plan import make_plan
+    from curate.pipeline.decide import preview
+
+    cfg, _, run_root, _ = text_run
+    long, words = _by_id(run_root)["00000-0000000001"], _by_id(run_root)["00001-0000000003"]
+    assert long["status"] == "kept" and long["caption_chosen"] == ONE_LONG_TOKEN and len(ONE_LONG_TOKEN) == 3043
+    assert (long["captions"][0]["truncated"], long["captions"][0]["itm_tokens"]) == ("clip:16", 13)
+    assert words["captions"][0]["truncated"] == "clip:16,itm:64"
+    # the counts are stored: filters.max_caption_tokens re-decides the run without a model
+    strict = make_plan(cfg.model_copy(update={"filters": cfg.filters.model_copy(update={"max_caption_tokens": 16})}))
+    manifest = {m["sample_id"]: m for m in preview(strict, RunDir(run_root))["manifest"].to_pylist()}
+    assert manifest["00000-0000000001"]["reason"] == "caption_too_long:16_clip_tokens"
+    assert manifest["00001-0000000003"]["reason"] == "caption_too_long:16_clip_tokens"
+    assert manifest["00000-0000000000"]["status"] == "kept"  # COCO's captions fit in 16 tokens
+
+
+def test_the_manifest_docs_queries_answer_on_this_run(text_run, repo_root):
+    import re
+
+    from curate.core.views import run_query
+
+    _, _, run_root, _ = text_run
+    text = (repo_root / "docs" / "manifest.md").read_text()
+    sections = {title: body for title, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)}
+    merged = re.findall(r"```sql\n(.*?)```", sections["One URL, many rows"], flags=re.S)
+    got = run_query(run_root, merged[0]).to_pylist()
+    assert {(r["sample_id"], len(r["given"]), r["merged_rows"]) for r in got} == {
+        ("00000-0000000000", 5, 5), ("00000-0000000005", 5, 4)}
+    truncated = re.findall(r"```sql\n(.*?)```", sections["Truncated captions"], flags=re.S)[0].split(";")
+    per_model = {(r["truncated"], r["source"]): r["count_star()"] for r in run_query(run_root, truncated[0]).to_pylist()}
+    assert per_model == {("clip:16", "original"): 1, ("clip:16,itm:64", "original"): 1}
+    assert [r["sample_id"] for r in run_query(run_root, truncated[1]).to_pylist()] == [
+        "00000-0000000001", "00001-0000000003"]
