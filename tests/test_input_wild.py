@@ -532,10 +532,12 @@ def test_token_counts_are_the_lengths_each_tokenizer_makes(text_models):
 
 
 def _scored(text_models, captions: list[str], synthetic: list[list[str]] | None = None):
-    """``captions`` (one image each) through the CLIP and ITM stages, as the score step runs them."""
+    """``captions`` (one image each, no other row with its URL) through the CLIP and ITM
+    stages, as the score step runs them on a downloaded shard."""
     import pyarrow as pa
 
     from corpus import image_bytes
+    from curate.schemas.columns import ALTERNATES
 
     n = len(captions)
     batch = pa.table({
@@ -543,6 +545,7 @@ def _scored(text_models, captions: list[str], synthetic: list[list[str]] | None 
         "caption_bad_encoding": [False] * n, "download_reason": pa.array([None] * n, pa.string()),
         "jpg": [image_bytes("JPEG", seed=i) for i in range(n)],
         "synthetic_captions": pa.array(synthetic or [None] * n, pa.list_(pa.string())),
+        **{field.name: pa.nulls(n, field.type) for field in ALTERNATES},
     })
     for stage in text_models:
         batch = stage(batch)
