@@ -222,8 +222,9 @@ class PairsKind(Kind):
         (numbered once every partition's kept count is known: curate.pipeline.decide)."""
         head = [f"f.{c}" if c in ("status", "reason") else c for c in columns.PAIRS_MANIFEST_HEAD.names]
         stage_columns = [c for s in plan.stages for c in s.manifest]
+        attempts = f"CASE WHEN same_url_reason IS NOT NULL THEN 0 ELSE {ATTEMPTS_SQL} END"  # another row fetched it
         return f"""
-            SELECT {', '.join(head + stage_columns)}, {ATTEMPTS_SQL} AS attempts, download_shard, key AS download_key,
+            SELECT {', '.join(head + stage_columns)}, {attempts} AS attempts, download_shard, key AS download_key,
                    NULL::VARCHAR AS output_shard
             FROM joined JOIN decided d USING (sample_id) JOIN final f USING (sample_id) ORDER BY sample_id
         """
