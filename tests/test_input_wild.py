@@ -728,6 +728,41 @@ def test_rows_with_one_url_become_one_sample_whatever_the_parts(tmp_path, ray_se
         assert got == want, partition_rows
 
 
+def test_a_part_prepared_again_gets_the_verdicts_it_had(tmp_path, ray_session):
+    """A resume redoes a damaged part (the resume check removed its files' markers): it is read
+    from its input again and grouped with the other parts' rows, read back from rows/ with
+    what their samples carry. Its rows get the verdicts they had, its samples the same
+    alternates, whether it holds a URL's representative or rows of a sample in another part."""
+    from curate.core import storage
+    from curate.pipeline.prepare import PART_MARKERS, ROWS_MARKERS
+
+    want = _prepared(tmp_path, SAME_URL_FILES, "manifest.partition_rows=2")
+    run = tmp_path / "run"
+    # 00000-0000: URL A's representative and B's; 00001-0002: "a bike", an alternate of A's sample
+    for part in ("00000-0000", "00001-0002"):
+        (run / "rows" / f"part-{part}.parquet").unlink()
+        for markers in (PART_MARKERS, ROWS_MARKERS):
+            storage.remove_tree(str(run / "_done" / markers / f"{part}.json"))
+        assert _prepare(tmp_path, "manifest.partition_rows=2") == want, part
+
+
+def test_extend_groups_new_rows_with_the_samples_of_old_ones(tmp_path, ray_session):
+    """A file added later (--extend) is prepared with the earlier files' parts as they are: a
+    new row whose URL an old sample has is not fetched again; it is same_url_as that sample
+    when its caption is one the sample carries, else same_url_not_scored (the sample was
+    scored without it: docs/run-directory.md, Extend)."""
+    _write_inputs(tmp_path, SAME_URL_FILES[:2])
+    _prepare(tmp_path, "manifest.partition_rows=2")
+    _write_inputs(tmp_path, SAME_URL_FILES[2:], first=2)
+    got = _prepare(tmp_path, "manifest.partition_rows=2")
+    want = {sid: (reason, "-" if reason else alternates) for sid, (reason, alternates) in SAME_URL_WANT.items()}
+    # One run over the three files: B's caption-less row is an alternate of B's sample. Here
+    # B's sample was prepared with the first two files, where B had no other row.
+    want["00000-0000000001"] = (None, None)
+    want["00002-0000000001"] = ("same_url_not_scored:00000-0000000001", "-")
+    assert got == want
+
+
 def test_max_captions_per_url_and_merge_same_url(tmp_path, ray_session):
     one = _prepared(tmp_path / "one", SAME_URL_FILES, "input.max_captions_per_url=1")
     assert one["00000-0000000000"] == (None, None)
