@@ -32,9 +32,11 @@ def make_open_clip_dir(path: Path, seed: int = 0) -> Path:
 BLIP_WORDS = ["a", "picture", "of", "red", "blue", "cat", "dog", "on", "the", "grass", "sofa", "small", "large"]
 
 
-def make_blip_dir(path: Path, task: str, seed: int = 0) -> Path:
+def make_blip_dir(path: Path, task: str, seed: int = 0, model_max_length: int | None = 40) -> Path:
     """A random-weight BLIP directory as ``save_pretrained`` writes it (model + BlipProcessor),
-    with a word-level BERT tokenizer: ``task`` is ``itm`` or ``caption``."""
+    with a word-level BERT tokenizer: ``task`` is ``itm`` or ``caption``. The text encoder has
+    40 positions; ``model_max_length=None`` leaves the tokenizer without a limit of its own,
+    as many saved tokenizers are."""
     import torch
     from transformers import (
         BertTokenizer,
@@ -47,7 +49,8 @@ def make_blip_dir(path: Path, task: str, seed: int = 0) -> Path:
 
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + BLIP_WORDS)}
     # transformers 5 ignores BertTokenizer(vocab_file=...): pass the vocabulary itself.
-    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=40)
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", **limit)
     assert tokenizer.convert_tokens_to_ids("cat") == vocab["cat"]
     processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
     text = {

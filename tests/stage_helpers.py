@@ -51,3 +51,26 @@ def caption_reasons(cfg: CurateConfig, captions: list[str | None], bad_encoding:
     rows = [{"chars": f["caption_chars"], "words": f["caption_words"], "junk": f["caption_junk"],
              "bad_encoding": f["caption_bad_encoding"], "source": "original"} for f in facts]
     return reasons(stage.rules(), rows)
+
+
+def pairs_decision(cfg: CurateConfig, scored: pa.Table) -> list[dict]:
+    """The pairs kind's decision (curate.flow.pairs) over ``scored`` (one row per image, with
+    the columns the enabled stages write; ``sample_id`` given), every image passing the image
+    rules: the SQL a run executes. The caption rules stage's facts are added when missing."""
+    import duckdb
+
+    from curate.flow.plan import make_plan
+    from curate.schemas.status import Status
+    from curate.stages.caption_rules import CaptionRulesStage
+
+    if "caption_text" not in scored.column_names:
+        scored = CaptionRulesStage(cfg)(scored)
+    plan = make_plan(cfg)
+    con = duckdb.connect()
+    con.register("joined", scored)
+    con.execute(f"CREATE TABLE image_decisions AS SELECT sample_id, {Status.KEPT.sql} AS status, "
+                "NULL::VARCHAR AS reason FROM joined")
+    plan.kind.decide(con, plan)
+    out = con.execute("SELECT * FROM decided ORDER BY sample_id").arrow().read_all().to_pylist()
+    con.close()
+    return out

@@ -7,7 +7,6 @@ import io
 import json
 import tarfile
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,18 +18,15 @@ from corpus import image_bytes, mixed_corpus
 from curate.models import blip
 from curate.models.references import ModelReferenceError
 from curate.core.config import ConfigError, load_config, validate
-from curate.flow.plan import make_plan
 from curate.pipeline.runner import refilter, run_pipeline
 from curate.schemas.reasons import reason
-from curate.schemas.status import Status
 from curate.stages.blip_caption import CaptionStage, clean_captions
 from curate.stages.blip_itm import ItmStage
-from curate.stages.caption_rules import CaptionRulesStage
 from curate.stages.cheap_filters import junk_kind, normalize_caption
 from curate.synth.http_server import CorpusServer
 from e2e import FAST_SETTINGS, corpus_rows, read_manifest, write_input
 from model_dirs import make_blip_dir, make_open_clip_dir
-from stage_helpers import ready
+from stage_helpers import pairs_decision, ready
 
 
 def _cfg(**sections) -> object:
@@ -44,11 +40,24 @@ def _cfg(**sections) -> object:
 
 
 def _row(caption="a red circle on grey", clip=0.6, itm=0.9, synthetic=(), clips=(), itms=(), bad_encoding=False,
-         votes=None):
+         votes=None, tokens=(7, 9), synthetic_tokens=None, max_tokens=(77, 512), alternates=(), alternate_clips=(),
+         alternate_itms=(), alternate_bad=None):
+    """A scored row: its scores, the captioner's votes, and its captions' token counts in
+    CLIP's and ITM's tokenizers (``tokens``: the original's; ``max_tokens``: the models'
+    limits); ``alternates``: the captions of other rows with its URL, with their scores."""
+    synthetic_tokens = synthetic_tokens or [tokens] * len(synthetic)
     return {"caption": caption, "caption_bad_encoding": bad_encoding, "clip_score": clip, "itm_prob": itm,
             "itm_cosine": 0.5, "synthetic_captions": list(synthetic), "synthetic_clip_scores": list(clips),
             "synthetic_itm_probs": list(itms), "synthetic_itm_cosines": [0.1] * len(synthetic),
-            "synthetic_votes": list(votes) if votes is not None else [1] * len(synthetic)}
+            "synthetic_votes": list(votes) if votes is not None else [1] * len(synthetic),
+            "clip_tokens": tokens[0], "itm_tokens": tokens[1], "synthetic_clip_tokens": [t[0] for t in synthetic_tokens],
+            "synthetic_itm_tokens": [t[1] for t in synthetic_tokens], "clip_max_tokens": max_tokens[0],
+            "itm_max_tokens": max_tokens[1],
+            "alternate_captions": list(alternates) or None,
+            "alternate_caption_bad_encoding": list(alternate_bad or [False] * len(alternates)) or None,
+            "alternate_clip_scores": list(alternate_clips), "alternate_itm_probs": list(alternate_itms),
+            "alternate_itm_cosines": [0.2] * len(alternates), "alternate_clip_tokens": [tokens[0]] * len(alternates),
+            "alternate_itm_tokens": [tokens[1]] * len(alternates)}
 
 
 SCORED = pa.schema([
@@ -58,24 +67,21 @@ SCORED = pa.schema([
     ("synthetic_captions", pa.list_(pa.string())), ("synthetic_clip_scores", pa.list_(pa.float32())),
     ("synthetic_itm_probs", pa.list_(pa.float32())), ("synthetic_itm_cosines", pa.list_(pa.float32())),
     ("synthetic_votes", pa.list_(pa.int16())),
+    ("clip_tokens", pa.int32()), ("synthetic_clip_tokens", pa.list_(pa.int32())), ("clip_max_tokens", pa.int32()),
+    ("itm_tokens", pa.int32()), ("synthetic_itm_tokens", pa.list_(pa.int32())), ("itm_max_tokens", pa.int32()),
+    ("alternate_captions", pa.list_(pa.string())), ("alternate_caption_bad_encoding", pa.list_(pa.bool_())),
+    ("alternate_clip_scores", pa.list_(pa.float32())), ("alternate_itm_probs", pa.list_(pa.float32())),
+    ("alternate_itm_cosines", pa.list_(pa.float32())), ("alternate_clip_tokens", pa.list_(pa.int32())),
+    ("alternate_itm_tokens", pa.list_(pa.int32())),
 ])
 
 
 def decide(cfg, rows: list[dict]) -> list[dict]:
     """The pairs kind's decision (curate.flow.pairs) of ``rows``, every image passing the image
     rules: the same SQL a run executes, over the facts the caption rules stage stores."""
-    plan = make_plan(cfg)
     table = pa.Table.from_pylist([{**r, "sample_id": f"00000-{i:010d}", "download_reason": None, "jpg": b"x"}
                                   for i, r in enumerate(rows)], schema=SCORED)
-    table = CaptionRulesStage(cfg)(table)
-    con = duckdb.connect()
-    con.register("joined", table)
-    con.execute(f"CREATE TABLE image_decisions AS SELECT sample_id, {Status.KEPT.sql} AS status, "
-                "NULL::VARCHAR AS reason FROM joined")
-    plan.kind.decide(con, plan)
-    out = con.execute("SELECT * FROM decided ORDER BY sample_id").arrow().read_all().to_pylist()
-    con.close()
-    return [{**d, "caption_reason": d["reason"]} for d in out]
+    return [{**d, "caption_reason": d["reason"]} for d in pairs_decision(cfg, table)]
 
 
 def decide_one(cfg, row: dict) -> dict:
@@ -231,8 +237,15 @@ class ReferenceCapFilt:
         original = {"text": " ".join((row["caption"] or "").split()), "source": "original",
                     "clip_score": f32(row["clip_score"]), "itm_prob": f32(row["itm_prob"])}
         original["reason"] = self.text_reason(row["caption"], row["caption_bad_encoding"]) or self.score_reason(original)
+        alternates = []  # the captions of other rows with its URL: judged as the original is
+        for j, text in enumerate(row["alternate_captions"] or []):
+            c = {"text": " ".join((text or "").split()), "source": "alternate",
+                 "clip_score": f32(row["alternate_clip_scores"][j]), "itm_prob": f32(row["alternate_itm_probs"][j])}
+            c["reason"] = self.text_reason(text, row["alternate_caption_bad_encoding"][j]) or self.score_reason(c)
+            alternates.append(c)
         if self.mode == "caption_only":
-            original["reason"] = "caption_only_mode"
+            for c in [original] + alternates:
+                c["reason"] = "caption_only_mode"
         synthetic = []
         if self.mode != "filter_only":
             for j, text in enumerate(row["synthetic_captions"]):
@@ -240,12 +253,18 @@ class ReferenceCapFilt:
                      "itm_prob": f32(row["synthetic_itm_probs"][j]), "votes": row["synthetic_votes"][j], "idx": j + 1}
                 c["reason"] = self.text_reason(text, False) or self.score_reason(c) or self.consensus_reason(c, original)
                 synthetic.append(c)
-        self.judge([original] + synthetic)
+        self.judge([original] + alternates + synthetic)  # the Borda count is over every candidate
         synthetic = sorted(synthetic, key=self.order)
+        listed = [original] + alternates + synthetic
+        # where each stands in the manifest's list: the original, the alternates in row order,
+        # the synthetic captions in the consensus order
+        original["position"] = (0, 0)
+        for position, c in enumerate(alternates, 1):
+            c["position"] = (1, position)
         for position, c in enumerate(synthetic, 1):
-            c["position"] = position
-        original["position"] = 0
-        original["kept"] = original["reason"] is None
+            c["position"] = (2, position)
+        for c in [original] + alternates:
+            c["kept"] = c["reason"] is None
         limit = max(1, self.cfg.capfilt.max_synthetic) if self.mode == "caption_only" else self.cfg.capfilt.max_synthetic
         for c in synthetic:
             c["kept"] = False
@@ -255,21 +274,24 @@ class ReferenceCapFilt:
         else:  # caption_only trusts the captioner: the first `limit` that passed
             for c in [c for c in synthetic if c["reason"] is None][:limit]:
                 c["kept"] = True
-        kept = [c for c in [original] + synthetic if c["kept"]]
+        kept = [c for c in listed if c["kept"]]
+        given = [c for c in kept if c["source"] != "synthetic"]  # the input's captions
+        best = lambda c: (c["judged"] is None, -(c["judged"] or 0), c["position"])  # noqa: E731
         chosen = None
         if kept:
-            best = min(kept, key=lambda c: (c["judged"] is None, -(c["judged"] or 0), c["position"]))
-            # prefer original: the original when it passed, else the first kept synthetic in order
-            chosen = kept[0] if self.cfg.capfilt.prefer == "original" else best
+            # prefer original: the best passing caption of the input's, else the first kept
+            # synthetic one in the consensus order; prefer best: the best kept
+            chosen = (min(given, key=best) if given else kept[0]) if self.cfg.capfilt.prefer == "original" \
+                else min(kept, key=best)
         if kept:
             why = None
         elif self.mode == "caption_only":
             why = reason("no_caption_passed", synthetic[0]["reason"]) if synthetic else "no_synthetic_caption"
         else:
-            why = reason("no_caption_passed", original["reason"]) if synthetic else original["reason"]
+            why = reason("no_caption_passed", original["reason"]) if synthetic or alternates else original["reason"]
         return {"caption_reason": why, "caption_chosen": chosen and chosen["text"],
                 "caption_source": chosen and chosen["source"], "original_caption_reason": original["reason"],
-                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in [original] + synthetic]}
+                "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in listed]}
 
 
 WORDS = ["a red circle", "a blue square on white", "IMG_0042.jpg", "x", "", "click here", "a large green star",
@@ -277,12 +299,15 @@ WORDS = ["a red circle", "a blue square on white", "IMG_0042.jpg", "x", "", "cli
 
 
 def _random_row(rng):
-    k = rng.randint(0, 4)
+    k, a = rng.randint(0, 4), rng.choice([0, 0, 1, 3])
     score = lambda: rng.choice([None, round(rng.uniform(-0.2, 1.0), 2), 0.5])  # noqa: E731 - ties at 0.5
     return _row(caption=rng.choice(WORDS + [None, "  a   spaced  caption "]), clip=score(), itm=score(),
                 synthetic=[rng.choice(WORDS[:-1] + ["a dog"]) for _ in range(k)],
                 clips=[score() for _ in range(k)], itms=[score() for _ in range(k)],
-                bad_encoding=rng.random() < 0.05, votes=[rng.randint(1, 3) for _ in range(k)])
+                bad_encoding=rng.random() < 0.05, votes=[rng.randint(1, 3) for _ in range(k)],
+                alternates=[rng.choice(WORDS + [None, " a  cat on  a mat "]) for _ in range(a)],
+                alternate_clips=[score() for _ in range(a)], alternate_itms=[score() for _ in range(a)],
+                alternate_bad=[rng.random() < 0.05 for _ in range(a)])
 
 
 @pytest.mark.parametrize("mode", ["capfilt", "filter_only", "caption_only"])

@@ -489,6 +489,291 @@ def test_caption_rules_count_cjk_words():
         None, None, "caption_too_short:2", "caption_too_long:256"]  # the first was caption_too_short:2
 
 
+# -- long captions: a text model reads only its first tokens (SimpleTuner #283) -----------
+
+TRUE_CAPTION = "a photo of a red bicycle leaning on a wall"
+ONE_LONG_TOKEN = TRUE_CAPTION + " " + "x" * 3000  # the issue's caption: 3,043 characters
+# The issue's caption and its neighbours, with what the shipped tiny models (CLIP's context:
+# 16 tokens; BLIP ITM's text encoder: 64) read of each: None when all of it.
+LONG_CAPTIONS = {
+    TRUE_CAPTION: None,
+    ONE_LONG_TOKEN: "clip:16",  # one BPE run of 750 tokens; one [UNK] in BERT's WordPiece (a word > 100 chars)
+    " ".join(["a"] * 14): None,  # 16 CLIP tokens with start and end: exactly the context
+    " ".join(["a"] * 15): "clip:16",  # 17: one over
+    " ".join(["word"] * 80): "clip:16,itm:64",  # 82 tokens in both
+    "一只红色的自行车靠在墙上" * 3: "clip:16",  # 38 in BERT (a token per Han character), 100+ bytes of BPE
+}
+
+
+@pytest.fixture(scope="module")
+def text_models():
+    """The tiny CLIP and ITM stages, set up as their actors are."""
+    from stage_helpers import ready
+
+    from curate.stages.blip_itm import ItmStage
+    from curate.stages.clip_score import ClipStage
+
+    return ready(ClipStage, "clip.model=curate:tiny-clip"), ready(ItmStage, "itm.model=curate:tiny-blip-itm")
+
+
+def test_token_counts_are_the_lengths_each_tokenizer_makes(text_models):
+    """A count is the length the model's own tokenizer gives the text when nothing cuts it:
+    with one more position of context, the end token lands at the count and padding follows."""
+    from curate.models import clip
+
+    clip_stage, itm_stage = text_models
+    texts = [*LONG_CAPTIONS, ""]
+    tokenizer = clip_stage.tokenizer
+    for text, n in zip(texts, clip.token_counts(tokenizer, texts)):
+        ids = tokenizer([text], context_length=n + 1)[0].tolist()
+        assert ids[n - 1] == tokenizer.eot_token_id and ids[n] == 0, text[:40]
+    bert = itm_stage.processor.tokenizer
+    for text, n in zip(texts, itm_stage.count_tokens(texts)):
+        whole = bert(text)["input_ids"]
+        assert len(whole) == n and bert(text, truncation=True, max_length=n)["input_ids"] == whole, text[:40]
+
+
+def _scored(text_models, captions: list[str], synthetic: list[list[str]] | None = None):
+    """``captions`` (one image each, no other row with its URL) through the CLIP and ITM
+    stages, as the score step runs them on a downloaded shard."""
+    import pyarrow as pa
+
+    from corpus import image_bytes
+    from curate.schemas.columns import ALTERNATES
+
+    n = len(captions)
+    batch = pa.table({
+        "sample_id": [f"00000-{i:010d}" for i in range(n)], "caption": captions,
+        "caption_bad_encoding": [False] * n, "download_reason": pa.array([None] * n, pa.string()),
+        "jpg": [image_bytes("JPEG", seed=i) for i in range(n)],
+        "synthetic_captions": pa.array(synthetic or [None] * n, pa.list_(pa.string())),
+        # the captioner's votes: each synthetic caption sampled once
+        "synthetic_votes": pa.array([[1] * len(s) if s else None for s in synthetic or [None] * n], pa.list_(pa.int16())),
+        **{field.name: pa.nulls(n, field.type) for field in ALTERNATES},
+    })
+    for stage in text_models:
+        batch = stage(batch)
+    return batch
+
+
+def test_each_caption_records_which_model_truncated_it_at_how_many_tokens(text_models):
+    from stage_helpers import config, pairs_decision
+
+    captions = list(LONG_CAPTIONS)
+    scored = _scored(text_models, captions, synthetic=[[ONE_LONG_TOKEN]] + [None] * (len(captions) - 1))
+    # no score thresholds (itm.min_prob defaults to 0.5): every status here is the token rule's
+    cfg = config("clip.model=curate:tiny-clip", "itm.model=curate:tiny-blip-itm", "itm.min_prob=null",
+                 "caption.model=curate:tiny-blip-captioner")
+    decided = pairs_decision(cfg, scored)
+    assert [d["status"] for d in decided] == ["kept"] * len(captions)  # recorded, not filtered: the key is off
+    assert [d["captions"][0]["truncated"] for d in decided] == list(LONG_CAPTIONS.values())
+    first = decided[1]["captions"][0]
+    assert (first["text"], first["itm_tokens"], first["clip_tokens"] > 700) == (ONE_LONG_TOKEN, 13, True)
+    assert decided[0]["captions"][1]["truncated"] == "clip:16"  # a synthetic caption is counted too
+    assert decided[0]["captions"][0]["clip_tokens"] == 12 and decided[0]["captions"][0]["itm_tokens"] == 12
+
+
+@pytest.mark.parametrize("models,limit,reasons", [
+    (["clip", "itm"], 16, [None, "caption_too_long:16_clip_tokens", None, "caption_too_long:16_clip_tokens",
+                           "caption_too_long:16_clip_tokens", "caption_too_long:16_clip_tokens"]),
+    (["itm"], 64, [None, None, None, None, "caption_too_long:64_itm_tokens", None]),  # counted by ITM's tokenizer
+    (["clip", "itm"], 64, [None, "caption_too_long:64_clip_tokens", None, None, "caption_too_long:64_clip_tokens",
+                           "caption_too_long:64_clip_tokens"]),  # the first model over it names it
+])
+def test_max_caption_tokens_filters_by_each_enabled_models_tokenizer(text_models, models, limit, reasons):
+    from stage_helpers import config, pairs_decision
+
+    # no score thresholds (itm.min_prob defaults to 0.5): every reason here is the token rule's
+    settings = {"clip": ("clip.model=curate:tiny-clip",), "itm": ("itm.model=curate:tiny-blip-itm", "itm.min_prob=null")}
+    scored = _scored(text_models, list(LONG_CAPTIONS))
+    if "clip" not in models:
+        scored = scored.drop_columns([c for c in scored.column_names if "clip" in c])
+    cfg = config(*(s for m in models for s in settings[m]), f"filters.max_caption_tokens={limit}")
+    assert [d["reason"] for d in pairs_decision(cfg, scored)] == reasons
+
+
+def test_max_caption_tokens_is_a_text_rule_that_holds_in_caption_only_mode(text_models):
+    """caption_only drops the score thresholds, not the text rules: a synthetic caption CLIP
+    would cut is still too long."""
+    from stage_helpers import config, pairs_decision
+
+    scored = _scored(text_models, ["IMG_0001.JPG"], synthetic=[[ONE_LONG_TOKEN, TRUE_CAPTION]])
+    cfg = config("clip.model=curate:tiny-clip", "itm.model=curate:tiny-blip-itm", "clip.min_score=0.99",
+                 "caption.model=curate:tiny-blip-captioner", "capfilt.mode=caption_only", "capfilt.max_synthetic=2",
+                 "filters.max_caption_tokens=16")
+    decided = pairs_decision(cfg, scored)[0]
+    assert decided["caption_chosen"] == TRUE_CAPTION and decided["caption_source"] == "synthetic"
+    assert {c["text"]: c["reason"] for c in decided["captions"]}[ONE_LONG_TOKEN] == "caption_too_long:16_clip_tokens"
+
+
+def test_a_blip_tokenizer_without_a_limit_is_cut_at_the_encoders_positions(tmp_path):
+    """A save_pretrained tokenizer without model_max_length reports a huge one and
+    truncation=True cut nothing: a caption longer than the text encoder's 40 positions failed
+    the whole batch (RuntimeError: the size of tensor a (62) must match ... b (40))."""
+    from model_dirs import make_blip_dir
+    from stage_helpers import ready
+
+    from curate.stages.blip_itm import ItmStage
+
+    stage = ready(ItmStage, f"itm.model={make_blip_dir(tmp_path / 'itm', 'itm', model_max_length=None)}")
+    assert stage.processor.tokenizer.model_max_length > 10**9 and stage.max_tokens == 40
+    scored = _scored([stage], ["a red cat on the grass", " ".join(["a cat"] * 30)])
+    assert scored.column("itm_tokens").to_pylist() == [8, 62] and scored.column("itm_max_tokens").to_pylist() == [40, 40]
+    assert all(p is not None for p in scored.column("itm_prob").to_pylist())
+
+
+# -- the same URL many times (COCO: 5 captions per image; img2dataset #244) --------------
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("http://images.test/a.jpg", "http://images.test/a.jpg", True),
+    ("HTTP://Images.TEST/a.jpg", "http://images.test/a.jpg", True),  # scheme and host are case-blind
+    ("http://images.test:80/a.jpg", "http://images.test/a.jpg", True),  # the default port
+    ("http://images.test/a.jpg#top", "http://images.test/a.jpg", True),  # a fragment is never sent
+    ("http://images.test/x/../a.jpg", "http://images.test/a.jpg", True),
+    ("http://images.test/東京.jpg", "http://images.test/%E6%9D%B1%E4%BA%AC.jpg", True),  # as fetched
+    ("https://images.test/a.jpg", "http://images.test/a.jpg", False),
+    ("http://images.test/a.jpg?size=2", "http://images.test/a.jpg", False),
+    ("http://images.test/A.jpg", "http://images.test/a.jpg", False),  # paths are case-sensitive
+    ("http://images.test:8080/a.jpg", "http://images.test/a.jpg", False),
+])
+def test_url_key_is_the_resource_a_browser_requests(a, b, same):
+    from curate.pipeline.same_url import url_key
+    from curate.stages.browser_url import browser_url
+
+    assert (url_key(browser_url(a)) == url_key(browser_url(b))) is same
+
+
+A = "http://images.test/a.jpg"
+B = "http://images.test/b.jpg"
+PRIVATE = "http://127.0.0.1/c.jpg"
+# Three input files. URL A: five distinct captions (COCO's layout), a repeat of one, a
+# sixth; in every file, and spelled another way once; B twice (once without a caption);
+# other URLs that are not A; a blocked URL twice.
+SAME_URL_FILES = [
+    [(A, "a man riding a red bicycle"), (B, "a green field"), (A, "a person on a bike"),
+     (A, " a man  riding a red bicycle")],
+    [(A, "a cyclist in the city"), ("HTTP://Images.TEST:80/a.jpg#top", "a bicycle parked outside"),
+     (PRIVATE, "x"), (PRIVATE, "y"), (A, "a bike")],
+    [(A, "a red bicycle leaning on a wall"), (B, None), ("https://images.test/a.jpg", "https is another url"),
+     (A + "?size=2", "a query is another url")],
+]
+# sample_id -> (what the manifest will say before download, the alternates it is fetched with)
+SAME_URL_WANT = {
+    "00000-0000000000": (None, ["a person on a bike", "a cyclist in the city", "a bicycle parked outside", "a bike"]),
+    "00000-0000000001": (None, [None]),
+    "00000-0000000002": ("same_url_as:00000-0000000000", None),
+    "00000-0000000003": ("same_url_as:00000-0000000000", None),  # its caption is the sample's own
+    "00001-0000000000": ("same_url_as:00000-0000000000", None),
+    "00001-0000000001": ("same_url_as:00000-0000000000", None),
+    "00001-0000000002": ("private_host:127.0.0.1", None),  # blocked rows are never fetched, nor merged
+    "00001-0000000003": ("private_host:127.0.0.1", None),
+    "00001-0000000004": ("same_url_as:00000-0000000000", None),  # the 5th caption: the last alternate
+    "00002-0000000000": ("same_url_not_scored:00000-0000000000", None),  # the 6th: over max_captions_per_url
+    "00002-0000000001": ("same_url_as:00000-0000000001", None),
+    "00002-0000000002": (None, None),
+    "00002-0000000003": (None, None),
+}
+
+
+def _write_inputs(root, files, first: int = 0) -> None:
+    """``files`` (lists of (url, caption)) as Parquet input files ``<first>.parquet``, ... of
+    2-row groups in ``root/in``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "in").mkdir(parents=True, exist_ok=True)
+    for k, rows in enumerate(files, first):
+        pq.write_table(pa.table({"url": [u for u, _ in rows], "caption": pa.array([c for _, c in rows], pa.string())}),
+                       root / "in" / f"{k}.parquet", row_group_size=2)
+
+
+def _prepared(root, files, *settings) -> dict:
+    """``files`` (lists of (url, caption)) as Parquet input files of 2-row groups, through the
+    prepare step -> sample_id -> (same_url_reason or blocked_reason, alternate captions in
+    the download list; "-" for a row not in it)."""
+    _write_inputs(root, files)
+    return _prepare(root, *settings)
+
+
+def _prepare(root, *settings) -> dict:
+    """The prepare step over ``root/in`` into ``root/run`` (parts it committed before are kept),
+    as ``_prepared`` gives it."""
+    from curate.core import storage
+    from curate.core.inputs import resolve_input_files
+    from curate.core.rundir import RunDir
+    from curate.flow.plan import make_plan
+    from curate.pipeline.prepare import prepare
+
+    cfg = load_config(None, [f"input.path={root / 'in'}", "input.format=parquet", "input.max_captions_per_url=5",
+                             *settings], out=str(root / "run"))
+    run = RunDir(cfg.output.path)
+    counts = prepare(make_plan(cfg), run, resolve_input_files(cfg.input))
+    rows = storage.read_parquet(storage.list_files(run.rows, ".parquet")).sort_by("sample_id").to_pylist()
+    listed = storage.read_parquet(storage.list_files(run.download_list, ".parquet")).to_pylist()
+    assert not (root / "run" / "_same_url").exists()  # the buckets' scratch files are gone
+    fetched = {r["sample_id"]: r["alternate_captions"] for r in listed}
+    assert counts["rows"] - counts["blocked"] - counts["merged"] == len(fetched)
+    return {r["sample_id"]: (r.get("same_url_reason") or r["blocked_reason"], fetched.get(r["sample_id"], "-"))
+            for r in rows}
+
+
+def test_rows_with_one_url_become_one_sample_whatever_the_parts(tmp_path, ray_session):
+    """The representative is the smallest sample_id, its alternates the next distinct
+    captions in sample_id order, whether the rows are in one part, one per file, or a part
+    per two rows (each part a prepare task, each bucket a group task)."""
+    want = {sid: (reason, "-" if reason else alternates) for sid, (reason, alternates) in SAME_URL_WANT.items()}
+    for partition_rows in (1000, 2, 1):
+        got = _prepared(tmp_path / f"p{partition_rows}", SAME_URL_FILES, f"manifest.partition_rows={partition_rows}")
+        assert got == want, partition_rows
+
+
+def test_a_part_prepared_again_gets_the_verdicts_it_had(tmp_path, ray_session):
+    """A resume redoes a damaged part (the resume check removed its files' markers): it is read
+    from its input again and grouped with the other parts' rows, read back from rows/ with
+    what their samples carry. Its rows get the verdicts they had, its samples the same
+    alternates, whether it holds a URL's representative or rows of a sample in another part."""
+    from curate.core import storage
+    from curate.pipeline.prepare import PART_MARKERS, ROWS_MARKERS
+
+    want = _prepared(tmp_path, SAME_URL_FILES, "manifest.partition_rows=2")
+    run = tmp_path / "run"
+    # 00000-0000: URL A's representative and B's; 00001-0002: "a bike", an alternate of A's sample
+    for part in ("00000-0000", "00001-0002"):
+        (run / "rows" / f"part-{part}.parquet").unlink()
+        for markers in (PART_MARKERS, ROWS_MARKERS):
+            storage.remove_tree(str(run / "_done" / markers / f"{part}.json"))
+        assert _prepare(tmp_path, "manifest.partition_rows=2") == want, part
+
+
+def test_extend_groups_new_rows_with_the_samples_of_old_ones(tmp_path, ray_session):
+    """A file added later (--extend) is prepared with the earlier files' parts as they are: a
+    new row whose URL an old sample has is not fetched again; it is same_url_as that sample
+    when its caption is one the sample carries, else same_url_not_scored (the sample was
+    scored without it: docs/run-directory.md, Extend)."""
+    _write_inputs(tmp_path, SAME_URL_FILES[:2])
+    _prepare(tmp_path, "manifest.partition_rows=2")
+    _write_inputs(tmp_path, SAME_URL_FILES[2:], first=2)
+    got = _prepare(tmp_path, "manifest.partition_rows=2")
+    want = {sid: (reason, "-" if reason else alternates) for sid, (reason, alternates) in SAME_URL_WANT.items()}
+    # One run over the three files: B's caption-less row is an alternate of B's sample. Here
+    # B's sample was prepared with the first two files, where B had no other row.
+    want["00000-0000000001"] = (None, None)
+    want["00002-0000000001"] = ("same_url_not_scored:00000-0000000001", "-")
+    assert got == want
+
+
+def test_max_captions_per_url_and_merge_same_url(tmp_path, ray_session):
+    one = _prepared(tmp_path / "one", SAME_URL_FILES, "input.max_captions_per_url=1")
+    assert one["00000-0000000000"] == (None, None)
+    assert one["00000-0000000003"] == ("same_url_as:00000-0000000000", "-")  # the sample's own caption again
+    assert one["00000-0000000002"] == one["00001-0000000004"] == ("same_url_not_scored:00000-0000000000", "-")
+    apart = _prepared(tmp_path / "apart", SAME_URL_FILES, "input.merge_same_url=false")
+    assert {sid: reason for sid, (reason, _) in apart.items() if reason} == {
+        "00001-0000000002": "private_host:127.0.0.1", "00001-0000000003": "private_host:127.0.0.1"}
+    assert all(alternates is None for reason, alternates in apart.values() if not reason)
+
+
 # -- whole runs: real HTTP server, real Ray, real img2dataset -----------------------------
 
 GOOD = "a photo of a red bicycle leaning on a wall"
@@ -771,3 +1056,149 @@ def test_a_model_pool_that_cannot_fit_stops_with_nothing_written(tmp_path, ray_s
         run_pipeline(load_config(None, settings, out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
     run_pipeline(load_config(None, settings[:2], out=str(tmp_path / "run")))  # the corrected command runs
+
+
+# -- a whole run with the text models: long captions and one URL in many rows ------------
+
+COCO = ["a man riding a red bicycle", "a person on a bike near a wall", "a red bicycle leaning on a wall",
+        "a cyclist in the city", "a bicycle parked outside"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, ray_session):
+    """The issue's long caption and COCO's five captions of one image, with neighbours, in one
+    run with the tiny CLIP and ITM; the input is two files cut into parts of 3 rows (its
+    manifest in 6 partitions), so one URL's rows are in different files and partitions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer
+    from curate.synth.http_server import Route
+    from e2e import FAST_SETTINGS
+
+    tmp = tmp_path_factory.mktemp("text-run")
+    paths = ["/coco.jpg", "/long.jpg", "/words.jpg", "/many.jpg"]
+    routes = {p: Route(image_bytes("JPEG", seed=40 + i)) for i, p in enumerate(paths)}
+    with CorpusServer(routes) as server:
+        u = server.url
+        files = [
+            [(u("/coco.jpg"), COCO[0]), (u("/long.jpg"), ONE_LONG_TOKEN), (u("/coco.jpg"), COCO[1]),
+             (u("/gone.jpg"), "a picture that is not there"), (u("/coco.jpg"), COCO[2]),
+             *[(u("/many.jpg"), f"picture number {k} of many") for k in range(3)]],
+            [(u("/coco.jpg"), COCO[3]), (u("/gone.jpg"), "the same missing picture"),
+             (u("/coco.jpg") + "#caption-5", COCO[4]), (u("/words.jpg"), " ".join(["word"] * 80)),
+             (u("/coco.jpg"), " " + COCO[0]),  # the first caption again
+             *[(u("/many.jpg"), f"picture number {k} of many") for k in range(3, 7)]],
+        ]
+        (tmp / "in").mkdir()
+        for k, rows in enumerate(files):
+            pq.write_table(pa.table({"url": [r[0] for r in rows], "caption": [r[1] for r in rows]}),
+                           tmp / "in" / f"{k}.parquet", row_group_size=3)
+        settings = FAST_SETTINGS + [
+            f"input.path={tmp / 'in'}", "input.format=parquet", "input.max_captions_per_url=5",
+            "manifest.partition_rows=3", "download.shard_size=2", "dedupe.enabled=false", "report.enabled=false",
+            "clip.model=curate:tiny-clip", "clip.num_cpus=0.5", "clip.threads=1",
+            "itm.model=curate:tiny-blip-itm", "itm.num_cpus=0.5", "itm.threads=1",
+            "itm.min_prob=null"]  # no score thresholds: every status here is the same-URL or token rules'
+
+        cfg = load_config(None, settings, out=str(tmp / "run"))
+        result = run_pipeline(cfg)
+        requests = list(server.requests)
+    return cfg, result, str(tmp / "run"), requests
+
+
+def _by_id(run_root: str) -> dict[str, dict]:
+    from e2e import read_manifest
+
+    return {m["sample_id"]: m for m in read_manifest(run_root).to_pylist()}
+
+
+def test_each_url_is_fetched_once_and_every_row_says_where_it_went(text_run):
+    _, result, run_root, requests = text_run
+    assert sorted(requests) == ["/coco.jpg", "/gone.jpg", "/long.jpg", "/many.jpg", "/words.jpg"]
+    coco, gone, many = "00000-0000000000", "00000-0000000003", "00000-0000000005"
+    want = {
+        coco: ("kept", None), "00000-0000000001": ("kept", None), "00000-0000000002": ("duplicate", f"same_url_as:{coco}"),
+        gone: ("download_failed", "http_404"), "00000-0000000004": ("duplicate", f"same_url_as:{coco}"),
+        many: ("kept", None), "00000-0000000006": ("duplicate", f"same_url_as:{many}"),
+        "00000-0000000007": ("duplicate", f"same_url_as:{many}"),
+        "00001-0000000000": ("duplicate", f"same_url_as:{coco}"), "00001-0000000001": ("duplicate", f"same_url_as:{gone}"),
+        "00001-0000000002": ("duplicate", f"same_url_as:{coco}"), "00001-0000000003": ("kept", None),
+        "00001-0000000004": ("duplicate", f"same_url_as:{coco}"),
+        "00001-0000000005": ("duplicate", f"same_url_as:{many}"), "00001-0000000006": ("duplicate", f"same_url_as:{many}"),
+        "00001-0000000007": ("duplicate", f"same_url_not_scored:{many}"),
+        "00001-0000000008": ("duplicate", f"same_url_not_scored:{many}"),
+    }
+    assert {sid: (m["status"], m["reason"]) for sid, m in _by_id(run_root).items()} == want
+    assert result.summary["rows_in"] == len(want) and result.summary["statuses"]["duplicate"] == 12
+
+
+def test_alternates_are_scored_and_judged_like_the_original(text_run):
+    _, _, run_root, _ = text_run
+    sample = _by_id(run_root)["00000-0000000000"]
+    assert [(c["text"], c["source"]) for c in sample["captions"]] == [
+        (COCO[0], "original"), *[(text, "alternate") for text in COCO[1:]]]
+    for c in sample["captions"]:
+        assert c["kept"] and c["reason"] is None
+        assert None not in (c["clip_score"], c["itm_prob"], c["itm_cosine"], c["clip_tokens"], c["itm_tokens"])
+    # the training caption: the input caption ITM and CLIP rank best together (the sum of its
+    # ranks by each, curate.flow.captions.judged_rank_sql; on a tie the earlier; no thresholds: all pass)
+    captions = sample["captions"]
+
+    def judged(c):
+        return sum(1 + sum(o[j] < c[j] for o in captions) for j in ("itm_prob", "clip_score"))
+
+    best = max(captions, key=judged)  # max(): the first of equals
+    assert (sample["caption_chosen"], sample["caption_source"]) == (best["text"], best["source"])
+    many = _by_id(run_root)["00000-0000000005"]
+    assert [c["text"] for c in many["captions"]] == [f"picture number {k} of many" for k in range(5)]
+
+
+def test_the_shard_record_carries_the_alternates(text_run):
+    import pyarrow.parquet as pq
+
+    _, result, run_root, _ = text_run
+    files = [f"{run_root}/output/{s['name']}.parquet" for s in result.index["shards"]]
+    records = {r["sample_id"]: r for r in pq.ParquetDataset(files).read(columns=["sample_id", "captions"]).to_pylist()}
+    captions = records["00000-0000000000"]["captions"]
+    assert [(c["text"], c["source"]) for c in captions] == [(COCO[0], "original"), *[(t, "alternate") for t in COCO[1:]]]
+    assert set(captions[0]) == {"text", "source", "clip_score", "itm_prob", "itm_cosine"}
+
+
+def test_the_long_caption_is_kept_with_its_cut_recorded_and_refilters_by_tokens(text_run):
+    from curate.core.rundir import RunDir
+    from curate.flow.plan import make_plan
+    from curate.pipeline.decide import preview
+
+    cfg, _, run_root, _ = text_run
+    long, words = _by_id(run_root)["00000-0000000001"], _by_id(run_root)["00001-0000000003"]
+    assert long["status"] == "kept" and long["caption_chosen"] == ONE_LONG_TOKEN and len(ONE_LONG_TOKEN) == 3043
+    assert (long["captions"][0]["truncated"], long["captions"][0]["itm_tokens"]) == ("clip:16", 13)
+    assert words["captions"][0]["truncated"] == "clip:16,itm:64"
+    # the counts are stored: filters.max_caption_tokens re-decides the run without a model
+    strict = make_plan(cfg.model_copy(update={"filters": cfg.filters.model_copy(update={"max_caption_tokens": 16})}))
+    manifest = {m["sample_id"]: m for m in preview(strict, RunDir(run_root))["manifest"].to_pylist()}
+    assert manifest["00000-0000000001"]["reason"] == "caption_too_long:16_clip_tokens"
+    assert manifest["00001-0000000003"]["reason"] == "caption_too_long:16_clip_tokens"
+    assert manifest["00000-0000000000"]["status"] == "kept"  # COCO's captions fit in 16 tokens
+
+
+def test_the_manifest_docs_queries_answer_on_this_run(text_run, repo_root):
+    import re
+
+    from curate.core.views import run_query
+
+    _, _, run_root, _ = text_run
+    text = (repo_root / "docs" / "manifest.md").read_text()
+    sections = {title: body for title, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)}
+    merged = re.findall(r"```sql\n(.*?)```", sections["One URL, many rows"], flags=re.S)
+    got = run_query(run_root, merged[0]).to_pylist()
+    assert {(r["sample_id"], len(r["given"]), r["merged_rows"]) for r in got} == {
+        ("00000-0000000000", 5, 5), ("00000-0000000005", 5, 4)}
+    truncated = re.findall(r"```sql\n(.*?)```", sections["Truncated captions"], flags=re.S)[0].split(";")
+    per_model = {(r["truncated"], r["source"]): r["count_star()"] for r in run_query(run_root, truncated[0]).to_pylist()}
+    assert per_model == {("clip:16", "original"): 1, ("clip:16,itm:64", "original"): 1}
+    assert [r["sample_id"] for r in run_query(run_root, truncated[1]).to_pylist()] == [
+        "00000-0000000001", "00001-0000000003"]

@@ -68,6 +68,8 @@ def test_many_partitions_give_the_manifest_and_output_of_one(tmp_path, ray_sessi
     with CorpusServer(routes) as server:
         rows = corpus_rows(server)
         rows += [{"url": server.url(p), "caption": "a copy of one picture"} for p in ("/dup1.png", "/dup2.png")]
+        # The first row's URL again, in the last partitions: one sample with the first row
+        rows += [{"url": rows[0]["url"], "caption": c} for c in ("a second caption of it", "a third caption of it")]
         one, first = _run(tmp_path / "one", rows)
         many, second = _run(tmp_path / "many", rows, "download.shard_size=2", "manifest.partition_rows=3",
                             "output.samples_per_shard=2")
@@ -81,7 +83,12 @@ def test_many_partitions_give_the_manifest_and_output_of_one(tmp_path, ray_sessi
     assert [s["count"] for s in index["shards"]] == [2] * (len(kept) // 2) + [1] * (len(kept) % 2)
     assert len(list((tmp_path / "many" / "run" / "manifest").glob("*.parquet"))) > 3  # really partitioned
     duplicates = [m for m in many.to_pylist() if m["status"] == "duplicate"]
-    assert [m["duplicate_kind"] for m in duplicates] == ["exact"]  # found across partitions
+    first_id = many.column("sample_id")[0].as_py()
+    assert [m["reason"] for m in duplicates[-2:]] == [f"same_url_as:{first_id}"] * 2  # merged across partitions
+    assert [m["duplicate_kind"] for m in duplicates[:-2]] == ["exact"]  # found across partitions
+    first = many.to_pylist()[0]
+    assert [(c["text"], c["source"]) for c in first["captions"]][1:] == [
+        ("a second caption of it", "alternate"), ("a third caption of it", "alternate")]
 
 
 def _candidate_files(tmp_path, n_partitions: int, emb: np.ndarray, keys: list[str | None], scores: np.ndarray):

@@ -68,13 +68,22 @@ KILL_POINTS = {
 }
 
 
+def _copies(rows: list[dict], k: int) -> list[dict]:
+    """The corpus again, its served URLs with a query (``?copy=k``, k > 0): other URLs, each fetched."""
+    return [dict(r, url=f"{r['url']}?copy={k}") if k and (r["url"] or "").startswith("http://127.0.0.1:") else r
+            for r in rows]
+
+
 @pytest.fixture(scope="module")
 def served_baseline(tmp_path_factory):
     """The corpus served for the whole module, and one uninterrupted run to compare against."""
     tmp = tmp_path_factory.mktemp("resume")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     with CorpusServer({c.path: c.route for c in mixed_corpus() if c.route}, latency=0.05) as server:
-        rows = corpus_rows(server) * 3  # 3x the corpus: enough shards to kill in the middle
+        # 3x the corpus under other URLs: enough shards to kill in the middle; and rows
+        # repeating some URLs under other captions (one sample each, fetched once).
+        rows = [r for k in range(3) for r in _copies(corpus_rows(server), k)]
+        rows += [dict(r, caption=f"another caption of picture {i}") for i, r in enumerate(corpus_rows(server)[:6])]
         write_input(rows, tmp / "in.parquet")
         config = _config(tmp, tmp / "in.parquet")
         baseline = str(tmp / "baseline")

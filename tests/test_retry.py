@@ -175,3 +175,50 @@ def test_a_retry_that_recovered_everything_equals_a_run_where_nothing_failed(ret
     for name in shards:
         read = lambda files: pq.read_table(pa.BufferReader(files[name][1]))  # noqa: E731
         assert read(retried_files).equals(read(fresh_files)), name
+
+
+# -- rows merged by URL: the sample is retried, the rows merged into it are not ---------------
+
+
+@pytest.fixture(scope="module")
+def retried_same_url(tmp_path_factory, cli_env_module):
+    """Two rows of one URL that fails at first (one sample with an alternate) and a good one:
+    a run, then `curate retry`."""
+    tmp = tmp_path_factory.mktemp("retry-same-url")
+    routes = {"/ok.jpg": Route(image_bytes("JPEG", seed=31)),
+              "/flaky.jpg": Route(image_bytes("JPEG", seed=32), fail_first=1, fail_status=503)}
+    with CorpusServer(routes) as server:
+        folder = tmp / "in"
+        folder.mkdir()
+        rows = [("/flaky.jpg", "a photo of the flaky thing"), ("/ok.jpg", "a photo of the good thing"),
+                ("/flaky.jpg", "another photo of the flaky thing")]
+        pq.write_table(pa.Table.from_pylist([{"url": server.url(p), "caption": c} for p, c in rows]),
+                       folder / "a.parquet")
+        config = tmp / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "input": {"path": str(folder), "format": "parquet"}, "output": {"path": "unused"},
+            "download": {"allow_private_hosts": True, "image_size": 64, "threads": 2},
+            "filters": {"min_side": 32}, "report": {"enabled": False}, "ray": {"num_cpus": 2},
+        }))
+        run = tmp / "run"
+        curate_cli(["run", str(config), "--out", str(run)], cli_env_module)
+        before = (read_manifest(str(run)), len(server.requests))
+        curate_cli(["retry", str(run)], cli_env_module)
+        select = json.loads((run / "_done" / "retry-01-select").read_text())
+        yield before, (read_manifest(str(run)), list(server.requests)), select
+
+
+def test_a_retry_fetches_the_sample_again_with_its_alternates_never_the_rows_merged_into_it(retried_same_url):
+    (manifest, requests_before), (after, requests), select = retried_same_url
+    flaky, merged = "00000-0000000000", "00000-0000000002"
+    first = {m["sample_id"]: m for m in manifest.to_pylist()}
+    assert (first[flaky]["status"], first[flaky]["reason"]) == ("download_failed", "http_503")
+    assert (first[merged]["status"], first[merged]["reason"], first[merged]["attempts"]) == (
+        "duplicate", f"same_url_as:{flaky}", 0)  # never fetched
+    assert select["rows"] == 1 and requests[requests_before:] == ["/flaky.jpg"]
+    rows = {m["sample_id"]: m for m in after.to_pylist()}
+    assert (rows[flaky]["status"], rows[flaky]["attempts"]) == ("kept", 2)
+    assert [(c["text"], c["source"], c["kept"]) for c in rows[flaky]["captions"]] == [
+        ("a photo of the flaky thing", "original", True), ("another photo of the flaky thing", "alternate", True)]
+    assert (rows[merged]["status"], rows[merged]["reason"], rows[merged]["attempts"]) == (
+        "duplicate", f"same_url_as:{flaky}", 0)

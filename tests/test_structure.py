@@ -131,9 +131,11 @@ def test_every_stage_declares_the_contract(cls):
     assert issubclass(cls, (BatchStage, GlobalStage))
     assert isinstance(cls.writes, pa.Schema)
     assert set(cls.manifest) <= set(cls.writes.names), "manifest columns must be among the writes"
-    for name, (original, synthetic) in cls.caption_columns.items():
-        assert original is None or original in cls.writes.names or original in ("caption_bad_encoding",)
+    carried = ("caption_bad_encoding", "alternate_caption_bad_encoding")  # the input's, through the download list
+    for name, (original, synthetic, alternate) in cls.caption_columns.items():
+        assert original is None or original in cls.writes.names or original in carried
         assert synthetic is None or synthetic in cls.writes.names
+        assert alternate is None or alternate in cls.writes.names or alternate in carried
     assert set(cls.text_columns.values()) <= set(cls.writes.names), "a document's per-text scores are among the writes"
     for key in cls.thresholds:  # refilter-able keys are real config keys (or whole sections)
         section, _, name = key.partition(".")
@@ -155,7 +157,7 @@ def test_every_stage_in_every_shipped_config_plans_and_checks_its_rules(repo_roo
     import duckdb
 
     from curate.core.config import load_config
-    from curate.flow.decision import BASE_RULES, case_sql
+    from curate.flow.decision import case_sql, image_rules
     from curate.flow.document_rules import FACTS
     from curate.flow.plan import make_plan
 
@@ -172,7 +174,7 @@ def test_every_stage_in_every_shipped_config_plans_and_checks_its_rules(repo_roo
         con.register("rows_in", plan.kind.rows_schema.empty_table())
         con.execute("CREATE VIEW joined AS SELECT r.*, s.* EXCLUDE (sample_id, url, caption, caption_bad_encoding, "
                     "status, error_message), true AS _downloaded FROM rows_in r LEFT JOIN scored s USING (sample_id)")
-        status, reason = case_sql(BASE_RULES + plan.rules("image") + plan.kind.image_rules())
+        status, reason = case_sql(image_rules(plan))
         con.execute(f"SELECT {status}, {reason} FROM joined").fetchall()
         # the kind's own rules: a document image's match rules, a document's rules over its facts
         con.register("facts", FACTS.empty_table())

@@ -60,6 +60,14 @@ class InputConfig(_Section):
         "pairs", description="pairs: one image and its alt-text per row; documents: interleaved web documents"
     )
     documents: DocumentsInputConfig = DocumentsInputConfig()
+    merge_same_url: bool = Field(
+        True, description="pairs: rows with the same URL are one sample, fetched once; the other rows' captions are its "
+        "alternate captions, scored and kept like the original"
+    )
+    max_captions_per_url: int = Field(
+        10, ge=1, description="captions of one URL's sample: its own and the first distinct others; further rows with "
+        "that URL are recorded but their captions not scored"
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -235,6 +243,10 @@ class FilterConfig(_Section):
     min_caption_words: int = Field(2, ge=0)
     max_caption_words: int = Field(256, ge=1)
     max_caption_chars: int = Field(4096, ge=1, description="longer captions are filtered before any text rule runs")
+    max_caption_tokens: int | None = Field(
+        None, ge=1, description="captions longer than this many tokens in an enabled text model's own tokenizer "
+        "(CLIP's, BLIP ITM's; start and end tokens counted) are filtered; None: off"
+    )
     junk_captions: bool = True
 
 

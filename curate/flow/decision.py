@@ -111,9 +111,16 @@ def missing_scored_columns(con, plan: Plan) -> list[str]:
     return [name for stage in plan.batch for name in stage.writes.names if name not in have and name not in unread]
 
 
+def image_rules(plan: Plan) -> list[Rule]:
+    """Every rule over an image row, in the order they apply: blocked, the kind's rows it did
+    not fetch (pairs: another row fetches its URL), download failures, the stages' image
+    rules, the kind's image rules."""
+    return BASE_RULES[:1] + plan.kind.unfetched_rules() + BASE_RULES[1:] + plan.rules("image") + plan.kind.image_rules()
+
+
 def decide_units(con, plan: Plan) -> None:
     """Tables ``image_decisions`` (the image rules) and ``decided`` (the kind's units)."""
-    status, reason = case_sql(BASE_RULES + plan.rules("image") + plan.kind.image_rules())
+    status, reason = case_sql(image_rules(plan))
     con.execute(f"CREATE OR REPLACE TABLE image_decisions AS SELECT sample_id, {status} AS status, "
                 f"{reason} AS reason FROM joined")
     plan.kind.decide(con, plan)  # -> decided

@@ -171,8 +171,8 @@ class DocumentsKind(Kind):
         if not (self.cfg.interleaved.caption_unmatched and "synthetic_captions" in plan.written):
             con.execute("""CREATE OR REPLACE TABLE rescues (sample_id VARCHAR, caption VARCHAR,
                            caption_clip_score FLOAT, caption_itm_prob FLOAT, captions STRUCT(text VARCHAR,
-                           source VARCHAR, clip_score FLOAT, itm_prob FLOAT, itm_cosine FLOAT, kept BOOLEAN,
-                           reason VARCHAR)[])""")
+                           source VARCHAR, clip_score FLOAT, itm_prob FLOAT, itm_cosine FLOAT, clip_tokens INTEGER,
+                           itm_tokens INTEGER, truncated VARCHAR, kept BOOLEAN, reason VARCHAR)[])""")
             return
         unmatched = f"(SELECT * FROM joined WHERE sample_id IN (SELECT sample_id FROM match_decisions WHERE status <> {KEPT}))"
         reason = case_sql(plan.rules("caption") + self.caption_rules())[1]
@@ -188,7 +188,7 @@ class DocumentsKind(Kind):
             SELECT sample_id, max(text) FILTER (WHERE kept) AS caption,
                    CAST(max(clip_score) FILTER (WHERE kept) AS FLOAT) AS caption_clip_score,
                    CAST(max(itm_prob) FILTER (WHERE kept) AS FLOAT) AS caption_itm_prob,
-                   list({captions.CAPTION_STRUCT_SQL} ORDER BY NOT kept, rank DESC NULLS LAST, idx) AS captions
+                   list({captions.caption_struct_sql(plan)} ORDER BY NOT kept, rank DESC NULLS LAST, idx) AS captions
             FROM rescue_candidates GROUP BY sample_id
         """)
 

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
 class Kind:
     """Base of the kinds. ``rows_schema``: RUN/rows/'s schema; ``download_columns``: the
-    download list's columns (img2dataset carries them into RUN/downloaded/);
+    download list's columns (img2dataset carries them into RUN/downloaded/), ``carried``
+    the types of those that are not rows/ columns (they reach RUN/scored/ too);
     ``thresholds``: config keys of its own decision a refilter may change."""
 
     name: ClassVar[str]
     rows_schema: ClassVar[pa.Schema]
     download_columns: ClassVar[tuple[str, ...]]
+    carried: ClassVar[pa.Schema] = pa.schema([])
     thresholds: ClassVar[tuple[str, ...]] = ()
     # Whether its decision reads the stages' ``text_columns`` (an image's score per text of its
     # document). A run of a kind that doesn't may lack them (scored before a stage wrote them).
@@ -37,6 +39,11 @@ class Kind:
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
+
+    @property
+    def merges_same_url(self) -> bool:
+        """Whether rows with the same URL become one sample (curate.pipeline.same_url)."""
+        return False
 
     def check(self, plan: Plan) -> None:
         """Fail before anything is written when the config can't work for this kind."""
@@ -46,6 +53,11 @@ class Kind:
         in a prepare task. What else the kind keeps of the input goes to the run directory
         under the part's name."""
         raise NotImplementedError
+
+    def unfetched_rules(self) -> list[Rule]:
+        """The kind's rules over rows it did not send to download (besides blocked ones),
+        decided before any download rule."""
+        return []
 
     def image_rules(self) -> list[Rule]:
         """The kind's rules over each image row, after the stages' image rules."""

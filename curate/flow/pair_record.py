@@ -30,6 +30,10 @@ from curate.flow.shards import json_value
 
 # Scores each candidate caption carries (the manifest's ``captions`` structs).
 CAPTION_SCORES = ("clip_score", "itm_prob", "itm_cosine")
+# Its length in each text model's tokenizer, and which models read only part of it: the
+# manifest's record of how it was scored, not part of a training record.
+CAPTION_TOKENS = ("clip_tokens", "itm_tokens")
+SCORING_ONLY = ("kept", "reason", *CAPTION_TOKENS, "truncated")
 # Manifest columns that say where the bytes are or why, not what the sample is; and the
 # dedupe stage's duplicate_kind, NULL for every kept sample.
 LEFT_OUT = ("attempts", "download_shard", "download_key", "output_shard", "status", "reason", "duplicate_kind")
@@ -56,7 +60,7 @@ def record_schema(manifest: pa.Schema) -> pa.Schema:
         *[pa.field(s, pa.float32()) for s in scores],
         pa.field("alt_text", pa.string()), pa.field("alt_text_reason", pa.string()),
         *[pa.field(f"alt_text_{s}", pa.float32()) for s in scores],
-        pa.field("captions", pa.list_(pa.struct([f for f in caption_item if f.name not in ("kept", "reason")]))),
+        pa.field("captions", pa.list_(pa.struct([f for f in caption_item if f.name not in SCORING_ONLY]))),
     ]
     handled = {"sample_id", "url", "caption", "caption_chosen", "caption_source", "original_caption_reason",
                "captions", *scores, *LEFT_OUT}
@@ -76,7 +80,7 @@ def training_record(row: dict, schema: pa.Schema) -> dict:
         "caption_source": row["caption_source"] or "",
         "alt_text": row["caption"] or "",
         "alt_text_reason": row["original_caption_reason"] or "",
-        "captions": [{k: json_value(v) for k, v in c.items() if k not in ("kept", "reason")} for c in kept],
+        "captions": [{k: json_value(v) for k, v in c.items() if k not in SCORING_ONLY} for c in kept],
     }
     for score in CAPTION_SCORES:
         out[score] = json_value(chosen.get(score))

@@ -1,21 +1,27 @@
 """Pairs: one image and its alt-text per input row, decided with BLIP's CapFilt.
 
 For every image that passed the image rules, the candidate captions are its original
-caption and its synthetic ones (when the captioner ran). Each candidate is judged by the
-enabled stages' caption rules (``scope="caption"``: text rules, ``clip.min_score``,
-``itm.min_prob``...), first failing rule wins. ``capfilt.mode``:
+caption, its alternates (the captions of the other rows with its URL:
+curate.pipeline.same_url) and its synthetic ones (when the captioner ran). Each candidate
+is judged by the enabled stages' caption rules (``scope="caption"``: text rules,
+``filters.max_caption_tokens``, ``clip.min_score``, ``itm.min_prob``...), first failing
+rule wins (curate.flow.captions builds the candidates). ``capfilt.mode``:
 
-- ``capfilt``: keep the original if it passes, plus the ``capfilt.max_synthetic`` best
-  synthetic captions that pass; no caption passes -> the sample is filtered
+- ``capfilt``: keep the original and each alternate that passes, plus those of the first
+  ``capfilt.max_synthetic`` synthetic captions (in the consensus order: votes, the judges'
+  rank, ITM, generation order) that pass and that every judge scores above the original
+  (``judged_below_original:<judge>``); no caption passes -> the sample is filtered
   (``no_caption_passed:<original's reason>``).
-- ``filter_only``: only the original is a candidate (CLIP/ITM filtering alone).
-- ``caption_only``: the best synthetic captions replace the original; the model stages'
+- ``filter_only``: only the input's captions (the original, the alternates) are candidates
+  (CLIP/ITM filtering alone).
+- ``caption_only``: the best synthetic captions replace the input's; the model stages'
   score rules are not applied (the text rules are).
 
-"Best" is by ITM probability when ITM scores exist, else by CLIP score. The training caption
-(``caption_chosen``) is the original when it passes (``capfilt.prefer: original``) or the
-best kept caption (``prefer: best``; on a tie the original wins). Source: Li et al. 2022,
-"BLIP: Bootstrapping Language-Image Pre-training", section 3.3 (CapFilt).
+The training caption (``caption_chosen``): ``capfilt.prefer: original``, the best kept of
+the input's captions (by the judges' rank; on a tie the original), else the first kept
+synthetic one; ``prefer: best``, the best kept caption (on a tie the original, then the
+alternates). Source: Li et al. 2022, "BLIP: Bootstrapping Language-Image Pre-training",
+section 3.3 (CapFilt).
 
 All of it is SQL over stored columns (DuckDB), so a refilter re-decides without a model.
 """
@@ -37,6 +43,7 @@ from curate.flow.kind import Kind
 from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_stats
 from curate.schemas import columns
 from curate.schemas import reasons as R
+from curate.schemas.status import Status
 from curate.stages.base import Rule
 
 if TYPE_CHECKING:
@@ -49,12 +56,24 @@ MANIFEST_ROW_GROUP = 10_000
 
 class PairsKind(Kind):
     name = "pairs"
-    rows_schema = columns.PREPARED_ROWS
-    download_columns = ("sample_id", "url", "caption", "caption_bad_encoding")
+    rows_schema = columns.PAIRS_ROWS
+    # A fetched row carries the captions of the rows with its URL (curate.pipeline.same_url).
+    carried = columns.ALTERNATES
+    download_columns = ("sample_id", "url", "caption", "caption_bad_encoding", *columns.ALTERNATES.names)
     thresholds = ("capfilt.mode", "capfilt.max_synthetic", "capfilt.prefer")
+
+    @property
+    def merges_same_url(self) -> bool:
+        return self.cfg.input.merge_same_url
 
     def read(self, part: InputPart, run: RunDir) -> pa.Table:
         return read_input_part(part, self.cfg.input)
+
+    def unfetched_rules(self) -> list[Rule]:
+        """A row whose URL another row fetches: ``same_url_as:<sample_id>`` (its caption is one
+        of that sample's), ``same_url_not_scored:<sample_id>`` (the sample had its fill)."""
+        return [Rule("same_url_reason IS NOT NULL", "same_url_reason", (R.SAME_URL_AS, R.SAME_URL_NOT_SCORED),
+                     Status.DUPLICATE)]
 
     # -- the caption decision ----------------------------------------------------------------
 
@@ -76,12 +95,12 @@ class PairsKind(Kind):
                        PARTITION BY sample_id, source, reason IS NULL ORDER BY {best})"""
         con.execute(f"""
             CREATE OR REPLACE TABLE caption_ranked AS
-            SELECT *, reason IS NULL AND (source = 'original' OR {order} <= {limit}) AS kept
+            SELECT *, reason IS NULL AND (source <> 'synthetic' OR {order} <= {limit}) AS kept
             FROM (SELECT *, CASE WHEN source = 'synthetic' THEN
                                  row_number() OVER (PARTITION BY sample_id, source ORDER BY {best}) END AS ord
                   FROM (SELECT *, {reason} AS reason, {rank} AS rank FROM caption_candidates))
         """)
-        con.execute(f"CREATE OR REPLACE TABLE caption_decisions AS {self.decisions_sql()}")
+        con.execute(f"CREATE OR REPLACE TABLE caption_decisions AS {self.decisions_sql(plan)}")
         unit = Rule("c.caption_reason IS NOT NULL", "c.caption_reason", UNIT_CODES)
         status, reason = case_sql([unit], prior="i")
         con.execute(f"""
@@ -94,20 +113,26 @@ class PairsKind(Kind):
 
     def candidates_sql(self, plan: Plan) -> str:
         """One row per candidate caption of every image the image rules kept: ``idx`` 0 is
-        the original, 1.. the captioner's in generation order."""
+        the original; alternates (the captions of the other rows with its URL) 1.. in the
+        order of their rows; synthetic 1.. in generation order. Each carries the original's
+        scores of the run's judges (``original_<judge>``, for consensus_rules)."""
         cols = captions.candidate_columns(plan)
         scores = captions.candidate_scores(plan)
-        needed = sorted({c for pair in cols.values() for c in pair if c} | {"caption_text"})
-        synthetic = "synthetic_captions" in plan.written
-        base = f"""SELECT sample_id, {', '.join(needed)}{', synthetic_captions' if synthetic else ''}
+        sources = ["alternate"] + (["synthetic"] if self.cfg.capfilt.mode != "filter_only" else [])
+        lists = [captions.LISTS[source][0] for source in sources if captions.LISTS[source][0] in plan.written]
+        needed = sorted({c for spec in cols.values() for c in spec if c} | {"caption_text"}
+                        | set(captions.token_limits(plan)) | set(lists))
+        base = f"""SELECT sample_id, {', '.join(needed)}
                    FROM joined j JOIN image_decisions d USING (sample_id) WHERE d.status = {KEPT}"""
-        original = ", ".join(f"{o} AS {name}" for name, (o, _) in scores.items())
-        sql = f"SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, {original} FROM base"
-        if synthetic and self.cfg.capfilt.mode != "filter_only":
-            sql += f"""
-                UNION ALL{captions.synthetic_rows_sql(plan, "base")}"""
+        sql = (f"SELECT sample_id, 0 AS idx, 'original' AS source, caption_text AS text, "
+               f"{captions.candidate_select(plan, 0)} FROM base")
+        for source in sources:
+            if captions.LISTS[source][0] in lists:
+                sql += f"""
+                UNION ALL{captions.list_rows_sql(plan, "base", source)}"""
         # Every candidate carries the original's judged scores: a synthetic caption replaces
-        # the original only if each judge scores it higher (consensus_rules).
+        # the original only if each judge scores it higher (consensus_rules). The original's,
+        # not an alternate's: an alternate is no caption a synthetic one would replace.
         judges = ", ".join(f"b.{scores[j][0]} AS original_{j}" for j in self.judges(plan))
         return f"""WITH base AS ({base})
             SELECT c.*{', ' + judges if judges else ''} FROM ({sql}) c JOIN base b USING (sample_id)"""
@@ -128,9 +153,9 @@ class PairsKind(Kind):
     def candidate_reason_sql(self, plan: Plan) -> str:
         """Why each candidate fails (NULL: it passes), from the stages' caption rules."""
         rules = plan.rules("caption") + self.consensus_rules(plan)
-        if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds
-            model_rules = [r for s in plan.batch if s.uses_model for r in s.rules()]
-            rules = [Rule.fixed("source = 'original'", R.CAPTION_ONLY_MODE, scope="caption")] + [
+        if self.cfg.capfilt.mode == "caption_only":  # trusts the captioner: no score thresholds (text rules stay)
+            model_rules = [r for s in plan.batch if s.uses_model for r in s.rules() if r not in s.token_rules()]
+            rules = [Rule.fixed("source <> 'synthetic'", R.CAPTION_ONLY_MODE, scope="caption")] + [
                 r for r in rules if r not in model_rules]
         return case_sql(rules)[1]
 
@@ -138,25 +163,34 @@ class PairsKind(Kind):
         limit = self.cfg.capfilt.max_synthetic
         return max(1, limit) if self.cfg.capfilt.mode == "caption_only" else limit
 
-    def decisions_sql(self) -> str:
-        """Per image: its captions (original first, then synthetic best first), the training
-        caption and the reason when no caption was kept."""
+    def decisions_sql(self, plan: Plan) -> str:
+        """Per image: its captions (the original first, then its alternates in the order of
+        their rows, then synthetic ones best first), the training caption and the reason when
+        no caption was kept."""
         # One GROUP BY, no window and no join: ordered aggregates (list ... ORDER BY) and
         # window partitions per sample_id held over 1 GB at 1M images (bench/driver_memory.py).
-        # `position` orders an image's captions: 0 the original, then the synthetic best first
-        # (unique per image, so list_sort on a struct led by it is that order).
-        position = "coalesce(ord, 0)"
+        # `position` orders an image's captions (unique per image, so list_sort on a struct
+        # led by it is that order).
+        group = "CASE source WHEN 'original' THEN 0 WHEN 'alternate' THEN 1 ELSE 2 END"
+        position = f"struct_pack(grp := {group}, n := coalesce(ord, idx))"
+        best = f"no_rank := rank IS NULL, neg_rank := -rank, pos := {position}"  # rank DESC NULLS LAST, then position
         if self.cfg.capfilt.prefer == "original":
-            choice = position
-        else:  # the best kept (rank DESC NULLS LAST); on a tie the original, then the better synthetic
-            choice = f"struct_pack(no_rank := rank IS NULL, neg_rank := -rank, pos := {position})"
+            # The input's captions (the original, the alternates) before any synthetic one; the
+            # best of them, on a tie the original, then the first alternate. The sample's own
+            # caption is its URL's first row's: which row that is says nothing of the caption.
+            # With none kept, the first synthetic caption in the consensus order (`ord`).
+            judged = "source <> 'synthetic'"
+            choice = (f"struct_pack(synthetic := NOT {judged}, no_rank := {judged} AND rank IS NULL, "
+                      f"neg_rank := CASE WHEN {judged} AND rank IS NOT NULL THEN -rank ELSE 0 END, pos := {position})")
+        else:  # the best kept; on a tie the original, then the alternates, then the better synthetic
+            choice = f"struct_pack({best})"
         if self.cfg.capfilt.mode == "caption_only":
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
-        else:  # no captioner (or nothing generated): the original's own reason
-            failure = (f"WHEN n_synthetic = 0 THEN original_reason "
+        else:  # the original alone (no captioner, no alternates): its own reason
+            failure = (f"WHEN n_others = 0 THEN original_reason "
                        f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
-        struct = captions.CAPTION_STRUCT_SQL
+        struct = captions.caption_struct_sql(plan)
         return f"""
             WITH per_image AS (
                 SELECT sample_id,
@@ -167,6 +201,7 @@ class PairsKind(Kind):
                        bool_or(kept) AS any_kept,
                        max(reason) FILTER (WHERE source = 'original') AS original_reason,
                        count(*) FILTER (WHERE source = 'synthetic') AS n_synthetic,
+                       count(*) FILTER (WHERE source <> 'original') AS n_others,
                        min_by(reason, ord) FILTER (WHERE source = 'synthetic') AS best_synthetic_reason
                 FROM caption_ranked GROUP BY sample_id
             )
@@ -187,8 +222,9 @@ class PairsKind(Kind):
         (numbered once every partition's kept count is known: curate.pipeline.decide)."""
         head = [f"f.{c}" if c in ("status", "reason") else c for c in columns.PAIRS_MANIFEST_HEAD.names]
         stage_columns = [c for s in plan.stages for c in s.manifest]
+        attempts = f"CASE WHEN same_url_reason IS NOT NULL THEN 0 ELSE {ATTEMPTS_SQL} END"  # another row fetched it
         return f"""
-            SELECT {', '.join(head + stage_columns)}, {ATTEMPTS_SQL} AS attempts, download_shard, key AS download_key,
+            SELECT {', '.join(head + stage_columns)}, {attempts} AS attempts, download_shard, key AS download_key,
                    NULL::VARCHAR AS output_shard
             FROM joined JOIN decided d USING (sample_id) JOIN final f USING (sample_id) ORDER BY sample_id
         """

@@ -50,8 +50,8 @@ class Plan:
         return [rule for stage in self.batch for rule in stage.rules() if rule.scope == scope]
 
     def scored_schema(self) -> pa.Schema:
-        """RUN/scored/'s columns: the base and every enabled batch stage's writes."""
-        return columns.concat_schemas(columns.SCORED_BASE, *(s.writes for s in self.batch))
+        """RUN/scored/'s columns: the base, what the kind's rows carry and every enabled batch stage's writes."""
+        return columns.concat_schemas(columns.SCORED_BASE, self.kind.carried, *(s.writes for s in self.batch))
 
     def unsupported(self) -> list[Stage]:
         """Stages the config asks for that are not built for this run's kind."""

@@ -81,3 +81,13 @@ def load(resolved: str, task: str, key: str, device: str = "cpu", precision: str
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def text_token_limit(model, tokenizer) -> int:
+    """The tokens a BLIP text encoder reads: its position embeddings
+    (``text_config.max_position_embeddings``, 512 for the Salesforce checkpoints), or the
+    tokenizer's ``model_max_length`` when that is smaller. A ``save_pretrained`` directory
+    whose tokenizer config lacks ``model_max_length`` reports a huge number: the encoder's own
+    size is the limit then, where the tokenizer alone would not cut at all."""
+    positions = getattr(model.config.text_config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return int(min(positions, tokenizer.model_max_length))

@@ -80,3 +80,27 @@ def load(ref: ClipRef, device: str = "cpu", precision: str = "fp32"):
     except (RuntimeError, OSError, ValueError) as error:
         raise ModelReferenceError(f"cannot load CLIP model {ref.describe()}: {error}. {_LOCAL_HINT}") from None
     return model.eval(), preprocess, tokenizer
+
+
+def context_length(tokenizer) -> int:
+    """The tokens an open_clip tokenizer hands the text tower (its model's ``context_length``:
+    77 for CLIP ViT models, 16 for ``curate:tiny-clip``); longer texts are cut to it."""
+    return int(tokenizer.context_length)
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """How many tokens each of ``texts`` is in ``tokenizer`` (an open_clip tokenizer), its
+    start and end tokens included, counted before the tokenizer cuts to ``context_length``.
+
+    open_clip's own BPE tokenizer (every OpenAI and LAION CLIP) is counted exactly as it
+    encodes; the Hugging Face tokenizers some hf-hub models use are counted on the text
+    after the wrapper's own cleaning, with their special tokens."""
+    if hasattr(tokenizer, "sot_token_id"):  # open_clip.tokenizer.SimpleTokenizer
+        return [len(tokenizer.encode(text)) + 2 for text in texts]
+    clean = getattr(tokenizer, "clean_fn", None)
+    if clean is None:  # SigLipTokenizer cleans with these two
+        from open_clip.tokenizer import basic_clean, canonicalize_text
+
+        clean = lambda text: canonicalize_text(basic_clean(text))  # noqa: E731
+    encoded = tokenizer.tokenizer([clean(text) for text in texts], truncation=False, verbose=False)
+    return [len(ids) for ids in encoded["input_ids"]]

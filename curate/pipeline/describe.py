@@ -13,7 +13,7 @@ import json
 from rich.console import Console
 from rich.markup import escape
 
-from curate.flow.decision import BASE_RULES
+from curate.flow.decision import image_rules
 from curate.flow.plan import Plan
 from curate.stages.base import BatchStage, Rule, Stage
 
@@ -25,7 +25,7 @@ def describe(plan: Plan) -> dict:
         "stages": [_stage(s) for s in plan.stages],
         "not_enabled": [s.key for s in plan.every if s not in plan.stages],
         "decision": {
-            "image rules": [_rule(r) for r in BASE_RULES + plan.rules("image") + plan.kind.image_rules()],
+            "image rules": [_rule(r) for r in image_rules(plan)],
             "caption rules (each candidate caption)": [_rule(r) for r in plan.rules("caption")],
             **{title: [_rule(r) for r in rules] for title, rules in plan.kind.decision_rules(plan).items()},
             "global rules": [_rule(r) for r in plan.rules("global")],

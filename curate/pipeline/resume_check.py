@@ -6,7 +6,8 @@ damaged by hand, by a disk, by a second run) is removed here together with the w
 derived from it, so that its step does it again:
 
 - a file of an input part (``rows/``, ``download_list/``, ``documents/``): that part is
-  prepared again (it rewrites the same files: they depend on the input only);
+  prepared again (it rewrites the same files: they depend on the input only; with rows
+  merged by URL, on the other parts' rows too, which are read back: curate.pipeline.same_url);
 - a download shard (its Parquet or its stats): the shard is downloaded again, and its
   scored parts (``scored/<shard>/``) are removed, so its rows are scored again;
 - a scored part: its rows are scored again.
@@ -28,6 +29,7 @@ import posixpath
 
 from curate.core import commits, storage
 from curate.core.rundir import RunDir
+from curate.pipeline.prepare import PART_MARKERS, ROWS_MARKERS
 
 _STATS = "_stats.json"
 _HOSTS = "_hosts.parquet"  # a download shard's per-host figures (curate.stages.polite_fetch), committed with it
@@ -93,12 +95,22 @@ def _damaged_parts(markers: list[str], run: RunDir) -> list[tuple[str, list[str]
     return out
 
 
+def _prepare_markers(run: RunDir) -> list[str]:
+    """The marker of each prepared part: the whole part's (curate.pipeline.prepare's
+    PART_MARKERS, its files all written) or, for a part whose step was interrupted, that of
+    its rows/ file alone (ROWS_MARKERS)."""
+    folders = [storage.join(run.root, "_done", name) for name in (PART_MARKERS, ROWS_MARKERS)]
+    whole = storage.list_files(folders[0], ".json")
+    done = {posixpath.basename(uri) for uri in whole}
+    return whole + [uri for uri in storage.list_files(folders[1], ".json") if posixpath.basename(uri) not in done]
+
+
 def _check_prepare(run: RunDir, problems: list[str]) -> None:
-    markers = storage.list_files(storage.join(run.root, "_done", "prepare-parts"), ".json")
-    damaged = _in_tasks(_damaged_parts, markers, run)
+    damaged = _in_tasks(_damaged_parts, _prepare_markers(run), run)
     for marker, bad in damaged:
         problems += bad
-        storage.remove_tree(marker)  # that part is prepared again
+        for name in (PART_MARKERS, ROWS_MARKERS):  # that part is prepared again, from its input
+            storage.remove_tree(storage.join(run.root, "_done", name, posixpath.basename(marker)))
     if damaged:
         storage.remove_tree(run.marker("prepare"))
 

@@ -91,8 +91,11 @@ def select_partition(plan: Plan, run: RunDir, partition: Partition, wanted: Reas
     from curate.core import duck
 
     kind, size = plan.kind, plan.cfg.download.shard_size
-    # The URL as it was fetched (scored/, from the download list); the rest as prepared (rows/).
-    columns = ", ".join("s.url" if c == "url" else f"r.{c}" for c in kind.download_columns)
+    # The URL as it was fetched and what the kind's rows carried along (scored/, from the
+    # download list: a pair's alternate captions); the rest as prepared (rows/). Only rows
+    # that were fetched are in scored/: a row whose URL another row fetches is never retried.
+    fetched = {"url", *kind.carried.names}
+    columns = ", ".join(f"s.{c}" if c in fetched else f"r.{c}" for c in kind.download_columns)
     con = open_views(run.root, plan, partition.files(run))
     found, rows = [], 0
     try:

@@ -33,6 +33,7 @@ from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.output import write_output
+from curate.pipeline.prepare import SCRATCH as PREPARE_SCRATCH
 from curate.pipeline.prepare import prepare
 from curate.pipeline.passes import load_prepared, recorded_passes
 from curate.pipeline.pools import assign_pools
@@ -232,7 +233,8 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
             _step(run, "prepare", lambda: prepare(plan, run, files), timings, console)
     console.rule("[bold]download (img2dataset)")
     carried = [c for c in plan.kind.download_columns if c not in ("url", "caption")]
-    to_fetch = lambda: (lambda p: p["rows"] - p["blocked"])(json.loads(storage.read_text(run.marker("prepare"))))  # noqa: E731
+    to_fetch = lambda: (lambda p: p["rows"] - p["blocked"] - p.get("merged", 0))(  # noqa: E731
+        json.loads(storage.read_text(run.marker("prepare"))))
     with progress.step("download", total=to_fetch, count=downloaded_rows(run)):
         _step(run, "download", lambda: run_download(run.download_list, run.downloaded, cfg.download, carried),
               timings, console)
@@ -254,7 +256,8 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
 # What a run writes before its first step is committed: removed again when it stops there.
 def _start_entries(run: RunDir) -> list[str]:
     return [run.config, run.state, run.rows, run.documents, run.download_list, run.progress_counts,
-            storage.join(run.root, "_done"), storage.join(run.root, "progress.json"), storage.join(run.root, "_commits")]
+            storage.join(run.root, "_done"), storage.join(run.root, "progress.json"), storage.join(run.root, "_commits"),
+            storage.join(run.root, PREPARE_SCRATCH)]
 
 
 @contextlib.contextmanager

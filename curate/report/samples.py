@@ -12,6 +12,7 @@ import duckdb
 from curate.core import duck
 from curate.flow.pair_record import CAPTION_SCORES
 from curate.report.stats import manifest_columns, score_columns
+from curate.schemas import reasons as R
 from curate.schemas.status import Status
 
 BASE_COLUMNS = ("sample_id", "url", "caption", "caption_chosen", "status", "reason",
@@ -63,10 +64,12 @@ def filtered_samples(con: duckdb.DuckDBPyConnection, n: int) -> dict[str, list[d
 
 
 def duplicate_groups(con: duckdb.DuckDBPyConnection, n_groups: int) -> list[dict]:
-    """The largest duplicate groups: the survivor (None when it is from an earlier run) and its copies."""
+    """The largest duplicate groups: the survivor (None when it is from an earlier run) and its
+    copies (dedupe's: rows merged by URL were never fetched, and have no image to show)."""
     groups = _rows(con, f"""
         SELECT split_part(reason, ':', 2) AS survivor, count(*) AS copies FROM manifest
-        WHERE status = {Status.DUPLICATE.sql} GROUP BY 1 ORDER BY copies DESC, md5(survivor) LIMIT {int(n_groups)}
+        WHERE status = {Status.DUPLICATE.sql} AND split_part(reason, ':', 1) = {R.DUPLICATE_OF.sql()}
+        GROUP BY 1 ORDER BY copies DESC, md5(survivor) LIMIT {int(n_groups)}
     """)
     if not groups:
         return []

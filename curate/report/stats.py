@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.core import duck
+from curate.schemas import reasons as R
 from curate.schemas.status import STATUS_ORDER, Status
 
 # Score columns are found by name so that stages added later (ITM: itm_prob) are covered.
@@ -140,13 +141,17 @@ def funnel_steps(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     steps = [("rows in", total)]
     left = total - removed(lambda k: k.startswith("blocked"))
     steps.append(("URL check passed", left))
+    same_url = tuple(f"{Status.DUPLICATE.value}/{code.name}" for code in (R.SAME_URL_AS, R.SAME_URL_NOT_SCORED))
+    if removed(lambda k: k in same_url):  # rows whose URL another row fetched: one sample per URL
+        left -= removed(lambda k: k in same_url)
+        steps.append(("one sample per URL", left))
     left -= removed(lambda k: k.startswith("download_failed"))
     steps.append(("downloaded", left))
     model_steps = [(_filter_label(c), [c]) for c in model]
     for label, codes in [("image rules", image), ("caption rules", caption)] + model_steps:
         left -= removed(lambda k: k.split("/", 1)[-1] in codes and k.startswith("filtered/"))
         steps.append((f"after {label}", left))
-    left -= removed(lambda k: k.startswith("duplicate"))
+    left -= removed(lambda k: k.startswith("duplicate") and k not in same_url)
     steps.append(("kept (after dedupe)", left))
     return steps
 

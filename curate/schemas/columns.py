@@ -35,6 +35,15 @@ DOCUMENTS = pa.schema([
 ])
 BLOCKED_REASON = pa.field("blocked_reason", pa.string())
 PREPARED_ROWS = ROWS.append(BLOCKED_REASON)
+# Pairs: a row whose URL another row fetches (same_url_as:<sample_id>, curate.pipeline.same_url).
+SAME_URL_REASON = pa.field("same_url_reason", pa.string())
+PAIRS_ROWS = PREPARED_ROWS.append(SAME_URL_REASON)
+# Pairs: what a fetched row carries into RUN/downloaded/ and RUN/scored/ besides its own
+# caption: the captions of the rows with its URL (NULL when there are none).
+ALTERNATES = pa.schema([
+    ("alternate_captions", pa.list_(pa.string())),
+    ("alternate_caption_bad_encoding", pa.list_(pa.bool_())),
+])
 
 # What img2dataset writes per row (plus the image bytes, named after download.encode_format);
 # curate's shard writer adds fetch_reason.
@@ -84,10 +93,13 @@ SCORED_BASE = DOWNLOADED.append(pa.field("download_shard", pa.string())).append(
 # The pairs manifest, before the columns each enabled stage adds (clip_score, itm_prob, ...).
 CAPTION_STRUCT = pa.struct([
     ("text", pa.string()),
-    ("source", pa.string()),  # original | synthetic
+    ("source", pa.string()),  # original | alternate | synthetic
     ("clip_score", pa.float32()),
     ("itm_prob", pa.float32()),
     ("itm_cosine", pa.float32()),
+    ("clip_tokens", pa.int32()),  # its length in each text model's tokenizer, before truncation
+    ("itm_tokens", pa.int32()),
+    ("truncated", pa.string()),  # models that read only its first tokens: "clip:77", "clip:77,itm:512"; NULL: none
     ("kept", pa.bool_()),
     ("reason", pa.string()),  # why it failed the filter; NULL when it passed
 ])

@@ -86,8 +86,9 @@ CAPTION_BAD_ENCODING = Code("caption_bad_encoding", F, "the caption was not vali
 CAPTION_EMPTY = Code("caption_empty", F, "the caption is NULL or only whitespace")
 CAPTION_JUNK = Code("caption_junk", F, "a file name, boilerplate, a bare URL or mostly symbols (detail: which)")
 CAPTION_TOO_SHORT = Code("caption_too_short", F, "fewer words than filters.min_caption_words")
-CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_caption_words, or more characters "
-                                               "than filters.max_caption_chars")
+CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_caption_words, more characters "
+                                               "than filters.max_caption_chars, or more tokens in a text model's "
+                                               "tokenizer than filters.max_caption_tokens")
 # -- filtered: model scores -----------------------------------------------------------------
 CLIP_SCORE_BELOW = Code("clip_score_below", F, "clip_score below clip.min_score")
 AESTHETIC_SCORE_BELOW = Code("aesthetic_score_below", F, "aesthetic_score below aesthetic.min_score")
@@ -95,7 +96,8 @@ ITM_PROB_BELOW = Code("itm_prob_below", F, "itm_prob below itm.min_prob (capfilt
 # -- filtered: the caption decision (CapFilt) -------------------------------------------------
 NO_CAPTION_PASSED = Code("no_caption_passed", F, "neither the original nor any synthetic caption passed")
 NO_SYNTHETIC_CAPTION = Code("no_synthetic_caption", F, "caption_only: the captioner produced nothing usable")
-CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the original caption", scope="caption")
+CAPTION_ONLY_MODE = Code("caption_only_mode", F, "caption_only does not use the input's captions (the original, "
+                                                 "its alternates)", scope="caption")
 JUDGED_BELOW_ORIGINAL = Code("judged_below_original", F, "a synthetic caption this judge scores no higher than the "
                              "original it would replace (detail: clip_score or itm_prob)", scope="caption")
 # -- documents runs: a document's reasons ----------------------------------------------------
@@ -115,6 +117,12 @@ NO_FREE_TEXT = Code("no_free_text", F, "assignment placement: every text already
 DOCUMENT_DROPPED = Code("document_dropped", F, "its document was dropped (detail: the document's reason)")
 # -- duplicate -------------------------------------------------------------------------------
 DUPLICATE_OF = Code("duplicate_of", U, "the same or a near-identical image was kept (detail: its sample_id)")
+SAME_URL_AS = Code("same_url_as", U, "its URL is another row's, fetched once for both: its caption is one of that "
+                                     "sample's captions (detail: the sample's sample_id)")
+SAME_URL_NOT_SCORED = Code("same_url_not_scored", U, "its URL is another row's, which had input.max_captions_per_url "
+                                                     "captions already (or was scored before this row's input file "
+                                                     "joined the run: --extend): its caption was not scored (detail: "
+                                                     "the sample)")
 
 CODES: tuple[Code, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, Code))
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 import pyarrow as pa
 
+from curate.schemas import reasons as R
 from curate.schemas.reasons import Code
 from curate.schemas.status import Status
 
@@ -81,6 +82,7 @@ class Stage:
       caption_columns: what it adds to each candidate caption (see below).
       text_columns: documents runs: its scores of an image against each text of its
         document, as list columns aligned with the document's texts (see below).
+      token_columns: a text model's token counts and limit (see below).
       scores: its manifest score columns, as the report shows them.
       keep_fractions: fraction keys resolved into its thresholds over the whole run.
     """
@@ -94,13 +96,20 @@ class Stage:
     manifest: ClassVar[tuple[str, ...]] = ()
     thresholds: ClassVar[tuple[str, ...]] = ()
     kinds: ClassVar[tuple[str, ...]] = ("pairs", "documents")
-    # Per candidate caption of a pair: column name -> (its column for the original caption or
-    # None, the list column of its synthetic captions or None). Caption-scope rules read these.
-    caption_columns: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # Per candidate caption: column name -> (its column for the original caption or None,
+    # the list column of its synthetic captions or None, the list column of its alternates
+    # (pairs: the captions of the other rows with the same URL) or None). Caption-scope rules
+    # read these (curate.flow.captions).
+    caption_columns: ClassVar[dict[str, tuple[str | None, str | None, str | None]]] = {}
     # Documents runs: score name -> the list column holding this score of an image against
     # each text of its document, aligned with the texts (NULL where not scored). Placement
     # (curate.flow.interleave) reads them by score name: clip_score, itm_prob.
     text_columns: ClassVar[dict[str, str]] = {}
+    # Pairs: a text model's tokens: (its caption column of each caption's length in the
+    # model's tokenizer, its row column of the model's token limit). The decision records in
+    # every caption which models read only its first tokens; filters.max_caption_tokens reads
+    # the counts.
+    token_columns: ClassVar[tuple[str, str] | None] = None
     # Manifest score columns -> (a label for people, the config key of its threshold or None):
     # the report plots these, with the threshold line.
     scores: ClassVar[dict[str, tuple[str, str | None]]] = {}
@@ -206,6 +215,16 @@ class BatchStage(Stage):
             return [i for i, live in enumerate(values) if live]
         images = batch.column(self.image_col).to_pylist()
         return [i for i, failed in enumerate(values) if failed is None and images[i]]
+
+    def token_rules(self) -> list[Rule]:
+        """A text model's (``token_columns``) ``filters.max_caption_tokens``: a caption longer
+        than that in its tokenizer fails, ``caption_too_long:<n>_<key>_tokens``. A text rule,
+        not a score threshold: it holds in every ``capfilt.mode``."""
+        limit = self.cfg.filters.max_caption_tokens
+        if limit is None or self.token_columns is None or self.cfg.input.kind != "pairs":
+            return []
+        return [Rule.fixed(f"{self.token_columns[0]} > {limit}", R.CAPTION_TOO_LONG, f"{limit}_{self.key}_tokens",
+                           scope="caption")]
 
     def append(self, batch: pa.Table, columns: dict[str, list]) -> pa.Table:
         """``batch`` with this stage's ``writes`` columns appended, in declared order and types."""

@@ -74,7 +74,7 @@ class CaptionStage(BatchStage):
     reads = (IMAGE,)
     writes = pa.schema([("synthetic_captions", pa.list_(pa.string())), ("synthetic_votes", pa.list_(pa.int16()))])
     # Per candidate caption: how many of the K samples produced it (the original has none).
-    caption_columns = {"votes": (None, "synthetic_votes")}
+    caption_columns = {"votes": (None, "synthetic_votes", None)}
     uses_model = True
     relative_cost = 8.0  # BLIP captioner, K sampled captions: ~8x CLIP (docs/scaling.md)
 

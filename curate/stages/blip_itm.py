@@ -3,9 +3,12 @@
 ``itm_prob`` is the softmax of BLIP's ITM head, P(match); ``itm_cosine`` is its ITC
 cosine (the ``use_itm_head=False`` score).
 
-- Pairs: both are stored for the original caption and, as lists, for the captioner's
+- Pairs: both are stored for the original caption and, as lists, for its alternates (the
+  captions of the other rows with its URL, curate.pipeline.same_url) and the captioner's
   captions; ``itm.min_prob`` is a rule over each candidate caption, applied in the decision
-  (curate.flow.pairs) from these stored scores.
+  (curate.flow.pairs) from these stored scores. Each caption's uncut length in the model's
+  tokenizer is stored (``itm_tokens``, with the limit ``itm_max_tokens``), so the manifest
+  records the cut and ``filters.max_caption_tokens`` can filter on it.
 - Documents: each image is scored against a **shortlist** of its document's texts, the
   ``itm.document_texts`` (default 3) that CLIP finds most similar (``sentence_sims``), and
   against its synthetic captions. ``sentence_itm_probs`` is aligned with ``sentence_sims``
@@ -16,7 +19,11 @@ cosine (the ``use_itm_head=False`` score).
   BLIP's image-text retrieval (Li et al. 2022, following ALBEF) works the same way: the
   image-text feature similarity picks k candidates, ITM re-ranks them. Placement
   (curate.flow.interleave) reads the stored scores (``interleaved.min_itm``,
-  ``interleaved.placement_by``), so a refilter re-decides without the model.
+  ``interleaved.placement_by``), so a refilter re-decides without the model. No token
+  counts are recorded for documents.
+
+Every text is cut to the text encoder's token limit (``blip.text_token_limit``: its
+position embeddings, or the tokenizer's ``model_max_length`` when smaller).
 
 The vision tower runs once per image, not once per (image, caption) pair: with K
 synthetic captions, calling ``BlipForImageTextRetrieval.forward`` per pair would encode
@@ -58,25 +65,35 @@ class ItmStage(BatchStage):
     key = "itm"
     switch = "itm.model"
     reads = (IMAGE, "caption")
-    optional_reads = ("synthetic_captions", "doc_texts", "sentence_sims")
+    optional_reads = ("alternate_captions", "synthetic_captions", "doc_texts", "sentence_sims")
     writes = pa.schema([
         ("itm_prob", pa.float32()),
         ("itm_cosine", pa.float32()),
         ("synthetic_itm_probs", pa.list_(pa.float32())),
         ("synthetic_itm_cosines", pa.list_(pa.float32())),
         ("sentence_itm_probs", pa.list_(pa.float32())),
+        # Each caption's length in the model's tokenizer, and the text encoder's token limit.
+        ("itm_tokens", pa.int32()),
+        ("synthetic_itm_tokens", pa.list_(pa.int32())),
+        ("itm_max_tokens", pa.int32()),
+        # The alternates' (the captions of the other rows with the same URL).
+        ("alternate_itm_probs", pa.list_(pa.float32())),
+        ("alternate_itm_cosines", pa.list_(pa.float32())),
+        ("alternate_itm_tokens", pa.list_(pa.int32())),
     ])
     manifest = ("itm_prob", "itm_cosine")
-    thresholds = ("itm.min_prob", "itm.keep_fraction", "capfilt.synthetic_min_prob")
+    thresholds = ("itm.min_prob", "itm.keep_fraction", "capfilt.synthetic_min_prob", "filters.max_caption_tokens")
     keep_fractions = {"itm.keep_fraction": "itm.min_prob"}
     uses_model = True
     relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)
     scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
     caption_columns = {
-        "itm_prob": ("itm_prob", "synthetic_itm_probs"),
-        "itm_cosine": ("itm_cosine", "synthetic_itm_cosines"),
+        "itm_prob": ("itm_prob", "synthetic_itm_probs", "alternate_itm_probs"),
+        "itm_cosine": ("itm_cosine", "synthetic_itm_cosines", "alternate_itm_cosines"),
+        "itm_tokens": ("itm_tokens", "synthetic_itm_tokens", "alternate_itm_tokens"),
     }
     text_columns = {"itm_prob": "sentence_itm_probs"}
+    token_columns = ("itm_tokens", "itm_max_tokens")
 
     @property
     def compute(self) -> ItmConfig:
@@ -91,18 +108,19 @@ class ItmStage(BatchStage):
         blip.check(self.cfg.itm.model, "itm.model", "itm")
 
     def rules(self) -> list[Rule]:
-        """P(match) below ``itm.min_prob``; for synthetic captions below
-        ``capfilt.synthetic_min_prob`` when set (a captioner's mistakes are fluent and nearly
-        right, the hardest negatives an ITM model sees: a stricter bar is often worth it)."""
+        """``filters.max_caption_tokens`` in ITM's tokenizer (pairs, when set); P(match) below
+        ``itm.min_prob``; for synthetic captions below ``capfilt.synthetic_min_prob`` when set
+        (a captioner's mistakes are fluent and nearly right, the hardest negatives an ITM
+        model sees: a stricter bar is often worth it)."""
         original = self.cfg.itm.min_prob
         synthetic = self.cfg.capfilt.synthetic_min_prob
         synthetic = original if synthetic is None else synthetic
-        if original is None and synthetic is None:
-            return []
-        rules = []
-        for source, t in (("original", original), ("synthetic", synthetic)):
+        rules = self.token_rules()
+        # The input's captions (the original, the alternates from its URL's other rows) at
+        # itm.min_prob: people wrote them all; the captioner's at the synthetic bar.
+        for which, t in (("<> 'synthetic'", original), ("= 'synthetic'", synthetic)):
             if t is not None:
-                rules.append(Rule.fixed(f"source = '{source}' AND (itm_prob IS NULL OR itm_prob < {t!r})",
+                rules.append(Rule.fixed(f"source {which} AND (itm_prob IS NULL OR itm_prob < {t!r})",
                                         R.ITM_PROB_BELOW, fmt_threshold(t), scope="caption"))
         return rules
 
@@ -122,15 +140,26 @@ class ItmStage(BatchStage):
                                                precision)
         self.dtype = next(self.model.parameters()).dtype
         self.torch = torch
+        self.max_tokens = blip.text_token_limit(self.model, self.processor.tokenizer)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in the model's tokenizer ([CLS] and [SEP] included), before the
+        cut to ``max_tokens``. (A word over 100 characters is one [UNK] in BERT's WordPiece.)"""
+        unique = list(dict.fromkeys(texts))
+        encoded = self.processor.tokenizer(unique, truncation=False, verbose=False)["input_ids"]
+        counts = dict(zip(unique, map(len, encoded)))
+        return [counts[t] for t in texts]
 
     def score(self, images, texts_per_image: list[list[str]]) -> tuple[list[list[float]], list[list[float]]]:
-        """(P(match), ITC cosine) for every caption of every image."""
+        """(P(match), ITC cosine) for every caption of every image; each caption is cut to the
+        text encoder's ``max_tokens`` (blip.text_token_limit)."""
         torch = self.torch
         model = self.model
         pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         owner = torch.tensor([j for j, texts in enumerate(texts_per_image) for _ in texts], device=self.device)
         flat = [t for texts in texts_per_image for t in texts]
-        tokens = self.processor.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        tokens = self.processor.tokenizer(flat, padding=True, truncation=True, max_length=self.max_tokens,
+                                          return_tensors="pt").to(self.device)
         with torch.inference_mode():
             image_embeds = model.vision_model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
             pair_embeds = image_embeds[owner]
@@ -147,7 +176,7 @@ class ItmStage(BatchStage):
         return _split(probs.cpu().tolist(), texts_per_image), _split(cosines.cpu().tolist(), texts_per_image)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.stages.model_support import candidate_texts, decoded
+        from curate.stages.model_support import alternate_counts, by_source, candidate_texts, decoded
 
         n = batch.num_rows
         out = {field.name: [None] * n for field in self.writes}
@@ -155,11 +184,16 @@ class ItmStage(BatchStage):
         if todo and "doc_texts" in batch.column_names:
             self._score_documents(batch, todo, out)
         elif todo:
-            texts = candidate_texts(batch, [i for i, _ in todo])
+            rows = [i for i, _ in todo]
+            texts = candidate_texts(batch, rows, self.cfg.filters.max_caption_chars)
             probs, cosines = self.score([image for _, image in todo], texts)
-            for (i, _), p, c in zip(todo, probs, cosines):
-                out["itm_prob"][i], out["itm_cosine"][i] = p[0], c[0]
-                out["synthetic_itm_probs"][i], out["synthetic_itm_cosines"][i] = p[1:], c[1:]
+            counts = _split(self.count_tokens([t for row in texts for t in row]), texts)
+            for k, (i, alternates) in enumerate(zip(rows, alternate_counts(batch, rows))):
+                for name, values in (("itm_prob", probs[k]), ("itm_cosine", cosines[k]), ("itm_tokens", counts[k])):
+                    columns = self.caption_columns[name]  # (original, synthetic, alternate)
+                    first, alternate, synthetic = by_source(values, alternates)
+                    out[columns[0]][i], out[columns[1]][i], out[columns[2]][i] = first, synthetic, alternate
+                out["itm_max_tokens"][i] = self.max_tokens
         return self.append(batch, out)
 
     def _score_documents(self, batch: pa.Table, todo: list, out: dict[str, list]) -> None:
@@ -170,7 +204,8 @@ class ItmStage(BatchStage):
         sims = (batch.column("sentence_sims").to_pylist() if "sentence_sims" in batch.column_names
                 else [None] * batch.num_rows)
         rows, images, texts, picked = [], [], [], []
-        for (i, image), (doc, synthetic) in zip(todo, document_texts(batch, [i for i, _ in todo])):
+        max_chars = self.cfg.filters.max_caption_chars
+        for (i, image), (doc, synthetic) in zip(todo, document_texts(batch, [i for i, _ in todo], max_chars)):
             chosen = shortlist(sims[i], len(doc), self.cfg.itm.document_texts)
             out["sentence_itm_probs"][i] = [None] * len(doc)
             if not chosen and not synthetic:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.schemas import reasons as R
 from curate.stages.base import BatchStage, Rule
-from curate.stages.cheap_filters import caption_facts
+from curate.stages.cheap_filters import caption_facts, fold_whitespace
 
 
 class CaptionRulesStage(BatchStage):
@@ -27,7 +27,7 @@ class CaptionRulesStage(BatchStage):
     key = "caption_rules"
     section = "filters"
     reads = ("caption", "caption_bad_encoding")
-    optional_reads = ("synthetic_captions",)
+    optional_reads = ("alternate_captions", "synthetic_captions")
     writes = pa.schema([
         ("caption_text", pa.string()),
         ("caption_chars", pa.int32()),
@@ -36,16 +36,22 @@ class CaptionRulesStage(BatchStage):
         ("synthetic_caption_chars", pa.list_(pa.int32())),
         ("synthetic_caption_words", pa.list_(pa.int32())),
         ("synthetic_caption_junk", pa.list_(pa.string())),
+        # The alternates (the captions of the other rows with the same URL), as the original.
+        ("alternate_caption_texts", pa.list_(pa.string())),
+        ("alternate_caption_chars", pa.list_(pa.int32())),
+        ("alternate_caption_words", pa.list_(pa.int32())),
+        ("alternate_caption_junk", pa.list_(pa.string())),
     ])
     # filters.max_caption_chars is fixed for a run: longer captions' words are never counted.
     thresholds = ("filters.min_caption_words", "filters.max_caption_words", "filters.junk_captions")
     rows = "downloaded"
-    # Per candidate caption: its column for the original, and the list column of its synthetic captions.
+    # Per candidate caption: its column for the original, the list column of its synthetic
+    # captions, and that of its alternates.
     caption_columns = {
-        "chars": ("caption_chars", "synthetic_caption_chars"),
-        "words": ("caption_words", "synthetic_caption_words"),
-        "junk": ("caption_junk", "synthetic_caption_junk"),
-        "bad_encoding": ("caption_bad_encoding", None),
+        "chars": ("caption_chars", "synthetic_caption_chars", "alternate_caption_chars"),
+        "words": ("caption_words", "synthetic_caption_words", "alternate_caption_words"),
+        "junk": ("caption_junk", "synthetic_caption_junk", "alternate_caption_junk"),
+        "bad_encoding": ("caption_bad_encoding", None, "alternate_caption_bad_encoding"),
     }
 
     def configured(self) -> bool:
@@ -55,16 +61,20 @@ class CaptionRulesStage(BatchStage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         limit = self.cfg.filters.max_caption_chars
         captions = batch.column("caption").to_pylist()
-        synthetic = (batch.column("synthetic_captions").to_pylist() if "synthetic_captions" in batch.column_names
-                     else [None] * batch.num_rows)
+        lists = {source: (batch.column(f"{source}_captions").to_pylist() if f"{source}_captions" in batch.column_names
+                          else [None] * batch.num_rows) for source in ("synthetic", "alternate")}
         out: dict[str, list] = {field.name: [None] * batch.num_rows for field in self.writes}
         for i in self.todo(batch):
-            out["caption_text"][i] = " ".join((captions[i] or "").split())
+            out["caption_text"][i] = fold_whitespace(captions[i] or "")
             out["caption_chars"][i], out["caption_words"][i], out["caption_junk"][i] = caption_facts(captions[i], limit)
-            if synthetic[i] is not None:
-                facts = [caption_facts(text, limit) for text in synthetic[i]]
+            for source, texts in lists.items():
+                if texts[i] is None:
+                    continue
+                facts = [caption_facts(text, limit) for text in texts[i]]
                 for j, name in enumerate(("chars", "words", "junk")):
-                    out[f"synthetic_caption_{name}"][i] = [f[j] for f in facts]
+                    out[f"{source}_caption_{name}"][i] = [f[j] for f in facts]
+            if lists["alternate"][i] is not None:
+                out["alternate_caption_texts"][i] = [fold_whitespace(text or "") for text in lists["alternate"][i]]
         return self.append(batch, out)
 
     def rules(self) -> list[Rule]:

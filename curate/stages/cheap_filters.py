@@ -56,6 +56,11 @@ def count_words(text: str) -> int:
     return sum(_segmented_words(token) if _UNSPACED.search(token) else 1 for token in text.split())
 
 
+def fold_whitespace(text: str) -> str:
+    """Whitespace runs folded to one space, trimmed: a caption as a training caption is written."""
+    return " ".join(text.split())
+
+
 def normalize_caption(caption: str) -> str:
     """NFKC, whitespace runs folded to one space, trimmed."""
     return " ".join(unicodedata.normalize("NFKC", caption).split())

@@ -128,7 +128,7 @@ def hostile_rows(files: CorpusServer, streams: StreamServer, canary: StreamServe
     return [
         HostileRow(u("/ok.jpg"), GOOD, "kept", None),
         HostileRow(named, GOOD, "duplicate", "duplicate_of:{first}"),
-        HostileRow(u("/ok.jpg"), GOOD, "duplicate", "duplicate_of:{first}"),  # a duplicate url
+        HostileRow(u("/ok.jpg"), GOOD, "duplicate", "same_url_as:{first}"),  # a duplicate url: fetched once
         HostileRow(u("/traversal/../../etc/passwd.jpg"), "a photo of ../../etc/passwd and ../../../tmp/x", "kept", None),
         HostileRow(u("/bomb-huge.png"), GOOD, "download_failed", f"image_too_large:{MAX_PIXELS}"),
         HostileRow(u("/bomb-over-cap.png"), GOOD, "download_failed", f"image_too_large:{MAX_PIXELS}"),
