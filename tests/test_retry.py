@@ -129,7 +129,7 @@ def test_the_summary_says_what_the_retry_recovered(retried):
         "pass": 1, "reasons": ["timeout", "connection_error", "http_429", "http_5xx", "shard_timeout"], "retried": 4,
         "recovered": 4, "statuses": {"kept": 3, "duplicate": 1}, "still_failed": [],
     }]
-    assert "4 recovered" in " ".join(stdout.split())
+    assert "fetched 4 rows again, 4 recovered; now kept 3, duplicate 1; still failed: none" in " ".join(stdout.split())
     assert summary["statuses"] == {"kept": 9, "duplicate": 1, "download_failed": 1}
 
 

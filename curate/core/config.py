@@ -6,6 +6,8 @@ Every key here is public and documented in docs/config.md. Unknown keys are erro
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -501,7 +503,10 @@ def format_validation_error(error: ValidationError) -> str:
     lines = ["invalid config:"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")  # pydantic's wording around our own ValueErrors
+        named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+): (.*)", message, re.S)
+        if key == "(top level)" and named:  # our cross-key checks name their key first
+            key, message = named.groups()
         if item["type"] == "extra_forbidden":
             message = "unknown key (see docs/config.md for the allowed keys)"
         elif item["type"] == "missing":

@@ -33,6 +33,7 @@ from curate.core.config import ConfigError, apply_overrides, parse_override, val
 from curate.core.progress import CommittedRows, Progress, parquet_rows, stats_rows
 from curate.core.ray_session import check_run_directory, start_ray
 from curate.core.rundir import RunDir
+from curate.core.terminal import quiet_ray_data
 from curate.flow.decision import open_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline import passes
@@ -154,6 +155,8 @@ def _retry(run: RunDir, cfg, reasons: list[str] | None, console: Console) -> Run
     plan.check()  # the models score the recovered images
     lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+    if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
+        quiet_ray_data()
     check_run_directory(run.root, cfg.storage.shared_filesystem)
     pools = size_model_pools(plan, console)
     progress, timings = Progress(run, console), {}
@@ -169,7 +172,7 @@ def _retry(run: RunDir, cfg, reasons: list[str] | None, console: Console) -> Run
         storage.write_text(select_marker, json.dumps(record))
         timings["retry_select"] = round(time.perf_counter() - t, 2)
     record = json.loads(storage.read_text(select_marker))
-    console.print(f"retry {number}: {record['rows']} rows to download again")
+    console.print(f"retry {number}: {record['rows']} row{'s' if record['rows'] != 1 else ''} to download again")
 
     out_dir = passes.downloaded_dir(run, number)
     download_marker = passes.marker(run, number, "download")

@@ -68,6 +68,10 @@ def _check_layout(run: RunDir) -> None:
                           "this version cannot resume or refilter it; run it again with another --out")
 
 
+def _input_files(n: int) -> str:
+    return f"{n} input file" + ("s" if n != 1 else "")
+
+
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool = False) -> None:
     """A RUN may only be resumed with the same config and input it was started with; with
     ``extend``, its input files (same sizes) plus new ones, and input.path may change."""
@@ -90,7 +94,7 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
         raise ConfigError(f"{run.root} was started from other input files ({shown}); "
                           "a run's input files can't change: use a new --out")
     if added and not extend:
-        raise ConfigError(f"{run.root}: {len(added)} input files are new since it started ({added[0]}): "
+        raise ConfigError(f"{run.root}: {_input_files(len(added))} new since it started ({added[0]}): "
                           "add them with `curate run ... --extend`, or use a new --out")
 
 
@@ -220,7 +224,7 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
             console.print(literal(f"resume: {damaged}; done again", "yellow"), soft_wrap=True)  # one line per file, for grep
         if extend and before != state:
-            console.print(f"extend: {len(state['files']) - len(before['files'])} new input files")
+            console.print(f"extend: {_input_files(len(state['files']) - len(before['files']))} new")
             _start_extending(run)  # before the new state: a run killed in between asks for --extend again
         storage.makedirs(run.root)
         storage.write_text(run.config, cfg.to_yaml())

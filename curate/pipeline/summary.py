@@ -65,7 +65,7 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
     """The summary table; statuses, reasons and the run path are shown literally
     (curate.core.textsafe), whatever text they hold."""
     console = console or Console()
-    table = Table(title=literal(f"curate run: {run_root}"), show_lines=False)
+    table = Table(title=literal(f"run summary: {run_root}"), show_lines=False)
     table.add_column("status")
     table.add_column("reason")
     table.add_column("rows", justify="right")
@@ -84,8 +84,9 @@ def print_summary(summary: dict, run_root: str, console: Console | None = None) 
     )
     for item in summary.get("retries", []):
         failed = ", ".join(f"{f['reason']} {f['count']}" for f in item["still_failed"][:4]) or "none"
-        console.print(f"retry {item['pass']} ({', '.join(item['reasons'])}): fetched {item['retried']} rows again, "
-                      f"[bold green]{item['recovered']} recovered[/bold green]"
-                      f" ({', '.join(f'{s} {n}' for s, n in item['statuses'].items())}); still failed: {failed}")
+        rows = f"{item['retried']} row{'s' if item['retried'] != 1 else ''}"
+        console.print(f"retry {item['pass']} ({', '.join(item['reasons'])}): fetched {rows} again, "
+                      f"[bold green]{item['recovered']} recovered[/bold green]; "
+                      f"now {', '.join(f'{s} {n}' for s, n in item['statuses'].items())}; still failed: {failed}")
     if summary.get("images"):
         console.print(literal("images of the documents: " + ", ".join(f"{s} {n}" for s, n in summary["images"].items())))
