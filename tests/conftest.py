@@ -13,6 +13,10 @@ import curate  # noqa: F401 - sets the library environment defaults before ray i
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# The shared finished runs, defined here once: a session fixture imported into several test
+# modules gets a definition (and a run) per module.
+from finished_run import finished_documents_run, finished_run  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -54,7 +54,9 @@ def s3_server(tmp_path_factory):
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _forget_s3_clients()  # fsspec caches filesystems: one made for an earlier module's server has its port
     yield env
+    _forget_s3_clients()
     server.kill()
     server.wait()
     log.close()
@@ -63,3 +65,9 @@ def s3_server(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def _forget_s3_clients() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -24,7 +24,7 @@ from curate.core.progress import (
 )
 from curate.core.rundir import RunDir
 from curate.pipeline.runner import run_pipeline
-from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
+from finished_run import ROWS
 
 # The demo config runs all three model stages (captioner first) and near-dedupe.
 MODEL_STAGES = ["caption", "clip", "itm"]

@@ -18,7 +18,6 @@ from curate.pipeline import quantiles
 from curate.pipeline.decide import plan_partitions
 from curate.pipeline.runner import refilter
 from e2e import read_manifest
-from finished_run import finished_run  # noqa: F401 - the fixture
 
 
 def _scores(run: RunDir, column: str) -> list[float]:

@@ -16,7 +16,7 @@ import pytest
 from curate.core import storage
 from curate.core.views import open_views, run_query
 from e2e import read_manifest
-from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
+from finished_run import ROWS
 from test_s3 import s3_server  # noqa: F401 - the S3-compatible server fixture
 
 

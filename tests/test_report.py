@@ -23,7 +23,7 @@ from curate.report import stats
 from curate.report.build import write_report
 from browser import assert_page_renders, console_errors, page_check, run_chromium
 from e2e import read_manifest
-from finished_run import ROWS, finished_run  # noqa: F401 - the shared run fixture
+from finished_run import ROWS
 
 SECTIONS = ("summary", "funnel", "scores", "captions", "reasons", "kept", "filtered", "duplicates", "failures", "capfilt", "sources")
 

@@ -14,7 +14,7 @@ from curate.core import storage
 from curate.core.rundir import RunDir
 from curate.core.views import open_views
 from curate.report import document_stats
-from finished_run import DOCUMENTS, finished_documents_run  # noqa: F401 - the shared run fixture
+from finished_run import DOCUMENTS
 
 SECTIONS = ("summary", "funnel", "scores", "reasons", "documents", "dropped", "failures", "sources")
 

@@ -10,7 +10,6 @@ import pytest
 from curate.core.views import open_views
 from curate.report import html, samples, stats
 from e2e import read_manifest
-from finished_run import finished_run  # noqa: F401 - the shared run fixture
 from browser import page_check, run_chromium
 from test_report import page_of
 
