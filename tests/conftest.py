@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +46,9 @@ def repo_root() -> Path:
 @pytest.fixture
 def cli_env() -> dict:
     """Environment for `curate` subprocesses: this interpreter's venv first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
+    from e2e import cli_environment
+
+    return cli_environment()
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,6 +71,11 @@ def assert_same_decisions(got: pa.Table, want: pa.Table) -> None:
     for name in got.column_names:
         for i, (a, b) in enumerate(zip(got.column(name).to_pylist(), want.column(name).to_pylist())):
             assert same_but_float_bits(a, b), (name, i, a, b)
+
+
+def cli_environment() -> dict:
+    """Environment for `curate` subprocesses: this interpreter's venv first on PATH."""
+    return dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
 
 
 def curate_cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:

@@ -5,8 +5,6 @@ output shards stay as written, and the result equals one run over all the files.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +14,7 @@ import yaml
 
 from corpus import image_bytes
 from curate.synth.http_server import CorpusServer, Route
-from e2e import curate_cli, file_states, read_manifest
+from e2e import cli_environment, curate_cli, file_states, read_manifest
 
 # What differs between two runs over the same rows: where the input file was.
 WHERE = ["input_file"]
@@ -37,7 +35,7 @@ def _config(path: Path, input_dir: Path, merge_same_url: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("extend")
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env = cli_environment()
     routes = {f"/img/{i}.jpg": Route(image_bytes("JPEG", seed=40 + i)) for i in range(12)}
     with CorpusServer(routes) as server:
         def rows(images, words):
@@ -134,7 +132,7 @@ NEW_ROWS = [(0, "another view of thing number 0"),  # a caption the old sample h
 def extended_same_url(tmp_path_factory):
     """A run extended with a file that repeats its URLs, and one run over both files."""
     tmp = tmp_path_factory.mktemp("extend-same-url")
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env = cli_environment()
     routes = {f"/img/{i}.jpg": Route(image_bytes("JPEG", seed=60 + i)) for i in range(3)}
     with CorpusServer(routes) as server:
         def rows(pairs):

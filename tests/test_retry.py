@@ -8,8 +8,6 @@ retry fetches it."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +16,7 @@ import yaml
 
 from corpus import image_bytes
 from curate.synth.http_server import CorpusServer, Route
-from e2e import curate_cli, file_states, read_manifest
+from e2e import cli_environment, curate_cli, file_states, read_manifest
 
 GOOD = [f"/ok/{i}.jpg" for i in range(6)]
 # Served after the good images, so that their samples come last and the first output shards
@@ -39,11 +37,7 @@ def _routes() -> dict[str, Route]:
 
 @pytest.fixture(scope="module")
 def cli_env_module() -> dict:
-    import sys
-
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
+    return cli_environment()
 
 
 @pytest.fixture(scope="module")

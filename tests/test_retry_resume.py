@@ -9,10 +9,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,15 +18,11 @@ import yaml
 
 from corpus import image_bytes
 from curate.synth.http_server import CorpusServer, Route
-from e2e import read_manifest
-
-
-def _env() -> dict:
-    return dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+from e2e import cli_environment, read_manifest
 
 
 def _curate(args: list[str], kill_when=None) -> bool:
-    proc = subprocess.Popen(["curate", *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(["curate", *args], env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     if kill_when is None:
         output, _ = proc.communicate(timeout=900)
