@@ -5,7 +5,7 @@ What img2dataset's Parquet writer leaves per shard, and what curate reads back:
 ``NNNNN.parquet`` (columns: the save_additional_columns sample_id and caption_bad_encoding,
 then caption, url, key, status, error_message, width, height, original_width,
 original_height, exif, sha256, jpg) and ``NNNNN_stats.json``, the commit marker that
-``curate.stages.download.committed_shards`` looks for. ``RUN/_done/download`` is the
+``curate.download.download.committed_shards`` looks for. ``RUN/_done/download`` is the
 runner's done-marker for the step (curate.pipeline.runner._step), so the step is skipped;
 prepare still runs and writes rows/ from the input file, whose sample_ids
 (``00000-RRRRRRRRRR``) match the shards'.

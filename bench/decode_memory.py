@@ -6,7 +6,7 @@
 Each (image, path) pair runs in a fresh subprocess: the figure is that process's peak RSS
 (ru_maxrss) after the call minus before it, with every import done and the body in memory,
 so it is what one decode adds. "budget" is the figure curate checks from the header before
-decoding (width x height x channels x bytes per channel, curate.stages.image_decode); the
+decoding (width x height x channels x bytes per channel, curate.download.image_decode); the
 Resizer is img2dataset's with resize_mode border to 256 px, as a run uses it. The images
 are flat colours: a few hundred KB of PNG each (a small file decoding to a large buffer is
 the case the budget is for).
@@ -25,7 +25,7 @@ import io, os, resource, sys
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 from img2dataset.resizer import Resizer
 from PIL import Image
-from curate.stages.image_decode import UprightResizer, decoded_bytes
+from curate.download.image_decode import UprightResizer, decoded_bytes
 path, kind = sys.argv[1], sys.argv[2]
 data = open(path, "rb").read()
 budget = decoded_bytes(Image.open(io.BytesIO(data)))

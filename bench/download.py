@@ -74,7 +74,7 @@ def measure(args) -> dict:
             "ray": {"num_cpus": 2},
         })
         # Time img2dataset's download() call inside the step too, to see where the rest goes.
-        import curate.stages.download as stage
+        import curate.download.download as stage
 
         inner, call = {}, stage._download
 

@@ -93,7 +93,7 @@ def test_a_run_started_by_the_previous_version_resumes(tmp_path):
     ("HTTP://H.test/Ü.jpg", "http://h.test/%C3%9C.jpg"),
 ])
 def test_browser_url_encodes_what_http_cannot_carry(given, fetched):
-    from curate.stages.browser_url import browser_url
+    from curate.download.browser_url import browser_url
 
     assert browser_url(given) == fetched
 
@@ -101,7 +101,7 @@ def test_browser_url_encodes_what_http_cannot_carry(given, fetched):
 @pytest.mark.parametrize("given", [None, "", "not a url", "ftp://h.test/ü.jpg", "http://h.test/a\tü.jpg",
                                    "http://exa mple.test/ü.jpg", "http://h.test:99999/ü.jpg"])
 def test_browser_url_leaves_the_precheck_cases_alone(given):
-    from curate.stages.browser_url import browser_url
+    from curate.download.browser_url import browser_url
 
     assert browser_url(given) == given
 
@@ -136,7 +136,7 @@ def test_bytes_that_were_not_utf8_make_a_url_invalid_not_fetched():
     ("failed_to_download", None, "download_error"),
 ])
 def test_downloader_errors_map_to_stable_codes(status, message, code):
-    from curate.stages.download import download_reason
+    from curate.download.download import download_reason
 
     assert download_reason(status, message) == code
 
@@ -209,8 +209,8 @@ CONTENT_ENCODING_EXPECTED = {
 def test_content_encoded_bodies_are_decoded_capped_and_refused_by_code():
     import urllib.request
 
-    from curate.stages.precheck import AddressPolicy
-    from curate.stages.safe_fetch import FetchPolicy, FetchRefused, build_opener
+    from curate.download.precheck import AddressPolicy
+    from curate.download.safe_fetch import FetchPolicy, FetchRefused, build_opener
     from curate.synth.http_server import CorpusServer
 
     jpeg = _jpeg()
@@ -236,7 +236,7 @@ def _resizer(max_decode_bytes: int = 512 * 2**20, resize_mode: str = "no", image
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset.resizer import Resizer
 
-    from curate.stages.image_decode import UprightResizer
+    from curate.download.image_decode import UprightResizer
 
     inner = Resizer(image_size=image_size, resize_mode=resize_mode, resize_only_if_bigger=False,
                     encode_format="png", encode_quality=3)  # lossless: stored pixels can be compared
@@ -410,7 +410,7 @@ def test_plain_images_reach_cv2_as_fetched():
     """8-bit, opaque, upright: the Resizer gets the body untouched (same bytes, same path as before)."""
     from corpus import image_bytes
 
-    from curate.stages.image_decode import prepare
+    from curate.download.image_decode import prepare
 
     for data in (image_bytes("JPEG"), image_bytes("PNG"), image_bytes("JPEG", mode="CMYK"), marked_photo(1)):
         assert prepare(data, 512 * 2**20) == (None, None)
@@ -422,7 +422,7 @@ def test_decoded_bytes_reads_channels_and_depth_from_the_header():
     import numpy as np
     from PIL import Image
 
-    from curate.stages.image_decode import decoded_bytes
+    from curate.download.image_decode import decoded_bytes
 
     def opened(data):
         return Image.open(io.BytesIO(data))
@@ -441,8 +441,8 @@ def test_an_image_over_the_decode_budget_is_refused_before_decoding():
     img2dataset's float64 matting peaked at 3.2 GB for it)."""
     import numpy as np
 
-    from curate.stages.download import download_reason
-    from curate.stages.safe_fetch import verified_reason
+    from curate.download.download import download_reason
+    from curate.download.safe_fetch import verified_reason
 
     data = _png(np.zeros((6000, 6000, 4), np.uint8), "RGBA")
     assert len(data) < 1_000_000
@@ -454,7 +454,7 @@ def test_an_image_over_the_decode_budget_is_refused_before_decoding():
 
 
 def test_a_body_pillow_cannot_identify_is_not_an_image():
-    from curate.stages.download import download_reason
+    from curate.download.download import download_reason
 
     for body in (b"<html>not an image</html>", b"\x00" * 100, b"GIF89a"):
         _, _, error = _run(_resizer(), body)
@@ -639,7 +639,7 @@ def test_a_blip_tokenizer_without_a_limit_is_cut_at_the_encoders_positions(tmp_p
 ])
 def test_url_key_is_the_resource_a_browser_requests(a, b, same):
     from curate.pipeline.same_url import url_key
-    from curate.stages.browser_url import browser_url
+    from curate.download.browser_url import browser_url
 
     assert (url_key(browser_url(a)) == url_key(browser_url(b))) is same
 
@@ -848,9 +848,9 @@ def test_a_body_cut_short_of_its_content_length_is_incomplete_not_an_image():
     be accepted (a progressive JPEG's prefix still decodes)."""
     import urllib.request
 
-    from curate.stages.download import download_reason
-    from curate.stages.precheck import AddressPolicy
-    from curate.stages.safe_fetch import FetchPolicy, FetchVerdict, build_opener, verified_reason
+    from curate.download.download import download_reason
+    from curate.download.precheck import AddressPolicy
+    from curate.download.safe_fetch import FetchPolicy, FetchVerdict, build_opener, verified_reason
 
     raw = RawServer(_raw_answers(_jpeg()))
     try:

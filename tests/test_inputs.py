@@ -280,7 +280,7 @@ def test_jsonl_that_is_not_utf8_names_the_offset(tmp_path):
 
 
 def test_a_url_cell_that_is_not_utf8_is_never_fetched(tmp_path):
-    from curate.stages.browser_url import browser_url
+    from curate.download.browser_url import browser_url
 
     path = tmp_path / "urls.csv"
     path.write_bytes(b"url,caption\nhttp://x.org/caf\xe9.jpg,one caption\nhttp://x.org/ok.jpg,na\xc3\xafve caption\n")

@@ -1,4 +1,4 @@
-"""Polite fetching and deadlines (curate.stages.polite_fetch, host_gate, fetch_deadline):
+"""Polite fetching and deadlines (curate.download.polite_fetch, host_gate, fetch_deadline):
 a row's fetch through img2dataset's own download_image, in this process against a real
 server on 127.0.0.1, and a whole run whose download shards share one host gate.
 
@@ -21,13 +21,13 @@ from corpus import image_bytes
 from curate.core.config import load_config
 from curate.core.views import run_query
 from curate.pipeline.runner import run_pipeline
-from curate.stages import safe_fetch
-from curate.stages.download_errors import download_reason
-from curate.stages.fetch_deadline import parse_retry_after
-from curate.stages.host_gate import POLL_SECONDS, HostSchedule
-from curate.stages.polite_fetch import FetchSettings, ShardFetches
-from curate.stages.precheck import AddressPolicy
-from curate.stages.safe_fetch import FetchPolicy, verified_reason
+from curate.download import safe_fetch
+from curate.download.download_errors import download_reason
+from curate.download.fetch_deadline import parse_retry_after
+from curate.download.host_gate import POLL_SECONDS, HostSchedule
+from curate.download.polite_fetch import FetchSettings, ShardFetches
+from curate.download.precheck import AddressPolicy
+from curate.download.safe_fetch import FetchPolicy, verified_reason
 from curate.synth.http_server import CorpusServer, Route
 from e2e import read_manifest
 
@@ -73,7 +73,7 @@ def test_a_retry_after_pause_holds_every_start_to_the_host():
 
 
 def test_idle_hosts_are_forgotten_once_many_are_remembered(monkeypatch):
-    from curate.stages import host_gate
+    from curate.download import host_gate
 
     monkeypatch.setattr(host_gate, "MAX_HOSTS", 2)
     clock = Clock()

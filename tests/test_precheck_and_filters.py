@@ -2,9 +2,9 @@ import pytest
 
 from corpus import blocked_rows
 from curate.stages.cheap_filters import junk_kind
-from curate.stages.download import download_reason
+from curate.download.download import download_reason
 from curate.stages.inspect import InspectStage
-from curate.stages.precheck import check_url
+from curate.download.precheck import check_url
 from stage_helpers import caption_reasons, config, reasons
 
 

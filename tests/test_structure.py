@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "curate"
 # Lowest first: a package may import from its own layer and below, never above.
 LAYERS = [
     {"__root__", "schemas", "core"},
+    {"download"},  # the downloader: infrastructure below the stages (DESIGN.md)
     {"models", "dedupe", "synth"},
     {"stages"},
     {"flow"},
@@ -103,6 +104,24 @@ def test_no_import_cycles_between_modules():
         if module not in index:
             visit(module)
     assert cycles == []
+
+
+def test_the_downloader_is_infrastructure_of_its_own():
+    """curate/download/ (fetching, politeness, deadlines) uses only the infrastructure below it,
+    and no stage fetches: stages/ holds stages, not the downloader."""
+    graph = import_graph()
+    downloader = {m for m in graph if _package(m) == "download"}
+    assert "curate.download.safe_fetch" in downloader
+    above = [(m, t) for m in downloader for t in graph[m] if _package(t) not in {"__root__", "schemas", "core", "download"}]
+    assert above == []
+    fetching = ("img2dataset", "socket", "ssl", "http.client", "urllib.request")
+    outside = []
+    for path in (PACKAGE / "stages").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            outside += [(_module_name(path), n) for n in names if n.split(".")[0] in fetching or n in fetching]
+    assert outside == []
 
 
 def test_the_checks_above_see_real_imports():

@@ -44,8 +44,8 @@ from curate.flow.plan import Plan
 from curate.pipeline import same_url
 from curate.schemas import reasons as R
 from curate.schemas.columns import BLOCKED_REASON, SAME_URL_REASON
-from curate.stages.browser_url import browser_url
-from curate.stages.precheck import check_url
+from curate.download.browser_url import browser_url
+from curate.download.precheck import check_url
 
 TASK_CPUS = 0.5
 SCRATCH = "_same_url"  # RUN/_same_url/: the URL buckets' files, removed when the step ends
@@ -57,7 +57,7 @@ PART_MARKERS = "prepare-parts"
 
 def _with_precheck(rows: pa.Table, download: DownloadConfig) -> tuple[pa.Table, pa.Array]:
     """(rows with ``blocked_reason``, the URL to fetch for each row). The check judges the
-    URL as a browser would request it (curate.stages.browser_url); rows keep the input's."""
+    URL as a browser would request it (curate.download.browser_url); rows keep the input's."""
     allow, networks = download.allow_private_hosts, tuple(download.allowed_networks)
     fetch = [browser_url(u) for u in rows.column("url").to_pylist()]
     reasons = [R.URL_INVALID() if f is None and u else check_url(f, allow, networks)
@@ -89,7 +89,7 @@ def _committed(marker: str, work) -> dict:
 
 
 def _fetch_urls(rows: pa.Table) -> pa.Array:
-    """The URL each row fetches: as a browser would request it (curate.stages.browser_url)."""
+    """The URL each row fetches: as a browser would request it (curate.download.browser_url)."""
     return pa.array([browser_url(u) for u in rows.column("url").to_pylist()], pa.string())
 
 

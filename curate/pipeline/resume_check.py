@@ -32,7 +32,7 @@ from curate.core.rundir import RunDir
 from curate.pipeline.prepare import PART_MARKERS, ROWS_MARKERS
 
 _STATS = "_stats.json"
-_HOSTS = "_hosts.parquet"  # a download shard's per-host figures (curate.stages.polite_fetch), committed with it
+_HOSTS = "_hosts.parquet"  # a download shard's per-host figures (curate.download.polite_fetch), committed with it
 TASK_CPUS = 0.5
 GROUP = 16  # parts or shards checked per task
 

@@ -40,8 +40,8 @@ from curate.pipeline import passes
 from curate.pipeline.decide import TASK_CPUS, Partition, plan_partitions
 from curate.pipeline.runner import RunResult, _stops_cleanly, finish, size_model_pools
 from curate.pipeline.score import run_score
-from curate.stages.download import committed_shards, run_download
-from curate.stages.download_errors import TRANSIENT_REASONS, ReasonSet
+from curate.download.download import committed_shards, run_download
+from curate.download.download_errors import TRANSIENT_REASONS, ReasonSet
 
 
 # Keys a retry may set for itself (--set): how rows are fetched, never what is decided. The

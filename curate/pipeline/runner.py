@@ -41,7 +41,7 @@ from curate.pipeline.resume_check import verify_run
 from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
 from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
-from curate.stages.download import committed_shards, run_download
+from curate.download.download import committed_shards, run_download
 
 
 @dataclass

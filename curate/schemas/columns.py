@@ -55,7 +55,7 @@ DOWNLOADED = pa.schema([
     ("key", pa.string()),
     ("status", pa.string()),
     ("error_message", pa.string()),
-    ("fetch_reason", pa.string()),  # the verdict the fetching worker verified (curate.stages.safe_downloader)
+    ("fetch_reason", pa.string()),  # the verdict the fetching worker verified (curate.download.safe_downloader)
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),
@@ -63,7 +63,7 @@ DOWNLOADED = pa.schema([
     ("sha256", pa.string()),
 ])
 # Per-host figures of one download shard (RUN/downloaded/NNNNN_hosts.parquet, written by
-# curate.stages.polite_fetch; summed over the run by the `hosts` query view).
+# curate.download.polite_fetch; summed over the run by the `hosts` query view).
 DOWNLOAD_HOSTS = pa.schema([
     ("host", pa.string()),
     ("requests", pa.int64()),  # HTTP requests started (retries and Retry-After waits included)

@@ -136,7 +136,7 @@ def lookup(code: str) -> Code:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
-_IPV6_IN_BRACKETS = re.compile(r"\[[0-9A-Fa-f:.]+\]")  # curate.stages.address_policy.address_text
+_IPV6_IN_BRACKETS = re.compile(r"\[[0-9A-Fa-f:.]+\]")  # curate.download.address_policy.address_text
 MAX_DETAIL_CHARS = 120
 
 

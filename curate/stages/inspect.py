@@ -22,7 +22,7 @@ from PIL import Image
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
 from curate.stages.base import IMAGE, BatchStage, Rule
-from curate.stages.download_errors import download_reason
+from curate.download.download_errors import download_reason
 
 WIDTH, HEIGHT = "original_width", "original_height"
 
@@ -47,7 +47,7 @@ class InspectStage(BatchStage):
     key = "inspect"
     section = "filters"
     reads = ("status", "error_message", WIDTH, HEIGHT, IMAGE)
-    # The verdict the fetching worker verified (curate.stages.safe_downloader); download
+    # The verdict the fetching worker verified (curate.download.safe_downloader); download
     # shards of an earlier curate have none.
     optional_reads = ("fetch_reason",)
     writes = pa.schema([("download_reason", pa.string()), ("pixel_sha256", pa.string())])

@@ -14,9 +14,9 @@ import urllib.request
 import pytest
 
 from curate.schemas.reasons import reason
-from curate.stages.address_policy import IPV4_DENY, IPV6_DENY, AddressPolicy, address_text, is_public_address
-from curate.stages.precheck import check_url
-from curate.stages.safe_fetch import FetchPolicy, FetchVerdict, build_opener
+from curate.download.address_policy import IPV4_DENY, IPV6_DENY, AddressPolicy, address_text, is_public_address
+from curate.download.precheck import check_url
+from curate.download.safe_fetch import FetchPolicy, FetchVerdict, build_opener
 from curate.synth.http_server import CorpusServer, Route
 from raw_http import Raw, RawServer
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.stages.download import download_reason
-from curate.stages.precheck import AddressPolicy
-from curate.stages.safe_downloader import FETCH_REASON, VerdictWriter
-from curate.stages.safe_fetch import MARK, FetchPolicy, FetchRefused, FetchVerdict, build_opener, install, verified_reason
+from curate.download.download import download_reason
+from curate.download.precheck import AddressPolicy
+from curate.download.safe_downloader import FETCH_REASON, VerdictWriter
+from curate.download.safe_fetch import MARK, FetchPolicy, FetchRefused, FetchVerdict, build_opener, install, verified_reason
 from raw_http import FAKE_TAG, RawServer, forged_routes
 
 POLICY = FetchPolicy(addresses=AddressPolicy(False, ("127.0.0.1/32",)), max_fetch_seconds=2.0)

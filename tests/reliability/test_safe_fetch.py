@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from curate.stages.precheck import AddressPolicy, check_url, is_public_address
-from curate.stages.safe_fetch import FetchPolicy, FetchRefused, build_opener, declared_pixels_refusal, verified_reason
+from curate.download.precheck import AddressPolicy, check_url, is_public_address
+from curate.download.safe_fetch import FetchPolicy, FetchRefused, build_opener, declared_pixels_refusal, verified_reason
 from curate.synth.http_server import CorpusServer, Route
 from hostile import CANARY_HOST, MAX_BODY, MAX_PIXELS, StreamServer, png_declaring
 

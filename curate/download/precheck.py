@@ -3,9 +3,9 @@
 This catches what can be decided from the URL text alone: missing URLs, non-http(s)
 schemes, unparsable URLs, and hosts that are literal non-public addresses in any of the
 spellings a resolver accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``[::1]``,
-``[::ffff:0:127.0.0.1]``); which addresses are non-public is ``curate.stages.address_policy``.
+``[::ffff:0:127.0.0.1]``); which addresses are non-public is ``curate.download.address_policy``.
 Hosts given by name are checked against the address actually connected to, at download
-time (see ``curate.stages.safe_fetch``), since DNS can point a public-looking name at an
+time (see ``curate.download.safe_fetch``), since DNS can point a public-looking name at an
 internal address.
 """
 
@@ -16,7 +16,7 @@ import socket
 from urllib.parse import urlsplit
 
 from curate.schemas.reasons import reason
-from curate.stages.address_policy import AddressPolicy, address_text, embedded_ipv4, is_public_address
+from curate.download.address_policy import AddressPolicy, address_text, embedded_ipv4, is_public_address
 
 __all__ = ["ALLOWED_SCHEMES", "AddressPolicy", "check_url", "embedded_ipv4", "is_public_address", "parse_ip_literal"]
 

@@ -115,7 +115,7 @@ def download_reason(status: str | None, error_message: str | None, fetch_reason:
     the message can hold text a server wrote. The message is read only for what
     img2dataset reports itself (X-Robots-Tag, the resizer), and for shards downloaded by
     an earlier curate that had no ``fetch_reason``; whatever it says, it can only make the
-    row a download failure with a stable code (curate.stages.download_errors), never
+    row a download failure with a stable code (curate.download.download_errors), never
     with its text."""
     if status == "success":
         return None

@@ -1,5 +1,5 @@
-"""img2dataset's Downloader carrying a FetchPolicy (see ``curate.stages.safe_fetch``) and the
-fetch settings of ``curate.stages.polite_fetch`` (deadlines, host gate, Retry-After).
+"""img2dataset's Downloader carrying a FetchPolicy (see ``curate.download.safe_fetch``) and the
+fetch settings of ``curate.download.polite_fetch`` (deadlines, host gate, Retry-After).
 
 A module of its own because it must import img2dataset at module level: the classes are
 pickled by reference into every worker that runs a shard (and into img2dataset's logger
@@ -19,9 +19,9 @@ from img2dataset.logger import LoggerProcess
 
 from curate.core import commits, storage
 from curate.core.lifeline import die_with_parent
-from curate.stages.image_decode import UprightResizer
-from curate.stages.polite_fetch import FetchSettings, shard_fetches
-from curate.stages.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
+from curate.download.image_decode import UprightResizer
+from curate.download.polite_fetch import FetchSettings, shard_fetches
+from curate.download.safe_fetch import FetchPolicy, PixelCappedResizer, install, verified_reason
 
 # The column of a downloaded shard that holds the reason of a failed row, as verified in
 # the worker that fetched it (``safe_fetch.verified_reason``). Rows without one failed in
@@ -48,7 +48,7 @@ HOSTS_SUFFIX = "_hosts.parquet"  # per-host figures of a download shard, beside 
 
 class SafeDownloader(Downloader):
     """img2dataset's Downloader that fetches under ``fetch_policy`` and ``fetch_settings``
-    (curate.stages.polite_fetch), records verified verdicts, and commits each finished
+    (curate.download.polite_fetch), records verified verdicts, and commits each finished
     shard with a record (curate.core.commits)."""
 
     def __init__(self, *args, fetch_policy: FetchPolicy, fetch_settings: FetchSettings | None = None, **kwargs):

@@ -5,15 +5,15 @@ which calls ``download_image`` up to ``retries + 1`` times at once, whatever the
 has no deadline for a shard, no per-host limit, and reads no ``Retry-After``. Its shard
 loop calls that function by its module-global name, so :func:`install` puts
 :func:`download_image_with_retry` below in its place in the worker process, and
-``curate.stages.safe_downloader.SafeDownloader`` opens a :class:`ShardFetches` around each
+``curate.download.safe_downloader.SafeDownloader`` opens a :class:`ShardFetches` around each
 shard it downloads. A row's fetch is still img2dataset's own ``download_image`` (its
 User-Agent, its X-Robots-Tag check), made:
 
 - under a deadline: ``download.max_fetch_seconds`` from before the connect, or the shard's
-  ``download.shard_timeout``, whichever comes first (``curate.stages.fetch_deadline``). Rows
+  ``download.shard_timeout``, whichever comes first (``curate.download.fetch_deadline``). Rows
   the shard's deadline ends, in flight or not yet started, fail with ``shard_timeout``, so a
   shard always ends and ``curate retry`` fetches those rows again;
-- when the host gate lets it start (``curate.stages.host_gate``: ``download.max_per_host``,
+- when the host gate lets it start (``curate.download.host_gate``: ``download.max_per_host``,
   ``download.per_host_rps``, Retry-After pauses shared by every shard);
 - again after a 429 or 503 with ``Retry-After``: the host is paused that long and the row
   waits, up to ``download.max_retry_after`` seconds in all; past that it fails with the
@@ -38,10 +38,10 @@ import pyarrow as pa
 from img2dataset.downloader import download_image  # a download worker imports img2dataset anyway
 
 from curate.schemas.columns import DOWNLOAD_HOSTS as HOSTS_SCHEMA
-from curate.stages.download_errors import TRANSIENT_REASONS, ReasonSet, download_reason
-from curate.stages.fetch_deadline import Deadline, fetch_within, last_answer
-from curate.stages.host_gate import LocalGate
-from curate.stages.safe_fetch import FetchRefused, verified_reason
+from curate.download.download_errors import TRANSIENT_REASONS, ReasonSet, download_reason
+from curate.download.fetch_deadline import Deadline, fetch_within, last_answer
+from curate.download.host_gate import LocalGate
+from curate.download.safe_fetch import FetchRefused, verified_reason
 
 # Retry-After answers that make a row wait instead of failing (RFC 9110: 503; RFC 6585: 429).
 WAIT_STATUSES = (429, 503)

@@ -9,7 +9,7 @@ Downloader carrying a ``FetchPolicy``, and on arrival in a worker it installs th
 built here before it fetches anything (``install``). ``downloader_with_policy`` makes
 img2dataset build a SafeDownloader for the length of one ``download()`` call.
 
-(``SafeDownloader`` lives in ``curate.stages.safe_downloader``: it imports img2dataset.)
+(``SafeDownloader`` lives in ``curate.download.safe_downloader``: it imports img2dataset.)
 
 The address check happens on the resolved address *before* connecting (so nothing is
 ever sent to a refused address) and again on the socket's peer address after
@@ -23,7 +23,7 @@ exception *type* (a timeout, an HTTP status, a refused connection). How the verd
 from here to the manifest is the part a server must not be able to forge; see
 ``verified_reason``.
 
-Time: a fetch has one ``Deadline`` (``curate.stages.fetch_deadline``) for all its hops: the
+Time: a fetch has one ``Deadline`` (``curate.download.fetch_deadline``) for all its hops: the
 deadline of the row's fetch when one is running (``max_fetch_seconds`` from before its
 connect, or its download shard's ``shard_timeout``, whichever comes first), else
 ``max_fetch_seconds`` from its first connect. Every connect, TLS handshake and recv (status
@@ -54,10 +54,10 @@ import warnings
 from dataclasses import dataclass, field
 
 from curate.schemas.reasons import reason
-from curate.stages.address_policy import AddressPolicy, address_text
-from curate.stages.content_encoding import ContentRefused, decode_content
-from curate.stages.fetch_deadline import Deadline, current_deadline, note_answer, watch_socket
-from curate.stages.precheck import ALLOWED_SCHEMES
+from curate.download.address_policy import AddressPolicy, address_text
+from curate.download.content_encoding import ContentRefused, decode_content
+from curate.download.fetch_deadline import Deadline, current_deadline, note_answer, watch_socket
+from curate.download.precheck import ALLOWED_SCHEMES
 
 _CHUNK = 64 * 1024
 
@@ -73,7 +73,7 @@ _CHUNK = 64 * 1024
 # sent): ``curate-verdict private_host:10.0.0.8 #<tag>``. In the same process, before the
 # row is written, ``verified_reason`` accepts a reason only with a tag that verifies; a
 # server can copy the format but not produce a valid tag, since it never sees one. (The
-# shard writer in curate.stages.safe_downloader stores the verified reason in a column of
+# shard writer in curate.download.safe_downloader stores the verified reason in a column of
 # its own; nothing downstream parses error messages for verdicts.) A key per process,
 # not per run, because the check happens in the worker that fetched, right away.
 MARK = "curate-verdict"
@@ -119,7 +119,7 @@ class FetchFailed(FetchVerdict):
 def classify(error: BaseException) -> FetchVerdict:
     """The verdict for any error raised while fetching, from its type and typed fields
     only (an HTTP status is an int), never from its message: the codes
-    curate.stages.download_errors names for the same failures."""
+    curate.download.download_errors names for the same failures."""
     if isinstance(error, FetchVerdict):
         return error
     if isinstance(error, urllib.error.HTTPError):
@@ -154,7 +154,7 @@ class FetchPolicy:
     max_fetch_seconds: float = 60.0
     max_redirects: int = 5
     max_image_pixels: int = 178_956_970
-    max_decode_bytes: int = 512 * 2**20  # see curate.stages.image_decode
+    max_decode_bytes: int = 512 * 2**20  # see curate.download.image_decode
 
     @classmethod
     def from_config(cls, cfg) -> "FetchPolicy":

@@ -43,7 +43,7 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def _budget_refusal() -> str:
-    from curate.stages.safe_fetch import FetchRefused  # a signed verdict: how refusals travel through img2dataset
+    from curate.download.safe_fetch import FetchRefused  # a signed verdict: how refusals travel through img2dataset
 
     return str(FetchRefused("image_too_large", "max_decode_bytes"))
 

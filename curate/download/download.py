@@ -2,15 +2,15 @@
 
 img2dataset does the fetching, X-Robots-Tag opt-out handling, resizing and re-encoding;
 this module only calls it and turns each failed row into a reason code: the verdict the
-fetching worker verified (``fetch_reason``, see curate.stages.safe_fetch), or else
-img2dataset's own message for what happened after the fetch (``curate.stages.download_errors``).
+fetching worker verified (``fetch_reason``, see curate.download.safe_fetch), or else
+img2dataset's own message for what happened after the fetch (``curate.download.download_errors``).
 Each row's fetch runs under a deadline, a per-host gate shared by every shard and
-Retry-After (``curate.stages.polite_fetch``), each shard under ``download.shard_timeout``.
+Retry-After (``curate.download.polite_fetch``), each shard under ``download.shard_timeout``.
 Its Parquet output keeps failed rows, and it writes a shard's ``*_stats.json`` only after
 the shard's Parquet is closed, so the stats file is the
 shard's commit marker: ``incremental_mode="incremental"`` skips committed shards on resume.
 
-Fetching goes through ``curate.stages.safe_fetch`` (address checks at connect time, body
+Fetching goes through ``curate.download.safe_fetch`` (address checks at connect time, body
 and time caps, pixel cap). img2dataset only logs a shard that fails as a whole (a disk or
 bucket write error) and carries on, so ``run_download`` checks afterwards that every
 shard was committed and stops the run if not: its rows are retried on resume, never
@@ -24,10 +24,10 @@ import signal
 from curate.core import storage
 from curate.core.config import DownloadConfig
 # download_reason etc. lived here first; imported from here by the inspect stage and tests.
-from curate.stages.download_errors import (  # noqa: F401
+from curate.download.download_errors import (  # noqa: F401
     BLOCKED_AT_DOWNLOAD, TRANSIENT_REASONS, ReasonSet, download_reason,
 )
-from curate.stages.safe_fetch import FetchPolicy
+from curate.download.safe_fetch import FetchPolicy
 
 
 class DownloadIncomplete(OSError):
@@ -40,9 +40,9 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
     the ``carried`` columns of the list (beyond url and caption) go into the downloaded shards."""
     from img2dataset import download  # heavy import (cv2, albumentations, wandb): only when used
 
-    from curate.stages.host_gate import start_host_gate, stop_host_gate
-    from curate.stages.polite_fetch import FetchSettings
-    from curate.stages.safe_downloader import downloader_with_policy
+    from curate.download.host_gate import start_host_gate, stop_host_gate
+    from curate.download.polite_fetch import FetchSettings
+    from curate.download.safe_downloader import downloader_with_policy
 
     parts = storage.list_files(list_dir, ".parquet")
     if not parts:
