@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from curate.flow import pair_record
 
 if TYPE_CHECKING:
-    from curate.flow.plan import Plan
+    from curate.flow.kind import Plan
 
 # Scores every candidate has in the manifest's `captions` structs, NULL when a stage is off
 # (the shard record's caption scores too: one list); and its length in each text model's

@@ -31,7 +31,7 @@ from curate.stages.base import GlobalStage, Rule
 
 if TYPE_CHECKING:
     from curate.core.progress import Progress
-    from curate.flow.plan import Plan
+    from curate.flow.kind import Plan
 
 KEPT = Status.KEPT.sql
 # Refusals at download time that mean "must not be fetched", like the precheck's: blocked.

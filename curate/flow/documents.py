@@ -53,7 +53,7 @@ from curate.schemas.status import Status
 from curate.stages.base import Rule
 
 if TYPE_CHECKING:
-    from curate.flow.plan import Plan
+    from curate.flow.kind import Plan
 
 MANIFEST_ROW_GROUP = 10_000
 ORIGINAL, SYNTHETIC = "original", "synthetic"  # where the text next to an image comes from

@@ -5,22 +5,24 @@ says what differs: how its input is read into image rows, which columns go to do
 its own rules, how units are decided from the decided image rows (a pair's captions; a
 document's images and placement), and how a unit is written to the manifest and the
 training shards.
+
+The ``Plan`` (a run's kind and its enabled stages, in order) is defined here too: a kind's
+methods take the plan, and the plan holds its kind. ``curate.flow.plan.make_plan`` builds
+it and is the one module of the flow that imports the concrete kinds (no import circle).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyarrow as pa
 
 from curate.core.config import CurateConfig
 from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
-from curate.stages.base import Rule
-
-if TYPE_CHECKING:
-    from curate.flow.plan import Plan
-
+from curate.schemas import columns
+from curate.stages.base import BatchStage, GlobalStage, Rule, Stage
 
 class Kind:
     """Base of the kinds. ``rows_schema``: RUN/rows/'s schema; ``download_columns``: the
@@ -95,3 +97,60 @@ class Kind:
     def summary(self, counts: dict) -> dict:
         """Kind-specific figures for summary.json, from the decision's merged counts."""
         return {}
+
+
+# Config keys a refilter may change beyond the stages' and the kind's thresholds: the
+# output layout and resources (decided again from stored results, no model).
+REFILTER_KEYS = ("output.formats", "output.samples_per_shard", "report.", "manifest.memory_limit")
+
+
+@dataclass
+class Plan:
+    """A run's plan: its config, its kind, its enabled batch stages in run order, its enabled
+    global stages, and the whole stage list (``every``) for hints and ``curate describe``.
+    Built by ``curate.flow.plan.make_plan``."""
+
+    cfg: CurateConfig
+    kind: Kind
+    batch: list[BatchStage]  # enabled, in run order
+    globals: list[GlobalStage]  # enabled
+    every: list[Stage] = field(default_factory=list)  # the whole stage list, enabled or not
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [*self.batch, *self.globals]
+
+    @property
+    def written(self) -> set[str]:
+        """Columns a scored row has: the downloaded ones and every enabled batch stage's."""
+        return set(columns.DOWNLOADED.names) | set(self.kind.download_columns) | {
+            name for stage in self.batch for name in stage.writes.names}
+
+    def rules(self, scope: str) -> list[Rule]:
+        """``image`` or ``caption``: the enabled batch stages' rules of that scope, in run
+        order; ``global``: the global stages' rules."""
+        if scope == "global":
+            return [rule for stage in self.globals for rule in stage.rules()]
+        return [rule for stage in self.batch for rule in stage.rules() if rule.scope == scope]
+
+    def scored_schema(self) -> pa.Schema:
+        """RUN/scored/'s columns: the base, what the kind's rows carry and every enabled batch stage's writes."""
+        return columns.concat_schemas(columns.SCORED_BASE, self.kind.carried, *(s.writes for s in self.batch))
+
+    def unsupported(self) -> list[Stage]:
+        """Stages the config asks for that are not built for this run's kind."""
+        return [s for s in self.every if s.switch and s.configured() and self.cfg.input.kind not in s.kinds]
+
+    def refilter_keys(self) -> tuple[str, ...]:
+        """Config keys (or ``section.`` prefixes) a refilter may change."""
+        keys = [k for s in self.stages for k in s.thresholds] + list(self.kind.thresholds) + list(REFILTER_KEYS)
+        return tuple(dict.fromkeys(keys))
+
+    def check(self, models: bool = True) -> None:
+        """Every stage's and the kind's checks: a bad reference or config stops here, before
+        anything is written. ``models=False`` skips the model stages' reference checks (a
+        refilter runs no model: its model files may be gone)."""
+        self.kind.check(self)
+        for stage in self.stages:
+            if models or not getattr(stage, "uses_model", False):
+                stage.check()

@@ -47,7 +47,7 @@ from curate.schemas.status import Status
 from curate.stages.base import Rule
 
 if TYPE_CHECKING:
-    from curate.flow.plan import Plan
+    from curate.flow.kind import Plan
 
 # Row groups small enough that an output task reading one shard's rows (by output_shard,
 # which follows sample_id order) skips the rest of the part by its statistics.

@@ -1,75 +1,26 @@
 """The plan of a run: its kind and its enabled stages, in order, checked before anything runs.
 
 Built once per run from the config and the stage list (curate.stages.registry), and read by
-the runner, the decision, refilter, progress, the report and ``curate describe``.
+the runner, the decision, refilter, progress, the report and ``curate describe``. The
+``Plan`` itself is defined next to the ``Kind`` base (curate.flow.kind), which the kinds
+import: this module imports the kinds, and nothing in the flow imports it back.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from curate.core.config import ConfigError, CurateConfig
 from curate.flow.documents import DocumentsKind
-from curate.flow.kind import Kind
+from curate.flow.kind import REFILTER_KEYS, Kind, Plan
 from curate.flow.pairs import PairsKind
 from curate.schemas import columns
-from curate.stages.base import IMAGE, BatchStage, GlobalStage, Rule, Stage
+from curate.stages.base import IMAGE, BatchStage, GlobalStage
 from curate.stages.registry import STAGES
 
+__all__ = ["KINDS", "REFILTER_KEYS", "Plan", "make_plan", "order_batch_stages"]
+
 KINDS: dict[str, type[Kind]] = {"pairs": PairsKind, "documents": DocumentsKind}
-# Config keys a refilter may change beyond the stages' and the kind's thresholds: the
-# output layout and resources (decided again from stored results, no model).
-REFILTER_KEYS = ("output.formats", "output.samples_per_shard", "report.", "manifest.memory_limit")
-
-
-@dataclass
-class Plan:
-    cfg: CurateConfig
-    kind: Kind
-    batch: list[BatchStage]  # enabled, in run order
-    globals: list[GlobalStage]  # enabled
-    every: list[Stage] = field(default_factory=list)  # the whole stage list, enabled or not
-
-    @property
-    def stages(self) -> list[Stage]:
-        return [*self.batch, *self.globals]
-
-    @property
-    def written(self) -> set[str]:
-        """Columns a scored row has: the downloaded ones and every enabled batch stage's."""
-        return set(columns.DOWNLOADED.names) | set(self.kind.download_columns) | {
-            name for stage in self.batch for name in stage.writes.names}
-
-    def rules(self, scope: str) -> list[Rule]:
-        """``image`` or ``caption``: the enabled batch stages' rules of that scope, in run
-        order; ``global``: the global stages' rules."""
-        if scope == "global":
-            return [rule for stage in self.globals for rule in stage.rules()]
-        return [rule for stage in self.batch for rule in stage.rules() if rule.scope == scope]
-
-    def scored_schema(self) -> pa.Schema:
-        """RUN/scored/'s columns: the base, what the kind's rows carry and every enabled batch stage's writes."""
-        return columns.concat_schemas(columns.SCORED_BASE, self.kind.carried, *(s.writes for s in self.batch))
-
-    def unsupported(self) -> list[Stage]:
-        """Stages the config asks for that are not built for this run's kind."""
-        return [s for s in self.every if s.switch and s.configured() and self.cfg.input.kind not in s.kinds]
-
-    def refilter_keys(self) -> tuple[str, ...]:
-        """Config keys (or ``section.`` prefixes) a refilter may change."""
-        keys = [k for s in self.stages for k in s.thresholds] + list(self.kind.thresholds) + list(REFILTER_KEYS)
-        return tuple(dict.fromkeys(keys))
-
-    def check(self, models: bool = True) -> None:
-        """Every stage's and the kind's checks: a bad reference or config stops here, before
-        anything is written. ``models=False`` skips the model stages' reference checks (a
-        refilter runs no model: its model files may be gone)."""
-        self.kind.check(self)
-        for stage in self.stages:
-            if models or not getattr(stage, "uses_model", False):
-                stage.check()
 
 
 def make_plan(cfg: CurateConfig) -> Plan:
