@@ -127,6 +127,81 @@ def test_the_downloader_is_infrastructure_of_its_own():
     assert outside == []
 
 
+# Modules outside stages/ that still name a stage's key or a column a stage writes, each with
+# why. The test below fails on any other name there, and on an entry no longer needed, so this
+# list only shrinks. (core/config.py holds one section per stage by design.)
+NAMES_A_STAGE = {
+    "curate.dedupe": ({"dedupe"}, "the dedupe library's own name, in its docstring example"),
+    "curate.dedupe.combined": ({"clip_score"}, "the library's keep mode, older than the stage's keep_scores"),
+    "curate.dedupe.survivors": ({"clip_score", "itm"}, "the library's keep modes, older than the stage's keep_scores"),
+    "curate.dedupe.partitioned": ({"duplicate_of", "duplicate_kind"}, "the pair table the dedupe stage reads back"),
+    "curate.demo_documents": ({"synthetic_captions"}, "the demo prints what the captioner wrote"),
+    "curate.flow.captions": ({"alternate_caption_texts", "clip_score", "itm_prob", "synthetic_captions"},
+                             "CapFilt: the judges and the candidate captions (docs/stages.md)"),
+    "curate.flow.documents": ({"clip", "clip_score", "itm_prob", "sentence_itm_probs",
+                               "sentence_sims", "synthetic_captions"},
+                              "placement reads the CLIP and ITM text scores by name (docs/stages.md), "
+                              "and interleaved.placement_by's values"),
+    "curate.flow.interleave": ({"itm"}, "interleaved.placement_by's value: placement by ITM"),
+    "curate.flow.pair_record": ({"clip_score", "clip_tokens", "duplicate_kind", "itm_cosine", "itm_prob", "itm_tokens"},
+                                "the shard record's caption scores (docs/formats.md)"),
+    "curate.flow.pairs": ({"caption_text", "synthetic_votes"}, "CapFilt's candidates of a pair"),
+    "curate.models.blip": ({"itm"}, "the BLIP head's own name in transformers"),
+    "curate.pipeline.export": ({"clip", "clip_image_embedding"}, "the clip-retrieval export is of CLIP's embeddings"),
+    "curate.report.build": ({"dedupe"}, "the summary line's dedupe threshold"),
+    "curate.report.stats": ({"caption_chars", "caption_words"}, "`curate stats`' alt-text length measures"),
+    "curate.schemas.columns": ({"clip_score", "clip_tokens", "itm_cosine", "itm_prob", "itm_tokens"},
+                               "the manifest's candidate-caption struct (docs/manifest.md)"),
+    "curate.schemas.reasons": ({"caption_junk", "duplicate_of"}, "reason codes named for what they record"),
+}
+
+
+def _stage_names_used(tree: ast.Module, names: set[str], keys: set[str]) -> set[str]:
+    """The names among ``names`` a module uses as a string (not in a docstring), and the
+    stage keys among ``keys`` it reads as a config section (``cfg.clip``, ``self.cfg.itm``)."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings:
+            used.add(node.value)
+        elif isinstance(node, ast.Attribute) and node.attr in keys:
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
+            if owner in ("cfg", "config"):
+                used.add(node.attr)
+    return used
+
+
+def test_no_module_outside_stages_names_a_stage_or_its_columns():
+    """The runner, the report, export, describe and pools read the stages' declarations; a
+    module outside stages/ that names a stage's key or column (as a string, or its config
+    section) must be one of NAMES_A_STAGE, for the reason given there."""
+    from curate.schemas import columns
+    from curate.stages.registry import STAGES
+
+    keys = {cls.key for cls in STAGES}
+    base = {name for value in vars(columns).values() if isinstance(value, pa.Schema) for name in value.names}
+    names = (keys | {name for cls in STAGES for name in cls.writes.names}) - base  # "caption": the input's column too
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        if _package(module) == "stages" or module == "curate.core.config":
+            continue
+        used = _stage_names_used(ast.parse(path.read_text()), names, keys)
+        if used:
+            found[module] = used
+    unexpected = {m: sorted(used - NAMES_A_STAGE.get(m, (set(), ""))[0]) for m, used in found.items()}
+    assert {m: u for m, u in unexpected.items() if u} == {}, "read the stage declarations instead"
+    stale = {m: sorted(allowed - found.get(m, set())) for m, (allowed, _) in NAMES_A_STAGE.items()}
+    assert {m: s for m, s in stale.items() if s} == {}, "no longer named there: drop it from NAMES_A_STAGE"
+
+
+def test_the_stage_name_check_sees_a_leak():
+    tree = ast.parse('"""clip_score in a docstring is prose."""\nRESOURCE = ("clip", "itm_prob")\nx = cfg.aesthetic.model\n')
+    assert _stage_names_used(tree, {"clip", "itm_prob", "clip_score"}, {"clip", "aesthetic"}) == {"clip", "itm_prob", "aesthetic"}
+
+
 def test_the_checks_above_see_real_imports():
     graph = import_graph()
     assert "curate.stages.base" in graph["curate.stages.clip_score"]
@@ -149,7 +224,7 @@ def _stages():
 
 @pytest.mark.parametrize("cls", _stages(), ids=lambda c: c.key)
 def test_every_stage_declares_the_contract(cls):
-    from curate.stages.base import BatchStage, GlobalStage
+    from curate.stages.base import BatchStage, GlobalStage, Score
 
     assert isinstance(cls.key, str) and cls.key and cls.__doc__, "a stage says what it does in its docstring"
     assert issubclass(cls, (BatchStage, GlobalStage))
@@ -161,10 +236,28 @@ def test_every_stage_declares_the_contract(cls):
         assert synthetic is None or synthetic in cls.writes.names
         assert alternate is None or alternate in cls.writes.names or alternate in carried
     assert set(cls.text_columns.values()) <= set(cls.writes.names), "a document's per-text scores are among the writes"
+    for column, score in cls.scores.items():  # a score says what it means (the report reads it)
+        assert isinstance(score, Score) and score.label and column in cls.manifest
+        assert score.threshold is None or score.threshold in cls.thresholds
+        assert score.low is None or score.high is None or score.low < score.high
+        assert score.reason is None or any(score.reason in rule.codes for rule in _rules_with_thresholds(cls, score))
     for key in cls.thresholds:  # refilter-able keys are real config keys (or whole sections)
         section, _, name = key.partition(".")
         fields = CurateConfig.model_fields
         assert section in fields and (not name or name in fields[section].annotation.model_fields), key
+
+
+def _rules_with_thresholds(cls, score):
+    """The stage's rules with every threshold it declares set (so each threshold rule exists)."""
+    from curate.core.config import validate
+
+    data = {"input": {"path": "in.parquet"}, "output": {"path": "run"}}
+    section, _, name = score.threshold.partition(".")
+    data.setdefault(section, {})[name] = 0.5
+    if cls.switch:
+        switch_section, _, switch_name = cls.switch.partition(".")
+        data.setdefault(switch_section, {})[switch_name] = "any reference"  # rules() loads no model
+    return [rule for rule in cls(validate(data)).rules()]
 
 
 def test_stage_keys_and_written_columns_are_unique():

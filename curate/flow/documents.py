@@ -50,7 +50,7 @@ from curate.schemas import columns
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
 from curate.schemas.status import Status
-from curate.stages.base import Rule
+from curate.stages.base import Rule, Score
 
 if TYPE_CHECKING:
     from curate.flow.kind import Plan
@@ -59,12 +59,28 @@ MANIFEST_ROW_GROUP = 10_000
 ORIGINAL, SYNTHETIC = "original", "synthetic"  # where the text next to an image comes from
 
 
+# A kept image's scores against the text it was placed at (manifest_images; NULL for the rest).
+PLACED_SCORES = {
+    "placed_clip_score": Score("CLIP cosine to the text that follows it (kept images)", low=-1.0, high=1.0),
+    "placed_itm_prob": Score("ITM P(match) to the text that follows it (kept images)", low=0.0, high=1.0),
+}
+
+
 class DocumentsKind(Kind):
     name = "documents"
     rows_schema = columns.DOCUMENT_IMAGE_ROWS.append(columns.BLOCKED_REASON)
     download_columns = ("sample_id", "url", "caption", "caption_bad_encoding", "doc_texts")
     thresholds = ("interleaved.",)
     reads_text_scores = True
+    # An image's scores in manifest_images: what the text scores mean once the kind has
+    # chosen the best text (clip_score, itm_prob), and where the image was placed.
+    scores = {
+        "clip_score": Score("best CLIP cosine to a text of its document", "interleaved.min_sim", R.SIM_BELOW,
+                            low=-1.0, high=1.0),
+        "itm_prob": Score("best ITM P(match) to a text of its shortlist", "interleaved.min_itm", R.ITM_BELOW,
+                          low=0.0, high=1.0),
+        **PLACED_SCORES,
+    }
 
     def check(self, plan: Plan) -> None:
         cfg = self.cfg.interleaved

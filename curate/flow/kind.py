@@ -22,7 +22,7 @@ from curate.core.config import CurateConfig
 from curate.core.inputs import InputPart
 from curate.core.rundir import RunDir
 from curate.schemas import columns
-from curate.stages.base import BatchStage, GlobalStage, Rule, Stage
+from curate.stages.base import BatchStage, GlobalStage, Rule, Score, Stage
 
 class Kind:
     """Base of the kinds. ``rows_schema``: RUN/rows/'s schema; ``download_columns``: the
@@ -38,6 +38,9 @@ class Kind:
     # Whether its decision reads the stages' ``text_columns`` (an image's score per text of its
     # document). A run of a kind that doesn't may lack them (scored before a stage wrote them).
     reads_text_scores: ClassVar[bool] = False
+    # Score columns of its manifest that the kind writes or gives its own meaning (a
+    # documents run's image scores): they replace the stages' declarations of the same name.
+    scores: ClassVar[dict[str, Score]] = {}
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg

@@ -33,6 +33,7 @@ from curate.flow.pair_record import CAPTION_SCORES, output_key, record_schema, s
 from curate.core.rundir import RunDir
 from curate.flow.shards import ShardImages
 from curate.schemas.status import Status
+from curate.stages.registry import STAGES
 
 FORMATS = ("llava", "datacomp-uids", "clip-retrieval")
 # LLaVA's pretraining turns: the image token and a request for a brief description, then the
@@ -179,8 +180,10 @@ def _clip_retrieval(con, run: RunDir, shards: list[str], out: Path, on_shard) ->
     encode = _TextEncoder(run)
     ext = _image_format(run)
     manifest_columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest)").fetchall()}
-    # The metadata's scores are the shard record's: the training caption's, and the image's own.
-    score_columns = [c for c in (*CAPTION_SCORES, "aesthetic_score") if c in manifest_columns]
+    # The metadata's scores are the shard record's: the training caption's, and the image's own
+    # (every declared score that is not a per-caption one: a new stage's score is exported too).
+    image_scores = [c for stage in STAGES for c in stage.scores if c not in stage.caption_columns]
+    score_columns = [c for c in dict.fromkeys((*CAPTION_SCORES, *image_scores)) if c in manifest_columns]
     folders = {name: out / name for name in ("img_emb", "text_emb", "metadata")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ strongest filtering baseline does (Gadre et al. 2023, "DataComp", CLIP score top
 ViT-L/14). The population is every image the stage scored (its score column in RUN/scored/,
 one value per sample_id, the original caption's score for pairs); the resolved threshold
 ``t`` is the k-th largest score, k = ceil(keep_fraction x scored images), so exactly the
-images scoring ``>= t`` pass that rule (all of them on a tie at ``t``). It is exact, not
+images scoring ``>= t`` pass that rule (all of them on a tie at ``t``); for a score declared
+lower-is-better (curate.stages.base.Score) it is the k-th smallest and ``<= t`` passes. It is exact, not
 estimated, and computed without gathering the scores anywhere:
 
 1. each partition's task returns its count, minimum and maximum;
@@ -38,12 +39,14 @@ TASK_CPUS = 0.5
 @dataclass(frozen=True)
 class KeepFraction:
     """One quantile threshold to resolve: ``fraction_key`` (``clip.keep_fraction``) sets
-    ``threshold_key`` (``clip.min_score``) from score column ``column``."""
+    ``threshold_key`` (``clip.min_score``) from score column ``column``; ``higher_is_better``
+    from the score's declaration (False: the fraction kept is the lowest scores)."""
 
     fraction_key: str
     threshold_key: str
     column: str
     fraction: float
+    higher_is_better: bool = True
 
 
 def wanted(plan: Plan) -> list[KeepFraction]:
@@ -53,14 +56,15 @@ def wanted(plan: Plan) -> list[KeepFraction]:
         for fraction_key, threshold_key in stage.keep_fractions.items():
             fraction = _get(plan.cfg, fraction_key)
             if fraction is not None:
-                column = next(c for c, (_, key) in stage.scores.items() if key == threshold_key)
-                out.append(KeepFraction(fraction_key, threshold_key, column, fraction))
+                column, score = next((c, s) for c, s in stage.scores.items() if s.threshold == threshold_key)
+                out.append(KeepFraction(fraction_key, threshold_key, column, fraction, score.higher_is_better))
     return out
 
 
 def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
     """(the plan with every keep fraction replaced by its resolved threshold, what was
-    resolved: ``{threshold_key: {"keep_fraction", "resolved", "scored", "at_or_above"}}``).
+    resolved: ``{threshold_key: {"keep_fraction", "resolved", "scored", "at_or_above"}}``;
+    ``at_or_above`` counts the scores that pass: at or below it when lower is better).
     ``partitions``: curate.pipeline.decide's, whose files the tasks read."""
     todo = wanted(plan)
     if not todo:
@@ -68,7 +72,11 @@ def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
     data = plan.cfg.model_dump(mode="json")
     resolved = {}
     for item in todo:
-        value, scored, at_or_above = kth_largest(plan, run, partitions, item.column, item.fraction)
+        if item.higher_is_better:
+            value, scored, at_or_above = kth_largest(plan, run, partitions, item.column, item.fraction)
+        else:  # the k-th smallest: the k-th largest of the negated scores
+            value, scored, at_or_above = kth_largest(plan, run, partitions, f'(-"{item.column}")', item.fraction)
+            value = None if value is None else -value
         _set(data, item.fraction_key, None)
         _set(data, item.threshold_key, value)
         resolved[item.threshold_key] = {"keep_fraction": item.fraction, "resolved": value,

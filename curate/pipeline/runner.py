@@ -42,6 +42,8 @@ from curate.pipeline.run_inputs import input_changes, input_state, list_run_inpu
 from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.download.download import committed_shards, run_download
+from curate.stages.base import BatchStage
+from curate.stages.registry import STAGES
 
 
 @dataclass
@@ -55,9 +57,9 @@ class RunResult:
 # Keys that set resources, not results: a run may resume with other values (more memory
 # after the manifest step ran out of it, another Ray cluster, other actor pools: captions are
 # drawn per sample, so batches and actors do not change them).
+# Each model stage declares its own (BatchStage.resource_keys): a new one is covered by its class.
 RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem") + tuple(
-    f"{stage}.{key}" for stage in ("clip", "itm", "caption", "aesthetic")
-    for key in ("actors", "num_cpus", "num_gpus", "threads", "batch_size"))
+    key for stage in STAGES if issubclass(stage, BatchStage) for key in stage.resource_keys())
 
 
 def _check_layout(run: RunDir) -> None:

@@ -17,7 +17,10 @@ from curate.core.rundir import RunDir
 from curate.report import html, plots, samples, stats
 from curate.report.failures import failures_section
 from curate.report.thumbnails import load_thumbnails
+from curate.flow.captions import JUDGES
+from curate.report.model_facts import model_facts
 from curate.schemas.status import STATUS_ORDER
+from curate.stages.base import Score
 from curate.stages.registry import STAGES
 
 DEFAULT_SAMPLES = 24
@@ -27,14 +30,13 @@ NAV_LABELS = {"kept": "Kept", "filtered": "Filtered", "duplicates": "Duplicates"
               "capfilt": "CapFilt captions"}
 
 
-def stage_scores(config: dict | None = None) -> dict[str, tuple[str, str | None]]:
-    """Score columns: column -> (label, threshold key), of every stage, or with ``config``
-    (a run's config.yaml) of the stages that run enabled. The report plots the present
-    ones and says which are missing (their stage ran, but scored nothing)."""
-    out: dict[str, tuple[str, str | None]] = {}
-    for stage in _enabled_stages(config) if config is not None else STAGES:
-        out.update(stage.scores)
-    return out
+def stage_scores(config: dict | None = None) -> dict[str, Score]:
+    """Score columns -> their declarations (curate.stages.base.Score): of every stage, or
+    with ``config`` (a run's config.yaml) of the stages that run enabled. The report plots
+    the present ones and says which are missing (their stage ran, but scored nothing)."""
+    if config is None:
+        return stats.declared_scores()
+    return {column: score for stage in _enabled_stages(config) for column, score in stage.scores.items()}
 
 
 def _enabled_stages(config: dict) -> list:
@@ -80,8 +82,8 @@ def write_report(run_root: str, samples_per_group: int | None = None) -> str:
 
 def threshold(con, config: dict, column: str) -> float | None:
     """The threshold the run applied to ``column``: from its config, else read back from its reasons."""
-    key = stage_scores().get(column, (None, None))[1]
-    value = _config_value(config, key) if key else None
+    score = stage_scores().get(column)
+    value = _config_value(config, score.threshold) if score and score.threshold else None
     return value if isinstance(value, (int, float)) else stats.threshold_from_reasons(con, column)
 
 
@@ -154,13 +156,13 @@ def _facts(run: RunDir, config: dict, scores: list[str], con) -> list[str]:
     facts = []
     if summary.get("wall_seconds"):
         facts.append(f"wall time <b>{summary['wall_seconds']:,.1f} s</b> ({summary.get('rows_per_second')} rows/s)")
-    clip = config.get("clip") or {}
-    if clip.get("model"):
-        facts.append(f"CLIP <b>{html.esc(clip['model'])}</b>")
+    facts += model_facts(config)
+    declared = stage_scores()
     for column in scores:
         t = threshold(con, config, column)
         if t is not None:
-            facts.append(f"{html.esc(column)} ≥ <b>{t:g}</b>")
+            sign = "≥" if declared[column].higher_is_better else "≤"
+            facts.append(f"{html.esc(column)} {sign} <b>{t:g}</b>")
     dedupe = config.get("dedupe") or {}
     if dedupe.get("enabled", True):
         facts.append(f"dedupe threshold <b>{dedupe.get('threshold') or 'default'}</b>")
@@ -178,9 +180,10 @@ def funnel_section(con) -> tuple[str, str]:
 
 def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
     body = []
-    expected = {column: label for column, (label, _) in stage_scores(config).items()}
+    expected = stage_scores(config)
+    declared = stage_scores()
     for column in scores + [c for c in expected if c not in scores]:
-        label = expected.get(column, column)
+        label = expected[column].label if column in expected else declared[column].label
         if column not in scores:
             body.append(html.note(f"No {html.esc(label)} in this run (manifest column <code>{html.esc(column)}</code> "
                                   "is missing or empty): its stage is enabled but scored nothing, so there is nothing to plot."))
@@ -190,7 +193,8 @@ def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
         # series: the column holds the alt-text's score, which may be far below the threshold.
         values = stats.values_by_status(con, f'"{column}"', rescued_apart=column in samples.CAPTION_SCORES)
         hist = plots.histogram_by_status(values, column, f"hist-{column}", t)
-        curve = plots.keep_fraction_curve(stats.eligible_scores(con, column), column, f"curve-{column}", t)
+        curve = plots.keep_fraction_curve(stats.eligible_scores(con, column), column, f"curve-{column}", t,
+                                          higher_is_better=declared[column].higher_is_better)
         body.append(f"<h3>{html.esc(label)} (<code>{html.esc(column)}</code>)</h3><div class=\"plots\">"
                     + html.figure(hist, "Distribution per decision; the dashed line is the threshold."
                                   + (f" <b>{stats.RESCUED}</b>: kept with a synthetic caption, plotted at its "
@@ -258,15 +262,18 @@ def capfilt_section(rows, thumbs, scores) -> tuple[str, str]:
     for row in rows:
         thumb = thumbs.get(row["sample_id"])
         image = f'<img src="{thumb}" alt="{html.esc(row["sample_id"])}">' if thumb else '<div class="noimg">no image</div>'
+        # the caption judges' scores (curate.flow.captions.JUDGES), in the order they break ties
         lines = "".join(
             f'<tr class="{"chosen" if c.get("text") == row.get("caption_chosen") else ""}">'
             f'<td>{html.badge("kept" if c.get("kept") else "filtered", c.get("source") or "?")}</td>'
-            f'<td>{html.esc(c.get("text"))}</td><td class="num">{html.fmt(c.get("itm_prob"))}</td>'
-            f'<td class="num">{html.fmt(c.get("clip_score"))}</td><td>{"kept" if c.get("kept") else "dropped"}</td></tr>'
+            f'<td>{html.esc(c.get("text"))}</td>'
+            + "".join(f'<td class="num">{html.fmt(c.get(judge))}</td>' for judge in JUDGES)
+            + f'<td>{"kept" if c.get("kept") else "dropped"}</td></tr>'
             for c in row["captions"]
         )
+        heads = "".join(f'<th class="num">{html.esc(judge)}</th>' for judge in JUDGES)
         items.append(f'<div class="capfilt"><figure class="card">{image}</figure><div class="scroll"><table>'
-                     f'<thead><tr><th>source</th><th>caption</th><th class="num">itm_prob</th><th class="num">clip_score</th>'
+                     f'<thead><tr><th>source</th><th>caption</th>{heads}'
                      f'<th></th></tr></thead><tbody>{lines}</tbody></table></div></div>')
     return "Candidate captions of kept samples; the highlighted row is the training caption (<code>caption_chosen</code>).", "".join(items)
 

@@ -19,21 +19,13 @@ from curate.core.config import InterleavedConfig
 from curate.core.rundir import RunDir
 from curate.core.views import QueryError
 from curate.flow.document_rules import document_rules
+from curate.flow.documents import PLACED_SCORES
 from curate.report import document_stats as ds
 from curate.report import html, plots, stats
 from curate.report.failures import failures_section
+from curate.report.model_facts import model_facts
 from curate.report.thumbnails import load_thumbnails
 from curate.schemas.status import STATUS_ORDER, Status
-
-# Image score columns the report plots when present: (label, the interleaved.* key of its threshold).
-IMAGE_SCORES = {
-    "clip_score": ("best CLIP cosine to a text of its document", "min_sim"),
-    "itm_prob": ("best ITM P(match) to a text of its shortlist", "min_itm"),
-    "placed_clip_score": ("CLIP cosine to the text that follows it (kept images)", None),
-    "placed_itm_prob": ("ITM P(match) to the text that follows it (kept images)", None),
-    "aesthetic_score": ("aesthetic score", None),
-}
-
 
 def _interleaved(config: dict) -> InterleavedConfig:
     """The run's interleaved settings (defaults where its config.yaml has none)."""
@@ -41,6 +33,20 @@ def _interleaved(config: dict) -> InterleavedConfig:
         return InterleavedConfig(**(config.get("interleaved") or {}))
     except ValueError:  # a config.yaml of another version: the defaults still draw the page
         return InterleavedConfig()
+
+
+def _threshold(config: dict, key: str) -> float | None:
+    """The value of the dotted config key ``key`` the run used (its default where its
+    config.yaml has none); None when it has none or the config no longer validates."""
+    from curate.core.config import ConfigError, validate
+
+    try:
+        node = validate(config)
+    except (ConfigError, ValueError):
+        return None
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node if isinstance(node, (int, float)) else None
 
 
 # Manifest columns the page reads that a documents run's manifests gained with it.
@@ -77,7 +83,7 @@ def render_documents(con, run: RunDir, config: dict, n: int) -> str:
     texts = ds.input_texts(run, [d["sample_id"] for d in dropped])
     parts = [
         ("funnel", "Funnel", funnel_section(con, cfg)),
-        ("scores", "Scores", scores_section(con, cfg)),
+        ("scores", "Scores", scores_section(con, config)),
         ("reasons", "Decisions", reasons_section(con)),
         ("documents", "Kept documents, in reading order", kept_section(kept, images, thumbs)),
         ("dropped", "Dropped documents", dropped_section(dropped, images, texts, thumbs)),
@@ -108,10 +114,7 @@ def _status_tiles(con, table: str, noun: str) -> list[tuple[str, int, str | None
 
 def headline(con, config: dict, cfg: InterleavedConfig) -> str:
     facts = []
-    for key, label in (("clip", "CLIP"), ("itm", "ITM"), ("caption", "captioner")):
-        model = (config.get(key) or {}).get("model")
-        if model:
-            facts.append(f"{label} <b>{html.esc(model)}</b>")
+    facts += model_facts(config, "documents")
     facts.append(f"min_sim <b>{cfg.min_sim:g}</b>")
     if cfg.min_itm is not None:
         facts.append(f"min_itm <b>{cfg.min_itm:g}</b>")
@@ -138,11 +141,11 @@ def _ordered(values: dict) -> dict:
     return {k: values[k] for k in sorted(values, key=lambda k: order.index(k) if k in order else len(order))}
 
 
-def scores_section(con, cfg: InterleavedConfig) -> tuple[str, str]:
+def scores_section(con, config: dict) -> tuple[str, str]:
     image_columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest_images)").fetchall()}
     body = []
-    for column, (label, key) in IMAGE_SCORES.items():
-        placed = column.startswith("placed_")
+    for column, score in stats.declared_scores("documents").items():
+        label, placed = score.label, column in PLACED_SCORES
         values = {} if column not in image_columns else ds.values_by(
             con, "manifest_images", f'"{column}"', "text_source" if placed else "status",
             f"status = {Status.KEPT.sql}" if placed else "TRUE")
@@ -150,7 +153,7 @@ def scores_section(con, cfg: InterleavedConfig) -> tuple[str, str]:
             body.append(html.note(f"No {html.esc(label)} in this run (<code>{html.esc(column)}</code> is empty): "
                                   "its stage was off."))
             continue
-        threshold = getattr(cfg, key) if key else None
+        threshold = _threshold(config, score.threshold) if score.threshold else None
         svg = plots.histogram_by_status(_ordered(values), column, f"hist-{column}", threshold)
         caption = ("Kept images, by where their text comes from: the document (original) or their synthetic "
                    "caption." if placed else "Images per decision; the dashed line is the threshold.")
@@ -185,9 +188,9 @@ def _image(row: dict, thumbs: dict[str, str], meta: list[str]) -> str:
 
 def _scores(row: dict) -> list[str]:
     out = []
-    for column, name in (("placed_clip_score", "clip"), ("placed_itm_prob", "itm")):
+    for column in PLACED_SCORES:  # its scores against the text it was placed at
         if row.get(column) is not None:
-            out.append(f"{name} <b>{row[column]:.3f}</b>")
+            out.append(f"{html.esc(column.replace('_', ' '))} <b>{row[column]:.3f}</b>")
     return out
 
 

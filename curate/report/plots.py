@@ -88,23 +88,28 @@ def histogram_by_status(values: dict[str, np.ndarray], xlabel: str, name: str,
     return _svg(fig, name)
 
 
-def keep_fraction_curve(values: np.ndarray, xlabel: str, name: str, threshold: float | None = None) -> str:
-    """Fraction of ``values`` at or above each threshold: what a stricter or looser cut keeps."""
+def keep_fraction_curve(values: np.ndarray, xlabel: str, name: str, threshold: float | None = None,
+                        higher_is_better: bool = True) -> str:
+    """Fraction of ``values`` a threshold at each value keeps: at or above it, or at or below it
+    when lower is better (the score's declaration): what a stricter or looser cut keeps."""
     fig, ax = _figure()
     data = np.sort(np.asarray(values, dtype=float))
     if len(data):
         grid = np.linspace(data[0], data[-1], 200)
-        kept = 1.0 - np.searchsorted(data, grid, side="left") / len(data)
+        if higher_is_better:
+            kept = 1.0 - np.searchsorted(data, grid, side="left") / len(data)
+        else:
+            kept = np.searchsorted(data, grid, side="right") / len(data)
         ax.plot(grid, kept, color="#3569c9", linewidth=1.8)
     if threshold is not None and len(data):
-        fraction = float(np.mean(data >= threshold))
+        fraction = float(np.mean(data >= threshold if higher_is_better else data <= threshold))
         ax.axvline(threshold, color=INK, linestyle="--", linewidth=1)
         ax.plot([threshold], [fraction], "o", color=INK, markersize=4)
         ax.annotate(f"{threshold:g} keeps {fraction:.0%}", (threshold, fraction), xytext=(6, 6),
                     textcoords="offset points", fontsize=8, color=INK)
     ax.set_ylim(0, 1.02)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_xlabel(f"threshold on {xlabel}")
+    ax.set_xlabel(f"threshold on {xlabel} ({'higher' if higher_is_better else 'lower'} is better)")
     ax.set_ylabel("fraction kept")
     return _svg(fig, name)
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 from curate.core import duck
 from curate.schemas import reasons as R
 from curate.schemas.status import STATUS_ORDER, Status
+from curate.stages.base import Score
+from curate.stages.registry import STAGES
 
-# Score columns are found by name so that stages added later (ITM: itm_prob) are covered.
-SCORE_SUFFIXES = ("_score", "_prob")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -39,13 +39,24 @@ def manifest_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return dict(rows)
 
 
-def score_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Numeric score columns of the manifest (clip_score, itm_prob, ...), in column order."""
-    numeric = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
-    return [
-        name for name, kind in manifest_columns(con).items()
-        if name.endswith(SCORE_SUFFIXES) and kind.upper().startswith(numeric)
-    ]
+def declared_scores(kind: str = "pairs") -> dict[str, Score]:
+    """Score column -> what it means (curate.stages.base.Score), as declared: by every stage
+    built for ``kind`` (in list order), then by the kind itself, whose declaration of a
+    column replaces a stage's (a documents run's ``clip_score`` is its best text's)."""
+    from curate.flow.plan import KINDS
+
+    out = {column: score for stage in STAGES if kind in stage.kinds for column, score in stage.scores.items()}
+    out.update(KINDS[kind].scores)
+    return out
+
+
+def score_columns(con: duckdb.DuckDBPyConnection, table: str = "manifest", kind: str = "pairs") -> list[str]:
+    """The declared score columns ``table`` has (numeric), in its column order. A column is a
+    score because a stage (or the kind) declares it one, not because of its name."""
+    numeric = ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT")
+    declared = declared_scores(kind)
+    have = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {table})").fetchall()
+    return [name for name, type_ in have if name in declared and type_.upper().startswith(numeric)]
 
 
 def status_reasons(con: duckdb.DuckDBPyConnection, table: str = "manifest") -> pa.Table:
@@ -147,7 +158,7 @@ def funnel_steps(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
         steps.append(("one sample per URL", left))
     left -= removed(lambda k: k.startswith("download_failed"))
     steps.append(("downloaded", left))
-    model_steps = [(_filter_label(c), [c]) for c in model]
+    model_steps = [(_filter_label(c), [c]) for c in model]  # in code order; labels from the declarations
     for label, codes in [("image rules", image), ("caption rules", caption)] + model_steps:
         left -= removed(lambda k: k.split("/", 1)[-1] in codes and k.startswith("filtered/"))
         steps.append((f"after {label}", left))
@@ -157,9 +168,12 @@ def funnel_steps(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
 
 
 def _filter_label(code: str) -> str:
-    if code == "no_caption_passed":
+    """The funnel's name for the step of reason ``code``: a declared score's threshold by its
+    label (``CLIP score threshold``), else the code itself."""
+    if code == R.NO_CAPTION_PASSED.name:
         return "CapFilt (a caption passed)"
-    return code[: -len("_below")] + " threshold" if code.endswith("_below") else code
+    labels = {score.reason.name: score.label for score in declared_scores().values() if score.reason}
+    return f"{labels[code]} threshold" if code in labels else code
 
 
 # The histogram series of kept samples whose alt-text failed and CapFilt kept a synthetic caption.
@@ -199,21 +213,31 @@ def training_caption_words(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarr
             if k in (Status.KEPT.value, RESCUED)}
 
 
+def _reason_code(column: str) -> str | None:
+    score = declared_scores().get(column)
+    return score.reason.name if score and score.reason else None
+
+
 def eligible_scores(con: duckdb.DuckDBPyConnection, column: str) -> np.ndarray:
     """Scores of the samples only this score's threshold decides on: kept, duplicate, or
-    filtered by this score (a reason starting with the column name, e.g. clip_score_below)."""
+    filtered by this score (the reason code its declaration names, e.g. clip_score_below)."""
     values = con.execute(
         f'SELECT "{column}"::DOUBLE AS v FROM manifest WHERE "{column}" IS NOT NULL '
-        f"AND (status IN ({Status.KEPT.sql}, {Status.DUPLICATE.sql}) OR starts_with(reason, ?))", [column]
+        f"AND (status IN ({Status.KEPT.sql}, {Status.DUPLICATE.sql}) OR split_part(reason, ':', 1) = ?)",
+        [_reason_code(column)],
     ).fetchnumpy()["v"]
     return np.asarray(values, dtype=float)
 
 
 def threshold_from_reasons(con: duckdb.DuckDBPyConnection, column: str) -> float | None:
-    """The threshold a run applied to ``column``, read back from its reasons (``clip_score_below:0.5``)."""
+    """The threshold a run applied to ``column``, read back from the reasons of its declared
+    reason code (``clip_score_below:0.5``); None when it declares none or no row has it."""
+    code = _reason_code(column)
+    if code is None:
+        return None
     row = con.execute(
         "SELECT max(TRY_CAST(split_part(reason, ':', 2) AS DOUBLE)) FROM manifest WHERE split_part(reason, ':', 1) = ?",
-        [f"{column}_below"],
+        [code],
     ).fetchone()
     return row[0] if row else None
 
@@ -239,8 +263,7 @@ READY = {
 def image_score_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Documents runs: quantiles per status of the image scores the run has (``clip_score``,
     ``itm_prob`` when ITM ran, and for kept images the scores of the text that follows them)."""
-    have = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE manifest_images)").fetchall()}
-    names = [c for c in ("clip_score", "itm_prob", "placed_clip_score", "placed_itm_prob") if c in have]
+    names = score_columns(con, "manifest_images", "documents")
     return _concat([quantiles_by_status(con, f'"{c}"', c, table="manifest_images") for c in names])
 
 

@@ -35,7 +35,7 @@ from curate.core.config import AestheticConfig, ConfigError
 from curate.models.references import SHIPPED_PREFIX, ModelReferenceError, shipped_model_path
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
-from curate.stages.base import BatchStage, Rule
+from curate.stages.base import BatchStage, Rule, Score
 
 WEIGHT_FILES = ("model.safetensors", "aesthetic.safetensors", "model.pth")
 _LAYER = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
@@ -125,13 +125,14 @@ class AestheticStage(BatchStage):
     """An MLP over the L2-normalised CLIP image embedding (Schuhmann, improved-aesthetic-predictor)."""
 
     key = "aesthetic"
+    label = "aesthetic predictor"
     switch = "aesthetic.model"
     reads = ("clip_image_embedding",)
     writes = pa.schema([("aesthetic_score", pa.float32())])
     manifest = ("aesthetic_score",)
     thresholds = ("aesthetic.min_score", "aesthetic.keep_fraction")
     keep_fractions = {"aesthetic.keep_fraction": "aesthetic.min_score"}
-    scores = {"aesthetic_score": ("aesthetic score", "aesthetic.min_score")}
+    scores = {"aesthetic_score": Score("aesthetic score", "aesthetic.min_score", R.AESTHETIC_SCORE_BELOW)}  # LAION's 1-10 scale, unbounded
     uses_model = True
     relative_cost = 0.05  # five small matrix products on stored embeddings
 

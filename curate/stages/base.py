@@ -65,12 +65,43 @@ class Rule:
         return f"{self.when}  ->  {self.status.value} {self.reason}"
 
 
+@dataclass(frozen=True)
+class Score:
+    """What a stored score means: the declaration the report, ``curate stats``, quantile
+    thresholds (``keep_fraction``) and the funnel read, instead of guessing from a column name.
+
+    ``label``: what people read (plot titles, the funnel's step); ``higher_is_better``: which
+    way passes (False: a rule drops high values, e.g. an NSFW probability); ``low``/``high``:
+    the range the score lies in (None: unbounded that way; e.g. 0 and 1 for a probability,
+    -1 and 1 for a cosine); ``threshold``: the config key of its threshold (None: none);
+    ``reason``: the reason code its threshold rule records (the funnel's step, the threshold
+    read back from a run's reasons).
+    """
+
+    label: str
+    threshold: str | None = None
+    reason: Code | None = None
+    higher_is_better: bool = True
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def passes(self) -> str:
+        """The comparison a value that passes the threshold makes with it: ``>=`` or ``<=``."""
+        return ">=" if self.higher_is_better else "<="
+
+    def passing_sql(self, column: str, threshold: float) -> str:
+        """SQL: ``column`` passes ``threshold`` (a NULL does not)."""
+        return f"{column} {self.passes} {float(threshold)!r}"
+
+
 class Stage:
     """Base of every stage; an instance is bound to one run's config.
 
     Class attributes (the declaration):
       key: the stage's name: its progress entry and, unless ``section`` says otherwise,
         its config section.
+      label: its name for people (the report); None: the key.
       switch: the config key that turns it on (``clip.model``); None: always on for its kinds.
       reads: columns it needs, each written by an earlier stage or present in the
         downloaded shards (``image`` is the image bytes column); checked at start.
@@ -83,11 +114,12 @@ class Stage:
       text_columns: documents runs: its scores of an image against each text of its
         document, as list columns aligned with the document's texts (see below).
       token_columns: a text model's token counts and limit (see below).
-      scores: its manifest score columns, as the report shows them.
+      scores: its manifest score columns and what they mean (:class:`Score`).
       keep_fractions: fraction keys resolved into its thresholds over the whole run.
     """
 
     key: ClassVar[str]
+    label: ClassVar[str | None] = None  # what people read (the report's "CLIP <model>"); None: the key
     section: ClassVar[str | None] = None
     switch: ClassVar[str | None] = None
     reads: ClassVar[tuple[str, ...]] = ()
@@ -110,9 +142,9 @@ class Stage:
     # every caption which models read only its first tokens; filters.max_caption_tokens reads
     # the counts.
     token_columns: ClassVar[tuple[str, str] | None] = None
-    # Manifest score columns -> (a label for people, the config key of its threshold or None):
-    # the report plots these, with the threshold line.
-    scores: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # Manifest score columns -> what each means (label, direction, range, threshold key, reason):
+    # the report plots these with the threshold line, `curate stats` and keep_fraction read them.
+    scores: ClassVar[dict[str, Score]] = {}
     # Quantile thresholds: a config key holding a fraction -> the threshold key it sets,
     # resolved over the whole run from the score column ``scores`` names for that threshold
     # (curate.pipeline.quantiles). E.g. {"clip.keep_fraction": "clip.min_score"}.
@@ -188,6 +220,15 @@ class BatchStage(Stage):
     relative_cost: ClassVar[float] = 1.0
     # The pool it runs with, set when the run starts (curate.pipeline.pools.size_pools).
     pool: Pool | None = None
+    # The keys of a model stage's config section (a ModelComputeConfig) that size its pool, not
+    # its results (captions are drawn per sample): a run may resume with other values.
+    POOL_KEYS: ClassVar[tuple[str, ...]] = ("actors", "num_cpus", "num_gpus", "threads", "batch_size")
+
+    @classmethod
+    def resource_keys(cls) -> tuple[str, ...]:
+        """Dotted config keys (``clip.actors``, ...) that set this stage's resources, not its
+        results; none for a stage that is not a model stage."""
+        return tuple(f"{cls.section or cls.key}.{key}" for key in cls.POOL_KEYS) if cls.uses_model else ()
 
     def setup(self) -> None:
         """Load what the stage needs once per process (a model, weights)."""

@@ -70,6 +70,7 @@ class CaptionStage(BatchStage):
     Li et al. 2022, "BLIP")."""
 
     key = "caption"
+    label = "captioner"
     switch = "caption.model"
     reads = (IMAGE,)
     writes = pa.schema([("synthetic_captions", pa.list_(pa.string())), ("synthetic_votes", pa.list_(pa.int16()))])

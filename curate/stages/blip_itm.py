@@ -38,7 +38,7 @@ import pyarrow as pa
 from curate.core.config import ItmConfig
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
-from curate.stages.base import IMAGE, BatchStage, Rule
+from curate.stages.base import IMAGE, BatchStage, Rule, Score
 
 
 def shortlist(sims: list[float] | None, n_texts: int, k: int | None) -> list[int]:
@@ -63,6 +63,7 @@ class ItmStage(BatchStage):
     """
 
     key = "itm"
+    label = "ITM"
     switch = "itm.model"
     reads = (IMAGE, "caption")
     optional_reads = ("alternate_captions", "synthetic_captions", "doc_texts", "sentence_sims")
@@ -86,7 +87,7 @@ class ItmStage(BatchStage):
     keep_fractions = {"itm.keep_fraction": "itm.min_prob"}
     uses_model = True
     relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)
-    scores = {"itm_prob": ("ITM probability", "itm.min_prob")}
+    scores = {"itm_prob": Score("ITM probability", "itm.min_prob", R.ITM_PROB_BELOW, low=0.0, high=1.0)}
     caption_columns = {
         "itm_prob": ("itm_prob", "synthetic_itm_probs", "alternate_itm_probs"),
         "itm_cosine": ("itm_cosine", "synthetic_itm_cosines", "alternate_itm_cosines"),

@@ -28,7 +28,7 @@ from curate.core.config import ClipConfig
 from curate.models.clip import context_length as clip_context_length
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
-from curate.stages.base import IMAGE, BatchStage, Rule
+from curate.stages.base import IMAGE, BatchStage, Rule, Score
 
 TEXT_CHUNK = 512  # texts per text-tower call
 
@@ -40,6 +40,7 @@ class ClipStage(BatchStage):
     """
 
     key = "clip"
+    label = "CLIP"
     switch = "clip.model"
     reads = (IMAGE,)
     optional_reads = ("caption", "alternate_captions", "synthetic_captions", "doc_texts")
@@ -61,7 +62,7 @@ class ClipStage(BatchStage):
     keep_fractions = {"clip.keep_fraction": "clip.min_score"}
     uses_model = True
     relative_cost = 1.0  # ViT-B/32: an image and its captions (docs/scaling.md)
-    scores = {"clip_score": ("CLIP score", "clip.min_score")}
+    scores = {"clip_score": Score("CLIP score", "clip.min_score", R.CLIP_SCORE_BELOW, low=-1.0, high=1.0)}  # a cosine
     caption_columns = {"clip_score": ("clip_score", "synthetic_clip_scores", "alternate_clip_scores"),
                        "clip_tokens": ("clip_tokens", "synthetic_clip_tokens", "alternate_clip_tokens")}
     text_columns = {"clip_score": "sentence_sims"}
