@@ -11,4 +11,5 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
     || echo "note: could not install chromium; the browser test of the report will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# --durations=15: the 15 slowest tests at the end of every run (the suite must stay under 30 minutes).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"

@@ -162,6 +162,10 @@ class DownloadConfig(_Section):
     processes: int = Field(1, ge=1)
     threads: int = Field(16, ge=1)
     shard_size: int = Field(10_000, ge=1, description="rows per download shard: the unit of resume")
+    write_retry_pause: float = Field(
+        1.0, ge=0, description="factor on img2dataset's pauses between retries of writing its shard lists "
+        "(1: its own, ~3 min before a full disk stops the run; 0: retry at once)"
+    )
     user_agent_token: str | None = "curate"
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
     max_image_pixels: int = Field(

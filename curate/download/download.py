@@ -43,6 +43,7 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
     from curate.download.host_gate import start_host_gate, stop_host_gate
     from curate.download.polite_fetch import FetchSettings
     from curate.download.safe_downloader import downloader_with_policy
+    from curate.download.write_retries import reader_write_pauses
 
     parts = storage.list_files(list_dir, ".parquet")
     if not parts:
@@ -50,7 +51,8 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
     previous_sigint = signal.getsignal(signal.SIGINT)
     gate = start_host_gate(cfg.max_per_host, cfg.per_host_rps)  # one schedule per host for every shard
     try:
-        with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)):
+        with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)), \
+                reader_write_pauses(cfg.write_retry_pause):
             _download(download, list_dir, out_dir, cfg, carried)
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.

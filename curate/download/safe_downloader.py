@@ -83,9 +83,28 @@ class OrphanFreeLoggerProcess(LoggerProcess):
     """img2dataset's logger process (it loops until the driver tells it to stop), ended
     by the kernel when the driver dies."""
 
+    def start(self):
+        super().start()
+        _started_loggers.append(self)
+
     def run(self):
         die_with_parent()
         super().run()
+
+
+# Logger processes started in this (driver) process. img2dataset joins its logger only when the
+# download succeeds: when it raises (its reader could not write the shard lists), the logger may
+# still be starting, and a spawned child whose parent moves on prints a traceback unpickling its
+# queue. ``downloader_with_policy`` ends them on the way out.
+_started_loggers: list = []
+
+
+def _stop_loggers() -> None:
+    while _started_loggers:
+        logger = _started_loggers.pop()
+        if logger.is_alive():
+            logger.terminate()
+        logger.join(timeout=10)
 
 
 # -- per-host figures, committed with the shard --------------------------------------------------
@@ -125,5 +144,9 @@ def downloader_with_policy(policy: FetchPolicy, settings: FetchSettings | None =
     i2d_main.LoggerProcess = OrphanFreeLoggerProcess
     try:
         yield
+    except BaseException:
+        _stop_loggers()  # img2dataset raised before joining its logger process
+        raise
     finally:
+        _started_loggers.clear()
         i2d_main.Downloader, i2d_main.LoggerProcess = originals

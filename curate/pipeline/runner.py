@@ -58,7 +58,7 @@ class RunResult:
 # after the manifest step ran out of it, another Ray cluster, other actor pools: captions are
 # drawn per sample, so batches and actors do not change them).
 # Each model stage declares its own (BatchStage.resource_keys): a new one is covered by its class.
-RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem") + tuple(
+RESOURCE_KEYS = ("manifest.memory_limit", "ray.", "storage.shared_filesystem", "download.write_retry_pause") + tuple(
     key for stage in STAGES if issubclass(stage, BatchStage) for key in stage.resource_keys())
 
 
