@@ -130,3 +130,17 @@ def test_refilter_refuses_keys_that_need_a_model(tmp_path):
     (tmp_path / "manifest" / "part-00000.parquet").write_bytes(b"")
     with pytest.raises(ConfigError, match="refilter can change only"):
         refilter(str(tmp_path), ["clip.model=ViT-B-32"])
+
+
+@pytest.mark.parametrize("override", ["aesthetic.min_score=5", "aesthetic.model=curate:tiny-aesthetic", "clip.min_score=0.3"])
+def test_refilter_refuses_in_one_line_a_stage_the_run_did_not_compute(tmp_path, override):
+    from curate.core.config import ConfigError
+
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "config.yaml").write_text("input: {path: a.parquet}\noutput: {path: x}\n")
+    (tmp_path / "manifest" / "part-00000.parquet").write_bytes(b"")
+    stage = override.split(".")[0]
+    with pytest.raises(ConfigError, match=rf"the {stage} stage did not run .*\({stage}\.model was not set\): its "
+                                          r"columns \(\w+_score\) were never computed") as error:
+        refilter(str(tmp_path), [override])
+    assert "\n" not in str(error.value)

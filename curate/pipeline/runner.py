@@ -385,9 +385,11 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         raise ConfigError(f"{run_root} is not a finished curate run (no config.yaml or manifest/)")
     _check_layout(run)
     stored = validate(yaml.safe_load(storage.read_text(run.config)))
-    allowed = make_plan(stored).refilter_keys()
+    stored_plan = make_plan(stored)
+    allowed = stored_plan.refilter_keys()
     for text in overrides:
         key = ".".join(parse_override(text)[0])
+        _refuse_a_stage_that_did_not_run(stored_plan, run, key)
         if not key.startswith(allowed):
             raise ConfigError(
                 f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
@@ -404,6 +406,22 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         result = finish(plan, run, console, time.perf_counter(), {})
         storage.write_text(run.config, cfg.to_yaml())
     return result
+
+
+def _refuse_a_stage_that_did_not_run(plan: Plan, run: RunDir, key: str) -> None:
+    """ConfigError, in one line, when ``key`` belongs to a stage the run did not enable (its
+    switch, or one of its thresholds): its columns were never computed, and a refilter runs
+    no model to compute them."""
+    enabled = {stage.key for stage in plan.stages}
+    for stage in plan.every:
+        if stage.key in enabled:
+            continue
+        if key == stage.switch or any(key == t or key.startswith(t + ".") for t in stage.thresholds):
+            columns = ", ".join(stage.manifest or stage.writes.names)
+            why = f"{stage.switch} was not set" if stage.switch and not stage.configured() else "it was off for this run"
+            raise ConfigError(f"--set {key}: the {stage.key} stage did not run in {run.root} ({why}): its columns "
+                              f"({columns}) were never computed and refilter runs no model (refilter can change only "
+                              f"{', '.join(plan.refilter_keys())}); use `curate run` with a new --out")
 
 
 def _check_scored(plan: Plan, run: RunDir) -> None:
