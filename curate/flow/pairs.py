@@ -11,7 +11,7 @@ rule wins (curate.flow.captions builds the candidates). ``capfilt.mode``:
   ``capfilt.max_synthetic`` synthetic captions (in the consensus order: votes, the judges'
   rank, ITM, generation order) that pass and that every judge scores above the original
   (``judged_below_original:<judge>``); no caption passes -> the sample is filtered
-  (``no_caption_passed:<original's reason>``).
+  (``no_caption_passed:<original's reason>+synthetic-<the first synthetic caption's>``).
 - ``filter_only``: only the input's captions (the original, the alternates) are candidates
   (CLIP/ITM filtering alone).
 - ``caption_only``: the best synthetic captions replace the input's; the model stages'
@@ -107,7 +107,8 @@ class PairsKind(Kind):
             CREATE OR REPLACE TABLE decided AS
             SELECT i.sample_id, {status} AS status, {reason} AS reason,
                    c.caption_chosen, c.caption_source, c.original_caption_reason, c.captions,
-                   c.chosen_clip_score, c.chosen_itm_prob
+                   c.chosen_clip_score, c.chosen_itm_prob,
+                   c.chosen_clip_score AS caption_clip_score, c.chosen_itm_prob AS caption_itm_prob
             FROM image_decisions i LEFT JOIN caption_decisions c USING (sample_id)
         """)
 
@@ -188,8 +189,11 @@ class PairsKind(Kind):
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
         else:  # the original alone (no captioner, no alternates): its own reason
+            # Else the original's reason, then the first synthetic caption's (in consensus
+            # order): which judge or rule turned each down (docs/capfilt.md, Which judge said no).
+            why = "original_reason || coalesce('+synthetic-' || best_synthetic_reason, '')"
             failure = (f"WHEN n_others = 0 THEN original_reason "
-                       f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
+                       f"ELSE {R.NO_CAPTION_PASSED.sql_with(why)}")
         struct = captions.caption_struct_sql(plan)
         return f"""
             WITH per_image AS (
