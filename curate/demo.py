@@ -116,7 +116,7 @@ VARIANTS = {
 # elsewhere", each judge blind to one attribute (scripts/train_tiny_models.py, docs/capfilt.md),
 # decided with curate's default judging (every judge, thresholds calibrated on the run), not
 # the demo's hand-set thresholds.
-DEFAULT_JUDGING = ["clip.min_score=auto", "itm.min_prob=auto", "capfilt.synthetic_min_prob=null"]
+DEFAULT_JUDGING = ["clip.min_score=auto", "itm.min_prob=0.5", "capfilt.synthetic_min_prob=null"]
 JUDGE_WORLDS = {
     "shipped": [],
     "blind-itm": ["itm.model=curate:tiny-blip-itm-blind-shape", "caption.model=curate:tiny-blip-captioner-weak",

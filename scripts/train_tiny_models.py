@@ -70,7 +70,7 @@ MODEL_DIRS = {"clip": "tiny-clip", "itm": "tiny-blip-itm", "captioner": "tiny-bl
 # Steps of a blind or weak variant: a fraction of its sound model's. Short on purpose: a
 # judge that never saw a kind of negative stays blind to it however long it trains, and the
 # weak captioner must still get colour, size and background right (learnt in a few dozen steps).
-BLIND_VARIANTS = {"colour": 0.5, "shape": 0.4, "weak": 0.2}
+BLIND_VARIANTS = {"colour": 0.5, "shape": 0.4, "weak": 0.5}
 
 
 SHIPPED = ("clip", "itm", "captioner", "aesthetic")  # trained by default; the model card (docs/models.md) lists these

@@ -134,7 +134,7 @@ def test_no_caption_passing_filters_the_sample_with_the_originals_reason():
     row = _row(itm=0.1, synthetic=["a cat", "x"], clips=[0.9, 0.9], itms=[0.2, 0.99])
     d = decide_one(_cfg(), row)
     # "x" passes the scores but not the caption rules (min 2 words); "a cat" fails ITM
-    assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5+synthetic-itm_prob_below_0.5"
+    assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5+synthetic-caption_too_short_2"
     assert d["caption_chosen"] is None
     assert d["status"] == "filtered" and d["reason"] == d["caption_reason"]
     # listed original first, then best first by ITM
@@ -291,7 +291,8 @@ class ReferenceCapFilt:
         elif self.mode == "caption_only":
             why = reason("no_caption_passed", synthetic[0]["reason"]) if synthetic else "no_synthetic_caption"
         else:
-            first = f"+synthetic-{synthetic[0]['reason']}" if synthetic and synthetic[0]["reason"] else ""
+            failed = [c for c in synthetic if c["reason"]]  # the best-ranked synthetic caption that failed
+            first = f"+synthetic-{failed[0]['reason']}" if failed else ""
             why = reason("no_caption_passed", original["reason"] + first) if synthetic or alternates else original["reason"]
         return {"caption_reason": why, "caption_chosen": chosen and chosen["text"],
                 "caption_source": chosen and chosen["source"], "original_caption_reason": original["reason"],

@@ -128,7 +128,8 @@ def test_manifest_memory_limit_is_a_size():
 
 def test_judge_thresholds_take_auto_a_number_null_or_a_published_name():
     cfg = validate(base(clip={"model": "ViT-B-32"}, itm={"model": "x"}))
-    assert cfg.clip.min_score == "auto" and cfg.itm.min_prob == "auto"  # the defaults: calibrated on the run
+    assert cfg.clip.min_score == "auto" and cfg.itm.min_prob == 0.5  # CLIP calibrated on the run; ITM: BLIP's boundary
+    assert validate(base(itm={"min_prob": "auto"})).itm.min_prob == "auto"
     assert validate(base(clip={"min_score": "laion-2b-en"})).clip.min_score == 0.28
     assert validate(base(clip={"min_score": "DataComp-B32"})).clip.min_score == 0.25
     assert validate(base(itm={"min_prob": "blip"})).itm.min_prob == 0.5

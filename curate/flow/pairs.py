@@ -189,8 +189,9 @@ class PairsKind(Kind):
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
         else:  # the original alone (no captioner, no alternates): its own reason
-            # Else the original's reason, then the first synthetic caption's (in consensus
-            # order): which judge or rule turned each down (docs/capfilt.md, Which judge said no).
+            # Else the original's reason, then that of the best-ranked synthetic caption that
+            # failed (consensus order; min_by skips NULL reasons): which judge or rule turned
+            # each down (docs/capfilt.md, Which judge said no).
             why = "original_reason || coalesce('+synthetic-' || best_synthetic_reason, '')"
             failure = (f"WHEN n_others = 0 THEN original_reason "
                        f"ELSE {R.NO_CAPTION_PASSED.sql_with(why)}")

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from curate.core import duck
 
-BLIND_RATE = 0.8  # a judge accepting this share of what another rejects is called blind to it
+BLIND_RATE = 0.5  # a judge accepting at least half of what another rejects is called blind to it (sound pairs: ~10%)
 MIN_REJECTS = 20  # ... once the other has rejected at least this many captions of the group
 SCATTER_POINTS = 20_000  # candidates drawn per group for the report's figure
 # Caption groups: the input's captions (people wrote them) and the captioner's.
