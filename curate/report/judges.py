@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from curate.core import duck
 
-BLIND_RATE = 0.5  # a judge accepting at least half of what another rejects is called blind to it (sound pairs: ~10%)
+BLIND_RATE = 0.5  # a judge accepting at least half of what another rejects is called blind to it
 MIN_REJECTS = 20  # ... once the other has rejected at least this many captions of the group
 SCATTER_POINTS = 20_000  # candidates drawn per group for the report's figure
 # Caption groups: the input's captions (people wrote them) and the captioner's.
@@ -108,22 +108,30 @@ def agreement(con: duckdb.DuckDBPyConnection) -> pa.Table:
 
 
 def blind_warnings(con: duckdb.DuckDBPyConnection, table: pa.Table | None = None) -> list[str]:
-    """Plain sentences, one per judge that accepts at least BLIND_RATE of the captions of a
-    group that another judge rejects (at least MIN_REJECTS of them), naming the keys."""
+    """Plain sentences, at most one per caption group and pair of judges: the judge that
+    accepts the larger share of what the other rejects, when that share is at least
+    BLIND_RATE of at least MIN_REJECTS captions, naming the config keys. (The larger only:
+    a judge set too strict makes the other look blind too, less so than a truly blind one.)"""
     table = agreement(con) if table is None else table
     by_label = {j.label: j for j in judges(con)}
     out = []
     for row in table.to_pylist():
         # (the judge that may be blind, the other, the captions it accepts that the other rejects)
+        sides = []
         for blind, other, passed in (("judge_a", "judge_b", "a_only"), ("judge_b", "judge_a", "b_only")):
             rejects = row[passed] + row["neither"]  # captions `other` rejects
-            if rejects < MIN_REJECTS or row[passed] < BLIND_RATE * rejects:
-                continue
-            a, b = by_label[row[blind]], by_label[row[other]]
-            out.append(f"{a.label} accepts {row[passed] / rejects:.0%} of the {row['captions']} {b.label} rejects "
-                       f"({row[passed]:,} of {rejects:,}): {a.label} may be blind to what {b.label} sees. Every "
-                       f"caption must pass both, so {b.label} decides these; check {b.threshold_key} (calibrated "
-                       f"when auto) and whether {a.threshold_key} suits this model (docs/capfilt.md, Judges).")
+            if rejects >= MIN_REJECTS:
+                sides.append((row[passed] / rejects, blind, other, passed, rejects))
+        if not sides:
+            continue
+        rate, blind, other, passed, rejects = max(sides)
+        if rate < BLIND_RATE:
+            continue
+        a, b = by_label[row[blind]], by_label[row[other]]
+        out.append(f"{a.label} accepts {rate:.0%} of the {row['captions']} {b.label} rejects "
+                   f"({row[passed]:,} of {rejects:,}): {a.label} may be blind to what {b.label} sees. Every "
+                   f"caption must pass both, so {b.label} decides these; check {b.threshold_key} (calibrated "
+                   f"when auto) and whether {a.threshold_key} suits this model (docs/capfilt.md, Judges).")
     return out
 
 
