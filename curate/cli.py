@@ -202,6 +202,9 @@ def demo(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the demo config")] = None,
     interleaved: Annotated[bool, typer.Option(
         "--interleaved", help="a documents run: web pages with images, placed next to their sentences")] = False,
+    judges: Annotated[str, typer.Option(
+        "--judges", help="shipped | blind-itm | blind-clip: a weaker captioner and a judge blind to one attribute, "
+        "with the default calibrated judging (docs/capfilt.md)")] = "shipped",
 ) -> None:
     """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
     from curate.core.config import ConfigError
@@ -214,7 +217,7 @@ def demo(
         else:
             from curate.demo import run_demo
 
-            run_demo(out, n or 1000, seed, list(set_ or []), console)
+            run_demo(out, n or 1000, seed, list(set_ or []), console, judges)
     except ConfigError as error:
         _fail(str(error))
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.core import storage
-from curate.core.config import apply_overrides, validate
+from curate.core.config import ConfigError, apply_overrides, validate
 from curate.core.rundir import RunDir
 from curate.flow.plan import make_plan
 from curate.pipeline.decide import preview
@@ -73,6 +73,10 @@ def evaluate(manifest: pa.Table, truth: pa.Table) -> dict:
         "planted_duplicates_found": found,
         "unique_images_marked_duplicate": sum(1 for m, _ in unique if m["status"] == "duplicate"),
         "unique_images": len(unique),
+        # CapFilt's rescues: kept with a synthetic caption in place of an alt-text that was wrong or junk
+        "rescued": sum(1 for m, t in kept if m.get("caption_source") == "synthetic" and not t["caption_correct"]),
+        "rescued_correct": sum(1 for m, t in kept if m.get("caption_source") == "synthetic" and not t["caption_correct"]
+                               and _correct(t, m["caption_chosen"])),
     }
 
 
@@ -108,22 +112,46 @@ VARIANTS = {
 }
 
 
-def compare_variants(cfg, run: RunDir, truth: pa.Table) -> dict[str, dict]:
-    """Kept samples and caption correctness of each VARIANTS entry, against ground truth."""
+# The blind-judge worlds (``curate demo --judges``): a captioner and one judge "trained
+# elsewhere", each judge blind to one attribute (scripts/train_tiny_models.py, docs/capfilt.md),
+# decided with curate's default judging (every judge, thresholds calibrated on the run), not
+# the demo's hand-set thresholds.
+DEFAULT_JUDGING = ["clip.min_score=auto", "itm.min_prob=0.5", "capfilt.synthetic_min_prob=null"]
+JUDGE_WORLDS = {
+    "shipped": [],
+    "blind-itm": ["itm.model=curate:tiny-blip-itm-blind-shape", "caption.model=curate:tiny-blip-captioner-weak",
+                  *DEFAULT_JUDGING],
+    "blind-clip": ["clip.model=curate:tiny-clip-blind-colour", "caption.model=curate:tiny-blip-captioner-weak",
+                   *DEFAULT_JUDGING],
+}
+# In a blind-judge world: the rule before calibrated judges against today's default.
+JUDGING_RULES = {
+    "one judge decides (CLIP score only, ITM 0.5)": ["clip.min_score=null", "itm.min_prob=0.5"],
+    "every judge, calibrated (default)": [],
+}
+
+
+def compare_variants(cfg, run: RunDir, truth: pa.Table, variants: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Kept samples and caption correctness of each of ``variants`` (default VARIANTS)
+    against ground truth, decided from the run's stored scores."""
     results = {}
-    for name, overrides in VARIANTS.items():
+    for name, overrides in (variants or VARIANTS).items():
         variant = validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
         result = evaluate(preview(make_plan(variant), run)["manifest"], truth)
-        results[name] = {k: result[k] for k in ("kept", "kept_correct", "correct_caption_fraction_after")}
+        results[name] = {k: result[k] for k in ("kept", "kept_correct", "correct_caption_fraction_after",
+                                                "recall_true_pairs", "rescued", "rescued_correct")}
     return results
 
 
-def print_variants(results: dict[str, dict], console: Console) -> None:
-    table = Table(title="filtering alone vs. CapFilt (same run, decided from stored scores)")
-    for column in ("decision", "kept", "kept with a correct caption", "correct captions among kept"):
+def print_variants(results: dict[str, dict], console: Console,
+                   title: str = "filtering alone vs. CapFilt (same run, decided from stored scores)") -> None:
+    table = Table(title=title)
+    for column in ("decision", "kept", "kept with a correct caption", "correct captions among kept",
+                   "recall of true pairs", "rescued (synthetic caption, correct)"):
         table.add_column(column, justify="left" if column == "decision" else "right")
     for name, r in results.items():
-        table.add_row(name, str(r["kept"]), str(r["kept_correct"]), f"{r['correct_caption_fraction_after']:.1%}")
+        table.add_row(name, str(r["kept"]), str(r["kept_correct"]), f"{r['correct_caption_fraction_after']:.1%}",
+                      f"{r['recall_true_pairs']:.1%}", f"{r['rescued']} ({r['rescued_correct']})")
     print_full(console, table)
 
 
@@ -143,17 +171,26 @@ def serve_and_run(out: Path, corpus, input_name: str, make_config, console: Cons
         return cfg, run_pipeline(cfg, console)
 
 
-def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console) -> dict:
+def run_demo(out: Path, n: int, seed: int, overrides: list[str], console: Console, judges: str = "shipped") -> dict:
+    """The demo (module docstring); ``judges``: a JUDGE_WORLDS name, the models and judging
+    to run with (``shipped``: the demo's own models and thresholds)."""
+    if judges not in JUDGE_WORLDS:
+        raise ConfigError(f"--judges {judges!r}: one of {', '.join(JUDGE_WORLDS)}")
     console.print(f"generating a noisy web corpus of {n} image-text pairs (seed {seed})")
     corpus = make_corpus(n, seed)
+    overrides = JUDGE_WORLDS[judges] + overrides
     cfg, result = serve_and_run(out, corpus, "input.parquet",
                                 lambda path, run_dir: demo_config(path.parent, run_dir, overrides), console)
     run_dir = Path(result.run.root)
     manifest = storage.read_parquet(storage.list_files(result.run.manifest, ".parquet"))
     evaluation = evaluate(manifest, corpus.truth)
     evaluation["variants"] = compare_variants(cfg, result.run, corpus.truth)
+    if judges != "shipped":
+        evaluation["judging"] = compare_variants(cfg, result.run, corpus.truth, JUDGING_RULES)
     (run_dir / "demo_evaluation.json").write_text(json.dumps(evaluation, indent=2))
     print_evaluation(evaluation, console)
     print_variants(evaluation["variants"], console)
+    if judges != "shipped":
+        print_variants(evaluation["judging"], console, f"{judges}: one judge vs. every judge, calibrated")
     console.print(f"run directory: {run_dir}  (try: curate query {run_dir} \"SELECT status, count(*) FROM manifest GROUP BY 1\")")
     return evaluation

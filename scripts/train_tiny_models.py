@@ -22,6 +22,7 @@ Nothing here touches the network.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -61,7 +62,23 @@ from curate.synth import domain  # noqa: E402
 from curate.synth.domain import Scene  # noqa: E402
 
 MODEL_DIRS = {"clip": "tiny-clip", "itm": "tiny-blip-itm", "captioner": "tiny-blip-captioner",
-              "aesthetic": "tiny-aesthetic"}
+              "aesthetic": "tiny-aesthetic",
+              # The blind-judge world: judges "trained elsewhere", each with a blind spot
+              # (docs/capfilt.md, tests/test_judges.py). Not in the default set: --only them.
+              "clip-blind-colour": "tiny-clip-blind-colour", "itm-blind-shape": "tiny-blip-itm-blind-shape",
+              "captioner-weak": "tiny-blip-captioner-weak"}
+# Steps of a blind or weak variant: a fraction of its sound model's. Short on purpose: a
+# judge that never saw a kind of negative stays blind to it however long it trains, and the
+# weak captioner must still get colour, size and background right (learnt in a few dozen steps).
+BLIND_VARIANTS = {"colour": 0.5, "shape": 0.4, "weak": 0.5}
+
+
+SHIPPED = ("clip", "itm", "captioner", "aesthetic")  # trained by default; the model card (docs/models.md) lists these
+
+
+def variant_steps(steps: int, variant: str | None) -> int:
+    """Training steps of a model variant (``None``: the sound model's ``steps``)."""
+    return steps if variant is None else max(1, round(steps * BLIND_VARIANTS[variant]))
 IMAGE_SIZE = 64  # what every model sees, after its own preprocessing
 PATCH = 8  # ViT patch size of all three models: an 8 x 8 grid of tokens
 CAPTION_PROMPT = "a picture of"  # BLIP's usual captioning prompt; the captioner works with and without it
@@ -166,12 +183,17 @@ def _scene_codes(scenes: list[Scene]) -> np.ndarray:
     return np.array([[values.index(getattr(s, attr)) for attr, values in _ATTRS.items()] for s in scenes])
 
 
-def positive_mask(scenes: list[Scene], captions: list[str]) -> torch.Tensor:
-    """mask[i, j] = caption j is correct for scene i (same rule as caption_is_correct)."""
+def positive_mask(scenes: list[Scene], captions: list[str], blind: str | None = None) -> torch.Tensor:
+    """mask[i, j] = caption j is correct for scene i (same rule as caption_is_correct);
+    with ``blind`` (an attribute), correct whatever that attribute says: the target of a
+    judge trained to be blind to it (the blind-judge test world, BLIND_VARIANTS)."""
     codes = _scene_codes(scenes)  # (B, 4)
     reqs = [_requirements(c) for c in captions]
     valid = np.array([r is not None for r in reqs])
     req = np.array([r if r is not None else (-2,) * 4 for r in reqs])  # (T, 4)
+    if blind is not None:
+        column = list(_ATTRS).index(blind)
+        req[valid, column] = -1
     ok = (req[None, :, :] == -1) | (req[None, :, :] == codes[:, None, :])
     return torch.from_numpy(ok.all(-1) & valid[None, :])
 
@@ -193,18 +215,21 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, mask: torc
     return (image_to_text + text_to_image) / 2
 
 
-def hard_negative(scene: Scene, rng: random.Random) -> str:
+def hard_negative(scene: Scene, rng: random.Random, blind: str | None = None) -> str:
     """A caption one attribute off. Half of them change the shape: colour, background and
     size are learnt in a few dozen steps, the shape (an arrangement of patches, for a
-    ViT) is what takes long, so that is where the negatives help most."""
+    ViT) is what takes long, so that is where the negatives help most. ``blind``: never
+    that attribute (a judge trained without those negatives cannot learn it)."""
+    if blind is not None:
+        return domain.wrong_caption(scene, rng, hard=True, attribute=rng.choice([a for a in _ATTRS if a != blind]))
     return domain.wrong_caption(scene, rng, hard=True, attribute="shape" if rng.random() < 0.5 else None)
 
 
-def caption_batch(scenes: list[Scene], rng: random.Random) -> list[str]:
+def caption_batch(scenes: list[Scene], rng: random.Random, blind: str | None = None) -> list[str]:
     """Texts for one contrastive batch: a true paraphrase per image, a hard negative
-    (one attribute changed) per image, and junk alt-text for a quarter of them."""
+    (one attribute changed, never ``blind``) per image, and junk alt-text for a quarter of them."""
     texts = [domain.true_caption(s, rng) for s in scenes]
-    texts += [hard_negative(s, rng) for s in scenes]
+    texts += [hard_negative(s, rng, blind) for s in scenes]
     texts += [domain.junk_caption(rng) for _ in range(max(1, len(scenes) // 4))]
     return texts
 
@@ -328,7 +353,7 @@ def load_clip(directory: Path):
     return model.eval(), preprocess, open_clip.get_tokenizer(ref)
 
 
-def train_clip(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
+def train_clip(out: Path, pool: Pool, budget: Budget, seed: int, blind: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("open_clip_model.*"):
         stale.unlink()
@@ -353,32 +378,34 @@ def train_clip(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
         idx = rng.sample(range(len(pool)), budget.batch)
         scenes = [pool.scenes[i] for i in idx]
         dups = torch.stack([preprocess(domain.near_duplicate(pool.images[i], dup_rng)) for i in idx[:dup_count]])
-        texts = caption_batch(scenes, rng)
+        texts = caption_batch(scenes, rng, blind)
         pooled, patch_tokens = model.visual(torch.cat([pixels[idx], dups]))
         image_emb = F.normalize(pooled, dim=-1)  # = encode_image(normalize=True)
         text_emb = model.encode_text(tokenizer(texts), normalize=True)
         scale = model.logit_scale.exp().clamp(max=100)
         originals, copies = image_emb[: len(idx)], image_emb[len(idx):]
-        text_loss = contrastive_loss(originals, text_emb, positive_mask(scenes, texts), scale)
-        copy_mask = positive_mask(scenes[:dup_count], texts)
+        text_loss = contrastive_loss(originals, text_emb, positive_mask(scenes, texts, blind), scale)
+        copy_mask = positive_mask(scenes[:dup_count], texts, blind)
         copy_text_loss = contrastive_loss(copies, text_emb, copy_mask, scale)
         # InfoNCE: each copy must find its own original among the batch's images.
         instance = F.cross_entropy(20.0 * copies @ originals.t(), torch.arange(dup_count))
         coverage = coverage_loss(coverage_head, patch_tokens[: len(idx)], pool.coverage[idx])
         return {"itc": text_loss, "itc_copies": 0.25 * copy_text_loss, "instance": 0.5 * instance, "coverage": coverage}
 
-    seconds = train(model, step_loss, budget.clip_steps, lr=1e-3, name="clip", aux=coverage_head)
+    steps = variant_steps(budget.clip_steps, blind)
+    seconds = train(model, step_loss, steps, lr=1e-3, name="clip", aux=coverage_head)
     model.visual.output_tokens = False
     # fp16 on disk halves the file (the 49408 x 64 token embedding dominates); open_clip
     # builds the model in fp32 and load_state_dict casts the weights back up.
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     return {
-        "steps": budget.clip_steps,
+        "steps": steps,
         "batch": budget.batch,
         "train_seconds": round(seconds, 1),
         "parameters": _params(model),
         "architecture": CLIP_MODEL_CFG,
+        **({"blind_to": blind} if blind else {}),
     }
 
 
@@ -545,11 +572,11 @@ def init_vision_from_blip(vision, model_dir: Path) -> str:
 # --------------------------------------------------------------------------- BLIP ITM
 
 
-def itm_negative(scene: Scene, rng: random.Random) -> str:
-    """Mostly hard negatives (one attribute off), some random scenes and some junk."""
+def itm_negative(scene: Scene, rng: random.Random, blind: str | None = None) -> str:
+    """Mostly hard negatives (one attribute off, never ``blind``), some random scenes and some junk."""
     r = rng.random()
     if r < 0.6:
-        return hard_negative(scene, rng)
+        return hard_negative(scene, rng, blind)
     if r < 0.85:
         return domain.wrong_caption(scene, rng, hard=False)
     return domain.junk_caption(rng)
@@ -575,15 +602,18 @@ def shape_twins(by_scene: dict[Scene, list[int]], scenes: list[Scene], rng: rand
     return twins
 
 
-def itm_pairs(scenes: list[Scene], rng: random.Random) -> tuple[list[str], list[int]]:
+def itm_pairs(scenes: list[Scene], rng: random.Random, blind: str | None = None) -> tuple[list[str], list[int]]:
     """The texts of one ITM batch and, for each, the batch row of its image. Per image: a
     true paraphrase, the generic negatives, the paraphrase with only the shape word
-    changed, and its shape twin's paraphrase (rows k and k + n/2 are twins)."""
+    changed, and its shape twin's paraphrase (rows k and k + n/2 are twins). A judge
+    ``blind`` to the shape gets neither shape-only negative."""
     n = len(scenes)
     true = [domain.true_caption(s, rng) for s in scenes]
     texts = list(true)
     for _ in range(ITM_GENERIC_NEGATIVES):
-        texts += [itm_negative(s, rng) for s in scenes]
+        texts += [itm_negative(s, rng, blind) for s in scenes]
+    if blind == "shape":
+        return texts, list(range(n)) * (len(texts) // n)
     texts += [shape_changed(c, s, rng) for c, s in zip(true, scenes)]
     texts += [true[(k + n // 2) % n] for k in range(n)]
     return texts, list(range(n)) * (len(texts) // n)
@@ -607,7 +637,7 @@ def itm_shape_loss(head: torch.nn.Module, image_embeds: torch.Tensor, coverage: 
     return F.cross_entropy(head(image_embeds[:, 0]), target) + dense
 
 
-def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
+def train_itm(out: Path, pool: Pool, budget: Budget, seed: int, blind: str | None = None) -> dict:
     processor = make_blip_processor()
     torch.manual_seed(seed)
     config = blip_config(processor)
@@ -623,12 +653,15 @@ def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
         idx = rng.sample(range(len(pool)), budget.batch // 2)
-        idx += shape_twins(by_scene, [pool.scenes[i] for i in idx], rng)
+        if blind == "shape":
+            idx += rng.sample(range(len(pool)), budget.batch // 2)
+        else:
+            idx += shape_twins(by_scene, [pool.scenes[i] for i in idx], rng)
         scenes = [pool.scenes[i] for i in idx]
         # The same computation as BlipForImageTextRetrieval.forward, with the image
         # encoded once for its positive and its negative captions.
         image_embeds = model.vision_model(pixel_values=pixels[idx]).last_hidden_state
-        texts, rows = itm_pairs(scenes, rng)
+        texts, rows = itm_pairs(scenes, rng, blind)
         tokens = blip_text(processor, texts)
         pair_images = image_embeds[rows]
         fused = model.text_encoder(
@@ -638,25 +671,29 @@ def train_itm(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
             encoder_attention_mask=torch.ones(pair_images.shape[:-1], dtype=torch.long),
         ).last_hidden_state
         itm_logits = model.itm_head(fused[:, 0, :])
-        labels = positive_mask([scenes[r] for r in rows], texts).diagonal().long()
+        labels = positive_mask([scenes[r] for r in rows], texts, blind).diagonal().long()
         itm = balanced_cross_entropy(itm_logits, labels)
         # ITC, as forward(use_itm_head=False): text alone vs. the image's [CLS] embedding.
-        contrast_texts = texts[: len(idx)] + [hard_negative(s, rng) for s in scenes]
+        contrast_texts = texts[: len(idx)] + [hard_negative(s, rng, blind) for s in scenes]
         contrast_tokens = blip_text(processor, contrast_texts)
         text_cls = model.text_encoder(input_ids=contrast_tokens.input_ids, attention_mask=contrast_tokens.attention_mask).last_hidden_state[:, 0]
         image_feat = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
         text_feat = F.normalize(model.text_proj(text_cls), dim=-1)
-        itc = contrastive_loss(image_feat, text_feat, positive_mask(scenes, contrast_texts), torch.tensor(1 / 0.07))
+        itc = contrastive_loss(image_feat, text_feat, positive_mask(scenes, contrast_texts, blind), torch.tensor(1 / 0.07))
         coverage = coverage_loss(aux["coverage"], image_embeds[:, 1:], pool.coverage[idx])
-        shape = ITM_SHAPE_LOSS_WEIGHT * itm_shape_loss(aux["shape"], image_embeds, pool.coverage[idx], scenes)
-        return {"itm": itm, "itc": 0.5 * itc, "coverage": coverage, "shape": shape}
+        terms = {"itm": itm, "itc": 0.5 * itc, "coverage": coverage}
+        if blind != "shape":
+            terms["shape"] = ITM_SHAPE_LOSS_WEIGHT * itm_shape_loss(aux["shape"], image_embeds, pool.coverage[idx], scenes)
+        return terms
 
     cpu_start = time.process_time()
-    seconds = train(model, step_loss, budget.itm_steps, lr=1e-3, name="itm", aux=aux)
+    steps = variant_steps(budget.itm_steps, blind)
+    seconds = train(model, step_loss, steps, lr=1e-3, name="itm", aux=aux)
     cpu_seconds = time.process_time() - cpu_start
     save_blip(model, processor, out)
     return {
-        "steps": budget.itm_steps,
+        **({"blind_to": blind} if blind else {}),
+        "steps": steps,
         "batch": budget.batch,
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
@@ -723,7 +760,10 @@ def _shape_changed_metrics(true: np.ndarray, wrong: np.ndarray, scenes: list[Sce
 # --------------------------------------------------------------------------- BLIP captioner
 
 
-def train_captioner(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
+def train_captioner(out: Path, pool: Pool, budget: Budget, seed: int, weak: bool = False) -> dict:
+    """The shipped captioner; ``weak``: a captioner trained elsewhere, as a user may bring
+    one: a few steps from the CLIP image tower, without the shape terms, so its typical
+    mistake is the shape word (the blind-judge test world, BLIND_VARIANTS)."""
     processor = make_blip_processor()
     torch.manual_seed(seed)
     config = blip_config(processor)
@@ -731,7 +771,7 @@ def train_captioner(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
     # Continue from the ITM model's ViT (itself started from the CLIP tower): each model
     # adds its training steps to the same image tower, and shapes need all of them.
     itm_dir = out.parent / MODEL_DIRS["itm"]
-    if (itm_dir / "model.safetensors").exists():
+    if (itm_dir / "model.safetensors").exists() and not weak:
         vision_init = init_vision_from_blip(model.vision_model, itm_dir)
     else:
         vision_init = init_vision_from_clip(model.vision_model, out.parent / MODEL_DIRS["clip"], pool)
@@ -760,13 +800,17 @@ def train_captioner(out: Path, pool: Pool, budget: Budget, seed: int) -> dict:
         coverage = coverage_loss(coverage_head, output.image_embeds[:, 1:], pool.coverage[idx])
         shape = shape_loss(shape_head, output.image_embeds[:, 0], [pool.scenes[i] for i in idx])
         shape_word = shape_word_loss(output.logits, input_ids, shape_ids)
+        if weak:
+            return {"lm": output.loss}
         return {"lm": output.loss, "coverage": coverage, "shape": shape, "shape_word": shape_word}
 
     aux = torch.nn.ModuleList([coverage_head, shape_head])
-    seconds = train(model, step_loss, budget.captioner_steps, lr=1e-3, name="captioner", aux=aux)
+    steps = variant_steps(budget.captioner_steps, "weak" if weak else None)
+    seconds = train(model, step_loss, steps, lr=1e-3, name="captioner", aux=aux)
     save_blip(model, processor, out)
     return {
-        "steps": budget.captioner_steps,
+        **({"weak": True} if weak else {}),
+        "steps": steps,
         "batch": budget.batch,
         "train_seconds": round(seconds, 1),
         "parameters": _params(model),
@@ -928,9 +972,13 @@ TRAINERS = {
     "itm": (train_itm, eval_itm),
     "captioner": (train_captioner, eval_captioner),
     "aesthetic": (train_aesthetic, eval_aesthetic),
+    "clip-blind-colour": (functools.partial(train_clip, blind="colour"), eval_clip),
+    "itm-blind-shape": (functools.partial(train_itm, blind="shape"), eval_itm),
+    "captioner-weak": (functools.partial(train_captioner, weak=True), eval_captioner),
 }
 WEIGHT_FILES = {"clip": "open_clip_model.safetensors", "itm": "model.safetensors", "captioner": "model.safetensors",
-                "aesthetic": "model.safetensors"}
+                "aesthetic": "model.safetensors", "clip-blind-colour": "open_clip_model.safetensors",
+                "itm-blind-shape": "model.safetensors", "captioner-weak": "model.safetensors"}
 
 
 def write_report(name: str, directory: Path, training: dict, metrics: dict, args, budget: Budget) -> dict:
@@ -971,7 +1019,7 @@ def main(argv: list[str] | None = None) -> None:
         budget.clip_steps = budget.itm_steps = budget.captioner_steps = budget.aesthetic_steps = args.steps
     budget.batch = args.batch or budget.batch
     budget.pool = args.pool or budget.pool
-    names = args.only or list(TRAINERS)
+    names = args.only or [name for name in TRAINERS if name in SHIPPED]
     start = time.time()
     print(f"rendering {budget.pool} training + {budget.eval_images} held-out images", flush=True)
     # The aesthetic head renders its own images (it needs their masks): no shared pool for it alone.
@@ -994,8 +1042,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_docs(models_dir: Path, docs: Path) -> None:
     from_reports = {}
-    for name, dirname in MODEL_DIRS.items():
-        path = models_dir / dirname / "training_report.json"
+    for name in SHIPPED:
+        path = models_dir / MODEL_DIRS[name] / "training_report.json"
         if path.exists():
             from_reports[name] = json.loads(path.read_text())
     docs.parent.mkdir(parents=True, exist_ok=True)

@@ -125,14 +125,17 @@ def test_synthetic_captions_are_ordered_by_agreement_then_both_judges():
     assert d["caption_chosen"] == "a blue circle"
     # the consensus order's first max_synthetic are kept if they pass: no falling back to a lower one
     one = decide_one(_cfg(capfilt={"max_synthetic": 1, "synthetic_min_prob": 0.97}), row)
-    assert one["caption_chosen"] is None and one["reason"] == "no_caption_passed:caption_junk_file_name"
+    # the reason names what turned down the original and the first synthetic caption
+    assert one["caption_chosen"] is None
+    assert one["reason"] == "no_caption_passed:caption_junk_file_name+synthetic-itm_prob_below_0.97"
 
 
 def test_no_caption_passing_filters_the_sample_with_the_originals_reason():
     row = _row(itm=0.1, synthetic=["a cat", "x"], clips=[0.9, 0.9], itms=[0.2, 0.99])
     d = decide_one(_cfg(), row)
     # "x" passes the scores but not the caption rules (min 2 words); "a cat" fails ITM
-    assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5" and d["caption_chosen"] is None
+    assert d["caption_reason"] == "no_caption_passed:itm_prob_below_0.5+synthetic-caption_too_short_2"
+    assert d["caption_chosen"] is None
     assert d["status"] == "filtered" and d["reason"] == d["caption_reason"]
     # listed original first, then best first by ITM
     assert [c["reason"] for c in d["captions"]] == ["itm_prob_below:0.5", "caption_too_short:2", "itm_prob_below:0.5"]
@@ -154,7 +157,7 @@ def test_filter_only_ignores_synthetic_and_caption_only_ignores_the_original():
 def test_synthetic_captions_can_have_a_stricter_itm_bar():
     row = _row(caption="IMG_1.JPG", synthetic=SYNTHETIC[0], clips=SYNTHETIC[1], itms=SYNTHETIC[2])
     d = decide_one(_cfg(capfilt={"synthetic_min_prob": 0.97}), row)
-    assert d["caption_reason"] == "no_caption_passed:caption_junk_file_name"
+    assert d["caption_reason"] == "no_caption_passed:caption_junk_file_name+synthetic-itm_prob_below_0.97"
     assert {c["text"]: c["reason"] for c in d["captions"]}["a red circle"] == "itm_prob_below:0.97"
     # the original is still judged at itm.min_prob
     assert decide_one(_cfg(capfilt={"synthetic_min_prob": 0.97}), _row(itm=0.6))["caption_source"] == "original"
@@ -288,7 +291,9 @@ class ReferenceCapFilt:
         elif self.mode == "caption_only":
             why = reason("no_caption_passed", synthetic[0]["reason"]) if synthetic else "no_synthetic_caption"
         else:
-            why = reason("no_caption_passed", original["reason"]) if synthetic or alternates else original["reason"]
+            failed = [c for c in synthetic if c["reason"]]  # the best-ranked synthetic caption that failed
+            first = f"+synthetic-{failed[0]['reason']}" if failed else ""
+            why = reason("no_caption_passed", original["reason"] + first) if synthetic or alternates else original["reason"]
         return {"caption_reason": why, "caption_chosen": chosen and chosen["text"],
                 "caption_source": chosen and chosen["source"], "original_caption_reason": original["reason"],
                 "captions": [(c["text"], c["source"], c["kept"], c["reason"]) for c in listed]}

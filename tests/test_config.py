@@ -115,7 +115,7 @@ def test_resuming_with_another_config_names_each_changed_key(tmp_path):
     with pytest.raises(ConfigError) as error:
         _check_resumable(changed, run, {})
     message = str(error.value)
-    assert "clip.min_score: None -> 0.3" in message
+    assert "clip.min_score: 'auto' -> 0.3" in message
     assert "output.formats: ['webdataset', 'parquet'] -> ['parquet']" in message
     assert "was started with another config" in message and "use a new --out" in message
 
@@ -124,3 +124,22 @@ def test_manifest_memory_limit_is_a_size():
     assert validate(base(manifest={"memory_limit": "4GB"})).manifest.memory_limit == "4GB"
     with pytest.raises(ConfigError, match="manifest.memory_limit"):
         validate(base(manifest={"memory_limit": "lots"}))
+
+
+def test_judge_thresholds_take_auto_a_number_null_or_a_published_name():
+    cfg = validate(base(clip={"model": "ViT-B-32"}, itm={"model": "x"}))
+    assert cfg.clip.min_score == "auto" and cfg.itm.min_prob == 0.5  # CLIP calibrated on the run; ITM: BLIP's boundary
+    assert validate(base(itm={"min_prob": "auto"})).itm.min_prob == "auto"
+    assert validate(base(clip={"min_score": "laion-2b-en"})).clip.min_score == 0.28
+    assert validate(base(clip={"min_score": "DataComp-B32"})).clip.min_score == 0.25
+    assert validate(base(itm={"min_prob": "blip"})).itm.min_prob == 0.5
+    assert validate(base(clip={"min_score": None})).clip.min_score is None
+    assert validate(base(clip={"min_score": "0.3"})).clip.min_score == 0.3  # --set gives strings
+    with pytest.raises(ConfigError, match="clip.min_score.*laion-400m"):
+        validate(base(clip={"min_score": "laion"}))
+    with pytest.raises(ConfigError):
+        validate(base(clip={"min_score": 1.5}))
+    # keep_fraction replaces an auto threshold; a number set with it is still refused
+    assert validate(base(clip={"keep_fraction": 0.3})).clip.min_score is None
+    with pytest.raises(ConfigError, match="not both"):
+        validate(base(clip={"keep_fraction": 0.3, "min_score": 0.2}))

@@ -63,7 +63,7 @@ def record_schema(manifest: pa.Schema) -> pa.Schema:
         pa.field("captions", pa.list_(pa.struct([f for f in caption_item if f.name not in SCORING_ONLY]))),
     ]
     handled = {"sample_id", "url", "caption", "caption_chosen", "caption_source", "original_caption_reason",
-               "captions", *scores, *LEFT_OUT}
+               "captions", "caption_clip_score", "caption_itm_prob", *scores, *LEFT_OUT}
     fields += [f for f in manifest if f.name not in handled]
     return pa.schema(fields)
 

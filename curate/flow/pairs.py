@@ -11,7 +11,7 @@ rule wins (curate.flow.captions builds the candidates). ``capfilt.mode``:
   ``capfilt.max_synthetic`` synthetic captions (in the consensus order: votes, the judges'
   rank, ITM, generation order) that pass and that every judge scores above the original
   (``judged_below_original:<judge>``); no caption passes -> the sample is filtered
-  (``no_caption_passed:<original's reason>``).
+  (``no_caption_passed:<original's reason>+synthetic-<the first synthetic caption's>``).
 - ``filter_only``: only the input's captions (the original, the alternates) are candidates
   (CLIP/ITM filtering alone).
 - ``caption_only``: the best synthetic captions replace the input's; the model stages'
@@ -44,7 +44,7 @@ from curate.flow.shards import CHUNK_ROWS, ShardFiles, ShardImages, write_shard_
 from curate.schemas import columns
 from curate.schemas import reasons as R
 from curate.schemas.status import Status
-from curate.stages.base import Rule
+from curate.stages.base import Rule, Score
 
 if TYPE_CHECKING:
     from curate.flow.kind import Plan
@@ -61,6 +61,12 @@ class PairsKind(Kind):
     carried = columns.ALTERNATES
     download_columns = ("sample_id", "url", "caption", "caption_bad_encoding", *columns.ALTERNATES.names)
     thresholds = ("capfilt.mode", "capfilt.max_synthetic", "capfilt.prefer")
+    # The training caption's scores (a sample kept with a synthetic caption: that caption's;
+    # clip_score and itm_prob stay the alt-text's), for the report and `curate stats`.
+    scores = {
+        "caption_clip_score": Score("CLIP score of the training caption", low=-1.0, high=1.0),
+        "caption_itm_prob": Score("ITM P(match) of the training caption", low=0.0, high=1.0),
+    }
 
     @property
     def merges_same_url(self) -> bool:
@@ -107,7 +113,8 @@ class PairsKind(Kind):
             CREATE OR REPLACE TABLE decided AS
             SELECT i.sample_id, {status} AS status, {reason} AS reason,
                    c.caption_chosen, c.caption_source, c.original_caption_reason, c.captions,
-                   c.chosen_clip_score, c.chosen_itm_prob
+                   c.chosen_clip_score, c.chosen_itm_prob,
+                   c.chosen_clip_score AS caption_clip_score, c.chosen_itm_prob AS caption_itm_prob
             FROM image_decisions i LEFT JOIN caption_decisions c USING (sample_id)
         """)
 
@@ -188,8 +195,12 @@ class PairsKind(Kind):
             failure = (f"WHEN n_synthetic > 0 THEN {R.NO_CAPTION_PASSED.sql_with('best_synthetic_reason')} "
                        f"ELSE {R.NO_SYNTHETIC_CAPTION.sql()}")
         else:  # the original alone (no captioner, no alternates): its own reason
+            # Else the original's reason, then that of the best-ranked synthetic caption that
+            # failed (consensus order; min_by skips NULL reasons): which judge or rule turned
+            # each down (docs/capfilt.md, Which judge said no).
+            why = "original_reason || coalesce('+synthetic-' || best_synthetic_reason, '')"
             failure = (f"WHEN n_others = 0 THEN original_reason "
-                       f"ELSE {R.NO_CAPTION_PASSED.sql_with('original_reason')}")
+                       f"ELSE {R.NO_CAPTION_PASSED.sql_with(why)}")
         struct = captions.caption_struct_sql(plan)
         return f"""
             WITH per_image AS (

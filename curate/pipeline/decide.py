@@ -37,7 +37,7 @@ from curate.core.progress import Progress
 from curate.core.rundir import RunDir
 from curate.flow.decision import PartitionFiles, apply_globals, candidates_sql, decide_units, followed, open_views
 from curate.flow.plan import Plan
-from curate.pipeline import quantiles
+from curate.pipeline import calibration, quantiles
 from curate.pipeline.passes import RETRY_PREFIX, load_prepared, shards_by_part
 from curate.schemas.status import Status
 
@@ -233,7 +233,7 @@ class Decided:
     digest: str
     task_seconds: dict[str, float]  # per phase, summed over its tasks (benchmarks)
     partitions: int
-    thresholds: dict  # keep fractions resolved (curate.pipeline.quantiles.resolve)
+    thresholds: dict  # keep fractions and auto thresholds resolved (curate.pipeline.quantiles, .calibration)
     shard_digests: dict[str, str] = field(default_factory=dict)  # output shard -> digest of its manifest rows
 
 
@@ -247,6 +247,8 @@ def decide_run(plan: Plan, run: RunDir, prepared: dict, progress: Progress | Non
         storage.remove_tree(folder)
     partitions = plan_partitions(prepared, plan.cfg.manifest.partition_rows)
     plan, thresholds = quantiles.resolve(plan, run, partitions)  # keep_fraction -> its threshold
+    plan, calibrated = calibration.resolve(plan, run, partitions)  # auto -> calibrated against the other judges
+    thresholds = {**thresholds, **calibrated}
     task = lambda fn: ray.remote(num_cpus=TASK_CPUS)(fn)  # noqa: E731
     decided = ray.get([task(_timed(_phase_decide)).remote(plan, run, p, out) for p in partitions])
     for stage in plan.globals:

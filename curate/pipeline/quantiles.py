@@ -124,9 +124,10 @@ def kth_largest(plan: Plan, run: RunDir, partitions: list, column: str, fraction
     raise AssertionError("the k-th largest score lies in the range it was narrowed to")
 
 
-def _bin(column: str, lo: float, hi: float) -> str:
-    """SQL: the bin (0..BINS-1) of ``column`` in [lo, hi] (the top edge in the last bin)."""
-    return f"least({BINS - 1}, greatest(0, floor(({column}::DOUBLE - {lo!r}) / ({hi!r} - {lo!r}) * {BINS})))::BIGINT"
+def _bin(column: str, lo: float, hi: float, bins: int | None = None) -> str:
+    """SQL: the bin (0..bins-1, default BINS) of ``column`` in [lo, hi] (the top edge in the last bin)."""
+    bins = BINS if bins is None else bins  # read at call time: tests narrow BINS
+    return f"least({bins - 1}, greatest(0, floor(({column}::DOUBLE - {lo!r}) / ({hi!r} - {lo!r}) * {bins})))::BIGINT"
 
 
 def _within(column: str, levels: list[tuple[float, float, int]]) -> str:

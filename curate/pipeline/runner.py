@@ -42,6 +42,7 @@ from curate.pipeline.run_inputs import input_changes, input_state, list_run_inpu
 from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.download.download import committed_shards, run_download
+from curate.report.judges import describe_threshold
 from curate.stages.base import BatchStage
 from curate.stages.registry import STAGES
 
@@ -343,8 +344,7 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     if decided.thresholds:
         summary["thresholds"] = decided.thresholds
         for key, t in decided.thresholds.items():
-            console.print(f"{key}: {t['resolved']:.6g} keeps the top {t['keep_fraction']:.0%} of {t['scored']:,} scored "
-                          f"images ({t['at_or_above']:,} at or above it)")
+            console.print(literal(describe_threshold(key, t)))
     if prepared["retries"]:
         summary["retries"] = retry_outcomes(decided.counts, prepared["retries"])
     summary.update(plan.kind.summary(decided.counts))

@@ -14,7 +14,7 @@ import yaml
 from curate.core import storage
 from curate.core.views import open_views
 from curate.core.rundir import RunDir
-from curate.report import html, plots, samples, stats
+from curate.report import html, judges, plots, samples, stats
 from curate.report.failures import failures_section
 from curate.report.thumbnails import load_thumbnails
 from curate.flow.captions import JUDGES
@@ -27,7 +27,7 @@ DEFAULT_SAMPLES = 24
 # Short labels for the navigation bar (the sections keep their full titles): all of them fit
 # on one line of a 1,400 px window.
 NAV_LABELS = {"kept": "Kept", "filtered": "Filtered", "duplicates": "Duplicates", "failures": "Failures",
-              "capfilt": "CapFilt captions"}
+              "capfilt": "CapFilt captions", "judges": "Judges"}
 
 
 def stage_scores(config: dict | None = None) -> dict[str, Score]:
@@ -51,6 +51,23 @@ def _enabled_stages(config: dict) -> list:
     return [stage for stage in STAGES if stage(cfg).enabled()]
 
 
+def with_resolved_thresholds(config: dict, summary: dict) -> dict:
+    """``config`` with each threshold the decision resolved (a keep fraction, ``auto``: the
+    summary's ``thresholds``) set to its value, so the report draws the line the run applied."""
+    import copy
+
+    out = copy.deepcopy(config)
+    for key, t in (summary.get("thresholds") or {}).items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = t.get("resolved")
+    return out
+
+
 def _read_yaml(uri: str) -> dict:
     return (yaml.safe_load(storage.read_text(uri)) or {}) if storage.exists(uri) else {}
 
@@ -62,7 +79,7 @@ def _read_json(uri: str) -> dict:
 def write_report(run_root: str, samples_per_group: int | None = None) -> str:
     """Build the report of a finished run; returns the URI of index.html."""
     run = RunDir(run_root.rstrip("/"))
-    config = _read_yaml(run.config)
+    config = with_resolved_thresholds(_read_yaml(run.config), _read_json(run.summary))
     if samples_per_group is None:
         samples_per_group = (config.get("report") or {}).get("samples", DEFAULT_SAMPLES)
     con = open_views(run.root)
@@ -108,6 +125,8 @@ def render(con, run: RunDir, config: dict, n: int) -> str:
         ("captions", "Captions", captions_section(con)),
         ("reasons", "Decisions", reasons_section(con)),
     ]
+    if judges.judges(con)[1:]:  # two judges or more: see them against each other
+        parts.append(("judges", "Judges", judges_section(con, _read_json(run.summary).get("thresholds") or {})))
     kept = samples.kept_sample(con, n)
     filtered = samples.filtered_samples(con, max(1, n // 2))
     dups = samples.duplicate_groups(con, max(1, n // 4))
@@ -203,6 +222,37 @@ def scores_section(con, config: dict, scores: list[str]) -> tuple[str, str]:
                     + "</div>")
     body.append("<h3>Quantiles</h3>" + html.table(stats.score_quantiles(con)))
     return "Scores are stored for every downloaded sample; <code>curate refilter RUN --set clip.min_score=T</code> applies a new threshold without running a model.", "".join(body)
+
+
+def judges_section(con, resolved: dict) -> tuple[str, str]:
+    """Each pair of judges on the same captions: a 2-D histogram per caption group, their
+    agreement table, a plain warning for a blind judge, and what turned down the samples
+    CapFilt filtered (curate.report.judges)."""
+    found = judges.judges(con)
+    body = []
+    for warning in judges.blind_warnings(con):
+        body.append(html.note("<b>Blind judge?</b> " + html.esc(warning)))
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            ta, tb = judges.thresholds(con, a), judges.thresholds(con, b)
+            limits = {g: (ta[g], tb[g]) for g in judges.GROUPS}
+            svg = plots.judges_map(judges.scatter_points(con, a, b), (a.label, b.label), limits, f"judges-{a.column}-{b.column}")
+            body.append(f"<h3>{html.esc(a.label)} against {html.esc(b.label)}</h3>" + html.figure(
+                svg, "Every candidate caption both judges scored; darker: more captions. Dashed: each judge's threshold "
+                "(read from its reasons; none drawn where it rejected nothing). Top right: both accept; a caption must "
+                "pass both."))
+    body.append("<h3>Agreement</h3>" + html.table(judges.agreement(con)))
+    calibrated = [f"<code>{html.esc(k)}</code>: {html.esc(judges.describe_threshold(k, t).split(': ', 1)[1])}"
+                  for k, t in resolved.items() if "calibrated" in t]
+    if calibrated:
+        body.append("<h3>Calibrated thresholds</h3><ul>" + "".join(f"<li>{c}</li>" for c in calibrated) + "</ul>")
+    rejected = judges.rejected_by(con)
+    if rejected.num_rows:
+        body.append("<h3>Which judge said no</h3>" + html.table(rejected))
+    lead = ("Every caption must pass every judge. Judges have blind spots of their own: where one accepts what the "
+            "other rejects, the other decides. <code>auto</code> thresholds are calibrated on this run "
+            "(docs/capfilt.md, Judges).")
+    return lead, "".join(body)
 
 
 def captions_section(con) -> tuple[str, str]:

@@ -88,6 +88,29 @@ def histogram_by_status(values: dict[str, np.ndarray], xlabel: str, name: str,
     return _svg(fig, name)
 
 
+def judges_map(points: dict[str, tuple[list, list]], labels: tuple[str, str], limits: dict[str, tuple], name: str) -> str:
+    """One 2-D histogram per caption group of two judges' scores of the same captions
+    (``points[group] = (a_scores, b_scores)``), log-scaled counts, with each judge's
+    threshold in that group (``limits[group] = (t_a, t_b)``, None: accepts all) as dashed
+    lines: the captions one judge accepts and the other rejects sit in the off quadrants."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(points), figsize=(5.6 * len(points) / 1.6, 3.2), squeeze=False)
+    for ax, (group, (a, b)) in zip(axes[0], points.items()):
+        from matplotlib.colors import LogNorm
+
+        ax.hist2d(a, b, bins=40, cmap="Blues", norm=LogNorm(), cmin=1)
+        t_a, t_b = limits.get(group, (None, None))
+        if t_a is not None:
+            ax.axvline(t_a, color=INK, linestyle="--", linewidth=1)
+        if t_b is not None:
+            ax.axhline(t_b, color=INK, linestyle="--", linewidth=1)
+        ax.set_title(f"{group} ({len(a):,})", fontsize=9, color=INK)
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.tick_params(colors=INK, labelsize=8)
+    return _svg(fig, name)
+
+
 def keep_fraction_curve(values: np.ndarray, xlabel: str, name: str, threshold: float | None = None,
                         higher_is_better: bool = True) -> str:
     """Fraction of ``values`` a threshold at each value keeps: at or above it, or at or below it

@@ -257,7 +257,16 @@ READY = {
     "top_domains": ("top domains", top_domains),
     "hosts": ("download figures per host", host_figures),
     "kept_per_input_file": ("kept fraction per input file", kept_per_input_file),
+    "judges": ("judges against each other: candidates each accepts, per caption group", lambda con: _judges().agreement(con)),
+    "blind_judges": ("blind judges", lambda con: pa.table({"warning": pa.array(_judges().blind_warnings(con), pa.string())})),
+    "rejected_by": ("CapFilt: which judge said no (samples no caption passed)", lambda con: _judges().rejected_by(con)),
 }
+
+
+def _judges():
+    from curate.report import judges  # it reads the stage registry: imported when asked
+
+    return judges
 
 
 def image_score_quantiles(con: duckdb.DuckDBPyConnection) -> pa.Table:

@@ -115,6 +115,9 @@ PAIRS_MANIFEST_HEAD = pa.schema([
     ("caption_source", pa.string()),
     ("original_caption_reason", pa.string()),
     ("captions", pa.list_(CAPTION_STRUCT)),
+    # The training caption's (caption_chosen's) scores; the original's are clip_score, itm_prob.
+    ("caption_clip_score", pa.float32()),
+    ("caption_itm_prob", pa.float32()),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),

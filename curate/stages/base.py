@@ -149,6 +149,10 @@ class Stage:
     # resolved over the whole run from the score column ``scores`` names for that threshold
     # (curate.pipeline.quantiles). E.g. {"clip.keep_fraction": "clip.min_score"}.
     keep_fractions: ClassVar[dict[str, str]] = {}
+    # A judge of captions whose threshold may be ``auto``: (the threshold key, the score
+    # column of the original caption, the value when calibration cannot run), calibrated
+    # against the other judges from the stored scores (curate.pipeline.calibration).
+    calibration: ClassVar[tuple[str, str, float | None] | None] = None
 
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curate.core.config import ItmConfig
+from curate.core.config import AUTO, ItmConfig
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
 from curate.stages.base import IMAGE, BatchStage, Rule, Score
@@ -85,6 +85,7 @@ class ItmStage(BatchStage):
     manifest = ("itm_prob", "itm_cosine")
     thresholds = ("itm.min_prob", "itm.keep_fraction", "capfilt.synthetic_min_prob", "filters.max_caption_tokens")
     keep_fractions = {"itm.keep_fraction": "itm.min_prob"}
+    calibration = ("itm.min_prob", "itm_prob", 0.5)  # fallback: BLIP's decision rule (section 3.3)
     uses_model = True
     relative_cost = 5.0  # BLIP ITM at 384 px: ~5x CLIP's work per image (docs/scaling.md)
     scores = {"itm_prob": Score("ITM probability", "itm.min_prob", R.ITM_PROB_BELOW, low=0.0, high=1.0)}
@@ -120,7 +121,7 @@ class ItmStage(BatchStage):
         # The input's captions (the original, the alternates from its URL's other rows) at
         # itm.min_prob: people wrote them all; the captioner's at the synthetic bar.
         for which, t in (("<> 'synthetic'", original), ("= 'synthetic'", synthetic)):
-            if t is not None:
+            if t is not None and t != AUTO:  # auto: resolved before the decision (curate.pipeline.calibration)
                 rules.append(Rule.fixed(f"source {which} AND (itm_prob IS NULL OR itm_prob < {t!r})",
                                         R.ITM_PROB_BELOW, fmt_threshold(t), scope="caption"))
         return rules

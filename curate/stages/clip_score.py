@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curate.core.config import ClipConfig
+from curate.core.config import AUTO, ClipConfig
 from curate.models.clip import context_length as clip_context_length
 from curate.schemas import reasons as R
 from curate.schemas.reasons import fmt_threshold
@@ -60,6 +60,7 @@ class ClipStage(BatchStage):
     manifest = ("clip_score",)
     thresholds = ("clip.min_score", "clip.keep_fraction", "filters.max_caption_tokens")
     keep_fractions = {"clip.keep_fraction": "clip.min_score"}
+    calibration = ("clip.min_score", "clip_score", None)  # a cosine's scale is the model's: no fallback value
     uses_model = True
     relative_cost = 1.0  # ViT-B/32: an image and its captions (docs/scaling.md)
     scores = {"clip_score": Score("CLIP score", "clip.min_score", R.CLIP_SCORE_BELOW, low=-1.0, high=1.0)}  # a cosine
@@ -83,7 +84,7 @@ class ClipStage(BatchStage):
 
     def rules(self) -> list[Rule]:
         t = self.cfg.clip.min_score
-        if t is None:
+        if t is None or t == AUTO:  # auto: resolved before the decision (curate.pipeline.calibration)
             return self.token_rules()
         return self.token_rules() + [Rule.fixed(f"clip_score IS NULL OR clip_score < {t!r}", R.CLIP_SCORE_BELOW,
                                                 fmt_threshold(t), scope="caption")]
