@@ -52,3 +52,20 @@ def test_overlapping_groups_get_the_best_single_cut():
     # equal spreads: the best cut is where the two densities cross, halfway
     assert _score(cut) == pytest.approx(0.5, abs=0.03)
     assert j == pytest.approx(0.6827, abs=0.04)  # 2 Phi(1) - 1 for two unit-separated normals
+
+
+def test_describe_says_which_thresholds_the_decision_resolves():
+    from curate.core.config import validate
+    from curate.flow.plan import make_plan
+    from curate.pipeline.describe import describe
+
+    base = {"input": {"path": "x.parquet"}, "output": {"path": "/tmp/unused"}}
+    both = describe(make_plan(validate({**base, "clip": {"model": "curate:tiny-clip"},
+                                        "itm": {"model": "curate:tiny-blip-itm", "min_prob": "auto"}})))
+    assert both["resolved_at_decision"] == [
+        "clip.min_score: auto (calibrated against itm_prob; fallback none, score only)",
+        "itm.min_prob: auto (calibrated against clip_score; fallback 0.5)"]
+    alone = describe(make_plan(validate({**base, "clip": {"model": "curate:tiny-clip", "keep_fraction": 0.3}})))
+    assert alone["resolved_at_decision"] == ["clip.min_score: the top 0.3 of the run's clip_score (keep_fraction)"]
+    clip_only = describe(make_plan(validate({**base, "clip": {"model": "curate:tiny-clip"}})))
+    assert clip_only["resolved_at_decision"] == ["clip.min_score: auto (no other judge: falls back; fallback none, score only)"]

@@ -32,7 +32,26 @@ def describe(plan: Plan) -> dict:
             **{title: [_rule(r) for r in rules] for title, rules in plan.kind.final_rules(plan).items()},
         },
         "refilter_keys": list(plan.refilter_keys()),
+        "resolved_at_decision": resolved_at_decision(plan),
     }
+
+
+def resolved_at_decision(plan: Plan) -> list[str]:
+    """The thresholds the decision resolves from the run's scores, whose rules are not above:
+    each ``auto`` judge (curate.pipeline.calibration) and each keep fraction (quantiles)."""
+    from curate.pipeline import calibration, quantiles
+
+    judges = calibration.judges(plan)
+    out = []
+    for judge in judges:
+        if quantiles._get(plan.cfg, judge.threshold_key) == calibration.AUTO:
+            others = [j.column for j in judges if j is not judge]
+            against = f"calibrated against {', '.join(others)}" if others else "no other judge: falls back"
+            fallback = "none, score only" if judge.fallback is None else f"{judge.fallback:g}"
+            out.append(f"{judge.threshold_key}: auto ({against}; fallback {fallback})")
+    out += [f"{k.threshold_key}: the top {k.fraction:g} of the run's {k.column} (keep_fraction)"
+            for k in quantiles.wanted(plan)]
+    return out
 
 
 def _stage(stage: Stage) -> dict:
@@ -92,7 +111,10 @@ def print_description(plan: Plan, fmt: str, console: Console) -> None:
             console.print(f"  {title}:")
             for rule in rules:
                 console.print(f"    {escape(_rule_line(rule))}")
-    console.print(f"  otherwise: kept\n\n[bold]refilter may change[/bold]: {escape(', '.join(data['refilter_keys']))}")
+    console.print("  otherwise: kept")
+    for line in data["resolved_at_decision"]:
+        console.print(f"  resolved at the decision, then a rule like the above: {escape(line)}")
+    console.print(f"\n[bold]refilter may change[/bold]: {escape(', '.join(data['refilter_keys']))}")
 
 
 def _rule_line(rule: dict) -> str:
