@@ -132,6 +132,11 @@ class OutputConfig(_Section):
     formats: list[Literal["webdataset", "parquet"]] = ["webdataset", "parquet"]
     samples_per_shard: int = Field(10_000, ge=1)
 
+    @field_validator("path")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/") or value  # `--out run/` (tab completion) is the run `run`
+
     @field_validator("formats")
     @classmethod
     def _nonempty_unique(cls, value: list[str]) -> list[str]:
@@ -564,6 +569,12 @@ def config_changes(stored_yaml: str, cfg: CurateConfig, ignore: tuple[str, ...] 
     except ConfigError:
         pass
     before, after = _flat(old), _flat(cfg.model_dump(mode="json"))
+    from curate.core.storage import normalized_path  # paths are compared normalised: run/ is ./run
+
+    for side in (before, after):
+        for key in ("input.path", "output.path"):
+            if isinstance(side.get(key), str):
+                side[key] = normalized_path(side[key])
     shown = lambda side, key: repr(side[key]) if key in side else "(absent)"  # noqa: E731
     return [f"{key}: {shown(before, key)} -> {shown(after, key)}" for key in sorted(before.keys() | after.keys())
             if not key.startswith(ignore) and (key not in before or key not in after or before[key] != after[key])]

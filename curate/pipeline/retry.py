@@ -38,7 +38,7 @@ from curate.flow.decision import open_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline import passes
 from curate.pipeline.decide import TASK_CPUS, Partition, plan_partitions
-from curate.pipeline.runner import RunResult, _stops_cleanly, finish, size_model_pools
+from curate.pipeline.runner import RunResult, _stops_cleanly, check_no_open_extend, finish, size_model_pools
 from curate.pipeline.score import run_score
 from curate.stages.download import committed_shards, run_download
 from curate.stages.download_errors import TRANSIENT_REASONS, ReasonSet
@@ -58,6 +58,7 @@ def finished_run_config(run: RunDir, overrides: list[str] = ()):
             or not storage.exists(run.marker("download")):
         raise ConfigError(f"{run.root} is not a finished curate run (no config.yaml, manifest/ or finished "
                           "download); run `curate run` on it first")
+    check_no_open_extend(run, "retry it")
     stored = yaml.safe_load(storage.read_text(run.config))
     for text in overrides:
         key = ".".join(parse_override(text)[0])
