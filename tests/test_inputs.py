@@ -330,10 +330,15 @@ def _string_like(kind: str) -> pa.Array:
     if kind == "dictionary":  # pandas' category dtype, as pyarrow writes it
         return pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0], pa.int32()),
                                               pa.array([b"fine caption", b"caf\xe9 au lait", b"\xff\xfe"]).view(pa.string()))
+    if kind == "dictionary of large_string":  # pyarrow refused its dictionary page when read dense
+        return pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0], pa.int8()),
+                                              pa.array([b"fine caption", b"caf\xe9 au lait", b"\xff\xfe"],
+                                                       pa.large_binary()).view(pa.large_string()))
     return {"string": plain, "large_string": large}[kind]
 
 
-@pytest.mark.parametrize("kind", ["string", "large_string", "string_view", "dictionary"])
+@pytest.mark.parametrize("kind", ["string", "large_string", "string_view", "dictionary",
+                                  "dictionary of large_string"])
 def test_every_string_like_parquet_column_gets_the_same_utf8_validation(tmp_path, kind):
     captions = _string_like(kind)
     urls = pa.array([f"http://x.org/{i}.jpg" for i in range(5)])
