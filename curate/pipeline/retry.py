@@ -54,11 +54,11 @@ RETRY_KEYS = ("download.timeout", "download.retries", "download.threads", "downl
 def finished_run_config(run: RunDir, overrides: list[str] = ()):
     """The config a finished run was made with, with ``overrides`` (``key=value`` of
     RETRY_KEYS) applied; ConfigError if RUN is not a finished run or a key is not allowed."""
+    check_no_open_extend(run, "retry it")  # an extend killed in its download: say so, not "not finished"
     if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet") \
             or not storage.exists(run.marker("download")):
         raise ConfigError(f"{run.root} is not a finished curate run (no config.yaml, manifest/ or finished "
                           "download); run `curate run` on it first")
-    check_no_open_extend(run, "retry it")
     stored = yaml.safe_load(storage.read_text(run.config))
     for text in overrides:
         key = ".".join(parse_override(text)[0])
