@@ -239,7 +239,7 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     _check_resumable(cfg, run, state, extend)
     _check_no_open_retry(run)
     before = json.loads(storage.read_text(run.state)) if storage.exists(run.state) else None
-    added = [f for f in files if before is not None and f.uri not in {u for u, _ in before["files"]}]
+    added = [f for f in files if before is not None and f.uri not in {u for u, _ in before.get("files", [])}]
     if extend and added:
         validate_new_inputs(added, cfg)  # an unreadable new file stops here, before the run is touched
     plan = make_plan(cfg)
