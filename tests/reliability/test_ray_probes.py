@@ -77,3 +77,36 @@ def test_ray_started_by_curate_has_usage_stats_off_in_every_process(tmp_path):
     names = " ".join(seen["processes"])
     assert "gcs_server" in names and "raylet" in names and "dashboard" in names, names
     assert set(seen["processes"].values()) == {"0"}, [p for p, v in seen["processes"].items() if v != "0"]
+
+
+JOIN = r"""
+import json, sys, ray
+from curate.core.ray_session import start_ray
+start_ray(sys.argv[1], None)
+from ray._common.usage import usage_lib
+
+@ray.remote(num_cpus=0)
+def in_worker():
+    from ray._common.usage import usage_lib
+    return usage_lib.usage_stats_enabled()
+
+print(json.dumps({"driver": usage_lib.usage_stats_enabled(), "worker": ray.get(in_worker.remote())}))
+ray.shutdown()
+"""
+
+
+def test_a_run_joining_a_cluster_with_usage_stats_on_has_them_off_in_its_driver_and_workers(tmp_path):
+    """A cluster started by someone else with usage stats on (RAY_USAGE_STATS_ENABLED=1): the
+    curate driver and the workers of its job still have them off (Ray's own setting, through
+    the job's runtime environment)."""
+    import os
+
+    from cluster import Cluster
+
+    with Cluster(head_cpus=1, env={"RAY_USAGE_STATS_ENABLED": "1"}) as cluster:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_USAGE_STATS_ENABLED", "RAY_ADDRESS")}
+        env.update(HOME=str(tmp_path), RAY_AUTH_MODE="disabled")
+        done = subprocess.run([sys.executable, "-c", JOIN, cluster.address], capture_output=True, text=True,
+                              timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"driver": False, "worker": False}
