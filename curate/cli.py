@@ -102,15 +102,23 @@ def query(
         "--allow-external-access",
         help="let the SQL read other files, use the network and extensions, and write files (off: it reads "
              "the run's views only)")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", help="stop the query after this many seconds (exit status 2); Ctrl-C always stops it")] = None,
 ) -> None:
     """Run a DuckDB query over a run's manifest and print the result."""
-    from curate.core.views import QueryError, run_query
+    from curate.core.views import QueryError
     from curate.pipeline.query import print_result
+    from curate.pipeline.query_process import QueryInterrupted, run_query_in_child
 
     if format not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {format!r}")
+    if timeout is not None and not timeout > 0:
+        _fail(f"--timeout must be a number of seconds above 0, not {timeout!r}")
     try:
-        result = run_query(run_dir, sql, allow_external_access)
+        result = run_query_in_child(run_dir, sql, allow_external_access, timeout)
+    except QueryInterrupted as error:
+        err.print(literal(str(error)), soft_wrap=True)
+        raise typer.Exit(130) from None
     except QueryError as error:
         _fail(str(error))
     print_result(result, format, console)

@@ -27,7 +27,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **(extra or {}))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(extra or {})}  # extra wins
     env.pop("RAY_ADDRESS", None)
     return env
 

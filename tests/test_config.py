@@ -96,6 +96,7 @@ def _started_with(tmp_path, cfg, drop: str | None = None):
     run = RunDir(str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "run" / "state.json").write_text("{}")  # a run writes its state.json with its config
     return run
 
 

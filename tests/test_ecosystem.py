@@ -26,13 +26,21 @@ from curate.synth.documents import make_documents
 from e2e import read_manifest
 
 
+# Appended to some captions of the pairs run (issue 31: each broke a LLaVA sample).
+SPECIAL_TOKEN_SUFFIXES = (" <image>", " </s>", " <|im_end|>", " [INST] hi [/INST]", " <image> <image>",
+                          "<|eot_id|>", " <s>", " <im_patch>", " \uff1cimage\uff1e", " <|endoftext|>")
+
+
 @pytest.fixture(scope="module")
 def pairs_run(tmp_path_factory, ray_session):
     """The demo's noisy corpus through the demo config (captioner, CLIP, ITM, CapFilt, dedupe),
     in shards of 30 so every reader sees several shards."""
     out = tmp_path_factory.mktemp("eco-pairs")
+    corpus = make_corpus(150, 5)
+    for i, token in zip(range(0, 150, 15), SPECIAL_TOKEN_SUFFIXES):  # captions holding model control tokens
+        corpus.rows[i]["caption"] += token
     _, result = serve_and_run(
-        out, make_corpus(150, 5), "input.parquet",
+        out, corpus, "input.parquet",
         lambda path, run_dir: demo_config(path.parent, run_dir, ["output.samples_per_shard=30", "download.timeout=2"]),
         Console(record=True, width=120))
     run = Path(result.run.root)
@@ -272,6 +280,34 @@ def test_llava_export_loads_in_a_llava_style_loader(pairs_run, exports):
         item = data[i]
         assert item["caption"] == by_key[item["id"]]["caption_chosen"] and item["image"].size == (64, 64)
     assert {data[i]["id"] for i in range(len(data))} == set(by_key)
+
+
+def llava_preprocess_plain(source: list[dict]) -> str:
+    """LLaVA's pretraining preprocessing of one sample (llava/train/train.py): preprocess_multimodal
+    moves every turn's <image> to the front of that turn, then preprocess_plain keeps the human
+    turn as the image token alone and appends the answer and the separator ("\\n"); the prompt
+    is then split on <image>, one image's features per occurrence (tokenizer_image_token)."""
+    turns = [dict(t) for t in source]
+    for turn in turns:
+        if "<image>" in turn["value"]:
+            turn["value"] = ("<image>\n" + turn["value"].replace("<image>", "").strip()).strip()
+    assert len(turns) == 2 and "<image>" in turns[0]["value"]
+    return "<image>" + turns[1]["value"] + "\n"
+
+
+def test_llava_export_gives_each_sample_one_image_token_and_no_control_token(pairs_run, exports):
+    from curate.core.config import SPECIAL_TOKENS
+
+    run, _, kept = pairs_run
+    manifest = read_manifest(str(run)).to_pylist()
+    flagged = [m for m in manifest if "caption_junk:special_token" in str(m.get("original_caption_reason") or m["reason"])]
+    assert flagged, "the run's captions with control tokens were not flagged"
+    entries = json.load(open(exports / "llava" / "llava_pretrain.json"))
+    assert len(entries) == len(kept)
+    for entry in entries:
+        prompt = llava_preprocess_plain(entry["conversations"])
+        assert prompt.count("<image>") == 1, entry
+        assert not any(token in entry["conversations"][1]["value"] for token in SPECIAL_TOKENS), entry
 
 
 def test_datacomp_uid_subset_selects_exactly_the_kept_samples(pairs_run, exports):

@@ -314,3 +314,54 @@ def test_large_string_parquet_column_with_invalid_utf8(tmp_path):
     table = _read(tmp_path / "in.parquet", "parquet")
     assert table.column("caption").to_pylist() == ["ok", "\ufffd"]
     assert table.column("caption_bad_encoding").to_pylist() == [False, True]
+
+
+# -- every string-like Arrow type through the same validation (issue 31, item 4) ---------------
+
+_BAD = [b"fine caption", b"caf\xe9 au lait", None, b"\xff\xfe", b"fine caption"]
+
+
+def _string_like(kind: str) -> pa.Array:
+    """``_BAD`` as a column of ``kind``, its bytes unchecked (as a writer that breaks UTF-8 leaves them)."""
+    plain = pa.array(_BAD, pa.binary()).view(pa.string())
+    large = pa.array(_BAD, pa.large_binary()).view(pa.large_string())
+    if kind == "string_view":
+        return pa.array(_BAD, pa.binary_view()).view(pa.string_view())
+    if kind == "dictionary":  # pandas' category dtype, as pyarrow writes it
+        return pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0], pa.int32()),
+                                              pa.array([b"fine caption", b"caf\xe9 au lait", b"\xff\xfe"]).view(pa.string()))
+    if kind == "dictionary of large_string":  # pyarrow refused its dictionary page when read dense
+        return pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0], pa.int8()),
+                                              pa.array([b"fine caption", b"caf\xe9 au lait", b"\xff\xfe"],
+                                                       pa.large_binary()).view(pa.large_string()))
+    return {"string": plain, "large_string": large}[kind]
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "string_view", "dictionary",
+                                  "dictionary of large_string"])
+def test_every_string_like_parquet_column_gets_the_same_utf8_validation(tmp_path, kind):
+    captions = _string_like(kind)
+    urls = pa.array([f"http://x.org/{i}.jpg" for i in range(5)])
+    pq.write_table(pa.table({"url": urls, "caption": captions}), tmp_path / "in.parquet")
+    stored = pq.read_schema(tmp_path / "in.parquet").field("caption").type
+    assert str(stored).startswith(kind.split()[0])  # read back in its own layout, not as plain string
+    table = _read(tmp_path / "in.parquet", "parquet")
+    assert table.column("caption").to_pylist() == ["fine caption", "caf\ufffd au lait", None, "\ufffd\ufffd",
+                                                   "fine caption"]
+    assert table.column("caption_bad_encoding").to_pylist() == [False, True, False, True, False]
+    table.validate(full=True)
+
+
+def test_a_pandas_category_column_with_invalid_utf8_is_read(tmp_path):
+    """The attack's file: pandas' category dtype, written by pyarrow, one broken cell."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"url": ["http://x.org/1.jpg", "http://x.org/2.jpg"],
+                          "caption": pd.Categorical(["a red bicycle", "a blue car"], categories=["a red bicycle", "a blue car"])})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    caption = table.column("caption").chunk(0)
+    broken = pa.DictionaryArray.from_arrays(caption.indices, pa.array([b"a red bicycle", b"a blue \xe9car"]).view(pa.string()))
+    pq.write_table(table.set_column(1, "caption", broken), tmp_path / "in.parquet")
+    out = _read(tmp_path / "in.parquet", "parquet")
+    assert out.column("caption_bad_encoding").to_pylist() == [False, True]
+    assert out.column("url").to_pylist() == ["http://x.org/1.jpg", "http://x.org/2.jpg"]

@@ -31,6 +31,10 @@ from curate.download.safe_fetch import FetchPolicy, verified_reason
 from curate.synth.http_server import CorpusServer, Route
 from e2e import read_manifest
 
+# Retry-After values no delay-seconds or HTTP-date can be read from: Latin-1 digits that
+# str.isdigit() accepts and float() refuses (issue 31, item 8) and their neighbours.
+ODD_RETRY_AFTER = ("\u00b2", "\u00b3", "\u00b9", "1\u00bd", "\u00b2\u00b2", "1.5", "-1", "0x10", "1e3", "\u00a0 2", "")
+
 JPEG = image_bytes("JPEG", seed=3)
 
 
@@ -85,8 +89,23 @@ def test_idle_hosts_are_forgotten_once_many_are_remembered(monkeypatch):
     assert sorted(gate.hosts) == ["b.test", "c.test"]
 
 
+@pytest.mark.parametrize("value", ODD_RETRY_AFTER + ("\u0661\u0662", "\uff11", "\u09e8", "Wed, 21 Oct 2015 07:28:10 G\u00b2T",
+                                                  "Wed, 99 Oct 99999999 07:28:10 GMT"))
+def test_retry_after_is_read_as_ascii_only_and_never_raises(value):
+    assert parse_retry_after(value) is None
+
+
+@pytest.mark.parametrize("i", range(len(ODD_RETRY_AFTER)))
+def test_an_unreadable_retry_after_never_changes_a_rows_verdict(server, opener, i):
+    """A 429 with it is a 429 (not invalid_request); a 200 with it is an image (not download_failed)."""
+    shard = ShardFetches(FetchSettings(max_retry_after=10.0))
+    assert _fetch(shard, server.url(f"/ra-odd-{i}.jpg"))[2] == "http_429"
+    stream, error, reason = _fetch(shard, server.url(f"/ok-odd-{i}.jpg"))
+    assert stream is not None and error is None and reason is None
+
+
 def test_retry_after_reads_seconds_and_http_dates():
-    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("7") == 7.0 and parse_retry_after(" 7 ") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0  # in the past
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
@@ -104,6 +123,10 @@ def server():
         "/ra-503.jpg": Route(JPEG, fail_first=1, fail_status=503, fail_headers=(("Retry-After", "1"),)),
         "/ra-long.jpg": Route(JPEG, fail_first=1, fail_status=429, fail_headers=(("Retry-After", "1000"),)),
         "/flaky.jpg": Route(JPEG, fail_first=1, fail_status=502),
+        # Latin-1 digits that str.isdigit() accepts and float() refuses (issue 31, item 8)
+        **{f"/ra-odd-{i}.jpg": Route(JPEG, fail_first=1, fail_status=429, fail_headers=(("Retry-After", v),))
+           for i, v in enumerate(ODD_RETRY_AFTER)},
+        **{f"/ok-odd-{i}.jpg": Route(JPEG, headers=(("Retry-After", v),)) for i, v in enumerate(ODD_RETRY_AFTER)},
     }
     with CorpusServer(routes) as served:
         yield served

@@ -132,6 +132,11 @@ class OutputConfig(_Section):
     formats: list[Literal["webdataset", "parquet"]] = ["webdataset", "parquet"]
     samples_per_shard: int = Field(10_000, ge=1)
 
+    @field_validator("path")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/") or value  # `--out run/` (tab completion) is the run `run`
+
     @field_validator("formats")
     @classmethod
     def _nonempty_unique(cls, value: list[str]) -> list[str]:
@@ -241,6 +246,18 @@ class DownloadConfig(_Section):
         return {host.lower().rstrip("."): address for host, address in value.items()}
 
 
+# Control tokens of the formats curate exports and of the chat templates their trainers apply:
+# in a training caption each would be read as structure, not text (LLaVA: a second <image>
+# takes the next sample's image features; LLaMA: </s> ends the sequence).
+SPECIAL_TOKENS = (
+    "<image>", "<im_start>", "<im_end>", "<im_patch>",  # LLaVA (llava/constants.py)
+    "<s>", "</s>", "<unk>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",  # Llama 1/2, Mistral
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",  # Llama 3
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>",  # ChatML (Qwen, OpenAI), GPT-2
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",  # Qwen2-VL
+)
+
+
 class FilterConfig(_Section):
     min_side: int = Field(64, ge=0, description="shorter side of the original image, in pixels")
     max_aspect_ratio: float = Field(3.0, ge=1.0)
@@ -254,6 +271,10 @@ class FilterConfig(_Section):
         "(CLIP's, BLIP ITM's; start and end tokens counted) are filtered; None: off"
     )
     junk_captions: bool = True
+    special_tokens: list[str] = Field(
+        list(SPECIAL_TOKENS), description="a caption holding one of these strings (a model's control tokens: "
+        "LLaVA's <image>, Llama's </s> and [INST], ChatML's <|im_start|>, ...) is filtered as "
+        "caption_junk:special_token, also with junk_captions off; [] turns the check off")
 
 
 class KeepFraction(_Section):
@@ -593,6 +614,12 @@ def config_changes(stored_yaml: str, cfg: CurateConfig, ignore: tuple[str, ...] 
     except ConfigError:
         pass
     before, after = _flat(old), _flat(cfg.model_dump(mode="json"))
+    from curate.core.storage import normalized_path  # paths are compared normalised: run/ is ./run
+
+    for side in (before, after):
+        for key in ("input.path", "output.path"):
+            if isinstance(side.get(key), str):
+                side[key] = normalized_path(side[key])
     shown = lambda side, key: repr(side[key]) if key in side else "(absent)"  # noqa: E731
     return [f"{key}: {shown(before, key)} -> {shown(after, key)}" for key in sorted(before.keys() | after.keys())
             if not key.startswith(ignore) and (key not in before or key not in after or before[key] != after[key])]

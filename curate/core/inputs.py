@@ -142,7 +142,12 @@ def read_raw(uri: str, cfg: InputConfig, row_groups: tuple[int, ...] | None = No
         if cfg.format == "parquet":
             # Parquet needs random access: a compressed file is read into memory first.
             source = pa.BufferReader(handle.read()) if split_compression(uri)[1] else handle
-            return pq.read_table(source) if row_groups is None else pq.ParquetFile(source).read_row_groups(row_groups)
+            # The text columns are read as dictionaries: pyarrow then hands their bytes over
+            # unchecked (read dense, a dictionary page of invalid UTF-8 fails the whole file:
+            # "Invalid UTF8 payload"), and _decode validates every value, as for any column.
+            names = set(pq.ParquetFile(source).schema_arrow.names)
+            parquet = pq.ParquetFile(source, read_dictionary=[c for c in (cfg.url_col, cfg.caption_col) if c in names])
+            return parquet.read() if row_groups is None else parquet.read_row_groups(row_groups)
         if cfg.format in ("csv", "tsv"):
             parse, convert = _csv_options(cfg)
             return pa_csv.read_csv(handle, parse_options=parse, convert_options=convert)
@@ -164,8 +169,37 @@ def _header(uri: str, cfg: InputConfig) -> list[str]:
     return next(csv.reader([line]), [])
 
 
+def _plain_text_type(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+    """Every string-like Arrow layout as a plain one, validated the same way: a dictionary
+    column (pandas' category dtype) is its dictionary decoded (``_decode``) and taken by its
+    indices; ``string_view``/``binary_view`` become (large) binary, whose bytes ``_decode``
+    checks. Returns the column and, for a dictionary, the per-row flags (else None)."""
+    if pa.types.is_dictionary(column.type):
+        chunks, flags = [], []
+        for chunk in column.chunks:
+            values, bad = _decode(pa.chunked_array([chunk.dictionary]))
+            indices = chunk.indices
+            chunks.append(values.take(indices))
+            picked = np.zeros(len(chunk), dtype=bool)
+            valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+            picked[valid] = bad[indices.drop_null().to_numpy(zero_copy_only=False)]
+            flags.append(picked)
+        return (pa.chunked_array(chunks, pa.string()),
+                np.concatenate(flags) if flags else np.zeros(0, dtype=bool))
+    if pa.types.is_string_view(column.type) or pa.types.is_binary_view(column.type):
+        # A view column's bytes are never checked as UTF-8 on read: read them as binary.
+        raw = [chunk.view(pa.binary_view()) if pa.types.is_string_view(chunk.type) else chunk for chunk in column.chunks]
+        return pa.chunked_array([chunk.cast(pa.large_binary()) for chunk in raw], pa.large_binary()), None
+    return column, None
+
+
 def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """Text column -> (utf-8 strings, per-row 'was not valid UTF-8' flags)."""
+    """Text column -> (utf-8 strings, per-row 'was not valid UTF-8' flags). Every
+    string-like type (string, large_string, string_view, dictionary of any of them, binary)
+    goes through the same UTF-8 validation."""
+    column, flags = _plain_text_type(column)
+    if flags is not None:
+        return column.combine_chunks(), flags
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         array = column.combine_chunks()
         try:
@@ -173,7 +207,7 @@ def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
             return array.cast(pa.string()), np.zeros(len(array), dtype=bool)
         except pa.ArrowInvalid:
             column = pa.chunked_array([array.view(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary())])
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) or pa.types.is_fixed_size_binary(column.type):
         values, flags = [], np.zeros(len(column), dtype=bool)
         for i, raw in enumerate(column.to_pylist()):
             if raw is None:

@@ -87,6 +87,14 @@ def register_latest_copy_view(con: duckdb.DuckDBPyConnection, name: str, uris: l
 
 
 def lock(con: duckdb.DuckDBPyConnection) -> None:
-    """No file, network or extension access from SQL on ``con`` from now on, for good."""
+    """No file, network or extension access from SQL on ``con`` from now on, for good; no
+    allowed directory either. DuckDB adds its temporary directory to the directories SQL may
+    read and write even with external access off (``<cwd>/.tmp/`` by default: SQL could
+    create and overwrite files there, and a symlink there reached anywhere), so the locked
+    connection has none: it does not spill to disk."""
+    con.execute("SET temp_directory = ''")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+    allowed = con.execute("SELECT current_setting('allowed_directories')").fetchone()[0]
+    if allowed:  # a DuckDB that adds one anyway: refuse to run user SQL on it
+        raise RuntimeError(f"DuckDB left directories open to SQL after the lock: {allowed}")

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import os
 
+# Ray's usage-stats library reports to Anyscale and, to name the cloud, asks the cloud metadata
+# address (169.254.169.254) and metadata.google.internal at every start; a pipeline that
+# promises to reach no private address turns it off (Ray's own setting, read by the driver and
+# by every process the local Ray starts: GCS, raylet, dashboard agent, workers).
+RAY_PRIVACY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+
 
 def start_ray(address: str | None, num_cpus: int | None, env: dict[str, str] | None = None) -> None:
     """``env``: variables every Ray worker needs too (the storage endpoint: img2dataset's and
@@ -13,14 +19,16 @@ def start_ray(address: str | None, num_cpus: int | None, env: dict[str, str] | N
 
     if ray.is_initialized():
         return
+    os.environ.update(RAY_PRIVACY_ENV)  # before ray.init: the processes it starts inherit it
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": dict(env)} if env else None
+    runtime_env = {"env_vars": {**RAY_PRIVACY_ENV, **(env or {})}}
     if address:
         ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
     else:
         # address="local": ray.init() with no address joins whatever cluster a `ray start`
         # on this machine recorded in Ray's temp dir (and then refuses num_cpus); a run
-        # that was not given an address must never land on someone else's cluster.
+        # that was not given an address must never land on someone else's cluster. No
+        # dashboard: its head module is where the usage reporting runs.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="warning",
                  runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()

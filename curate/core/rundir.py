@@ -76,6 +76,11 @@ class RunDir:
         """Counter files of the model stages' actors, summed into progress.json per stage."""
         return self._sub("_progress")
 
+    @property
+    def extending(self) -> str:
+        """Present while a ``curate run --extend`` is unfinished: the input files it adds."""
+        return self._sub("_extending.json")
+
     def marker(self, step: str) -> str:
         """A step's done-marker; written last, so its presence means the step finished."""
         return self._sub("_done", step)

@@ -30,6 +30,16 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def normalized_path(path: str) -> str:
+    """A path as a run and its resume compare it: a local one absolute and normalised (``run/``,
+    ``./run`` and ``/abs/run`` are one folder), a bucket one without a trailing slash."""
+    import os
+
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(base, *parts)

@@ -58,15 +58,21 @@ class Answer:
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (RFC 9110 10.2.3: delay-seconds or an
-    HTTP-date); None when absent or unreadable, 0 for a date in the past."""
+    HTTP-date); None when absent or unreadable, 0 for a date in the past.
+
+    Header values are parsed as ASCII only (RFC 9110 5.5: other octets are opaque data):
+    ``str.isdigit`` accepts ``²`` and other Latin-1 digits that ``float`` refuses, and
+    ``int``/``float`` accept Unicode digits no server means; nothing here raises."""
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip(" \t")
+    if not value.isascii():
+        return None
+    if value.isdigit():  # ASCII digits only, after the check above
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
         return None
@@ -144,7 +150,11 @@ def watch_socket(sock: socket.socket) -> None:
 
 def note_answer(status: int, retry_after: str | None) -> None:
     """Record an HTTP answer of the current fetch (called by the opener for every response)."""
-    _local.answer = Answer(status, parse_retry_after(retry_after))
+    try:
+        wait = parse_retry_after(retry_after)
+    except Exception:  # noqa: BLE001 - a header the server wrote never decides a row's verdict
+        wait = None
+    _local.answer = Answer(status, wait)
 
 
 def last_answer() -> Answer | None:

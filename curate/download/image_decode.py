@@ -14,15 +14,26 @@ pixels to open a file) it:
    (``decoded_bytes``: width x height x channels x bytes per channel), with
    ``image_too_large:max_decode_bytes``; and an image Pillow can't identify as one, with
    img2dataset's own "Image decoding error" (``not_an_image``): its size is unknown;
-2. hands a plain image (8 bits, no alpha, upright) to the Resizer untouched: cv2 decodes
-   it as before, and the stored bytes, sizes and hashes stay what they were;
-3. otherwise decodes it with Pillow: EXIF orientation applied (``ImageOps.exif_transpose``),
+2. hands a plain image to the Resizer untouched: a JPEG, PNG or WebP of 8-bit grey or
+   colour samples, no alpha, upright (``is_plain``), whose cv2 decode is 1 or 3 channels of
+   8 bits; cv2 decodes it as before, and the stored bytes, sizes and hashes stay what they
+   were;
+3. otherwise (any other format, CMYK, extra samples, 16-bit, palette, alpha, EXIF rotation)
+   decodes it with Pillow: EXIF orientation applied (``ImageOps.exif_transpose``),
    16-bit samples scaled to 8 bits (the high byte, as libpng's strip-16 and Pillow's own
    16-bit RGB decoding do), alpha composited onto white in uint8 (img2dataset's
    background), and gives the Resizer that image as an uncompressed PPM/PGM, which cv2
    reads without loss. Original sizes are then those of the upright image.
 
 img2dataset hashes (``sha256``) the bytes as fetched, not what this hands on.
+
+Why "plain" is a list of formats and not a list of modes: Pillow's mode says what Pillow
+makes of the pixels, not what cv2 will. An RGB TIFF with a fourth "unspecified" sample is
+Pillow mode ``RGB`` (raw mode ``RGBX``), a CMYK TIFF is ``CMYK``; cv2 decodes both to 4
+channels and img2dataset's float64 alpha matting runs over them (3.4 GB for a 140 KB
+6000x6000 TIFF). So only the formats whose cv2 decode of an 8-bit L/RGB image is known to
+be 1 or 3 channels of 8 bits go to cv2 as fetched; the budget counts the channels the raw
+mode stores (``RGBX``: 4) where they are more than the mode's.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ _WHITE = (255, 255, 255)  # img2dataset mattes alpha onto white
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _WIDE = {**dict.fromkeys(_SIXTEEN_BIT, 2), "I": 4, "F": 4}  # bytes per channel of wide modes
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# Formats cv2 decodes (IMREAD_UNCHANGED) to 1 or 3 channels of 8 bits when Pillow opens them
+# as 8-bit L or RGB without transparency (a CMYK JPEG too: libjpeg converts it to BGR).
+# Every other format (TIFF, BMP, GIF, ICO, ...) is decoded by Pillow first.
+_PLAIN_FORMATS = {"JPEG": ("L", "RGB", "CMYK"), "PNG": ("L", "RGB"), "WEBP": ("L", "RGB")}
 
 
 def _budget_refusal() -> str:
@@ -57,16 +72,29 @@ def _sixteen_bit_samples(image: Image.Image) -> bool:
     return any(";16" in str(tile.args) for tile in getattr(image, "tile", None) or ())
 
 
+def _stored_channels(image: Image.Image) -> int:
+    """Samples per pixel as the file stores them, from the tiles' raw modes (``RGBX``: 4,
+    ``CMYK;I``: 4, ``I;16B``: 1); 0 when the decoder names none (GIF, WebP)."""
+    most = 0
+    for tile in getattr(image, "tile", None) or ():
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        raw = args[0] if args and isinstance(args[0], str) else ""
+        # a raw mode's bands are its capitals (Y, Cb, Cr: 3) and 'a' (premultiplied alpha)
+        most = max(most, sum(ch.isupper() or ch == "a" for ch in raw.split(";", 1)[0]))
+    return most
+
+
 def decoded_bytes(image: Image.Image) -> int:
     """Bytes the decoded pixels of an opened (not loaded) image take: width x height x
     channels x bytes per channel. Channels: grey 1, grey+alpha 2, colour 3, with alpha (or
-    CMYK) 4; a palette counts as the colours it expands to (3, or 4 with transparency).
+    CMYK) 4; a palette counts as the colours it expands to (3, or 4 with transparency); the
+    samples the file stores where they are more (an RGB TIFF with an extra sample: 4).
     Bytes per channel: 1 up to 8 bits, 2 for 16-bit samples, 4 for 32-bit ones."""
     width, height = image.size
     if image.mode in ("P", "PA"):
         channels = 4 if _has_alpha(image) else 3
     else:
-        channels = len(image.getbands())
+        channels = max(len(image.getbands()), _stored_channels(image))
     per_channel = _WIDE.get(image.mode, 2 if _sixteen_bit_samples(image) else 1)
     return width * height * channels * per_channel
 
@@ -78,9 +106,16 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+def is_plain(image: Image.Image) -> bool:
+    """Whether an opened image can go to cv2 as fetched: a JPEG, PNG or WebP (``_PLAIN_FORMATS``)
+    of 8-bit grey or colour samples, no alpha or transparency, no extra samples, upright."""
+    modes = _PLAIN_FORMATS.get(image.format or "", ())
+    return (image.mode in modes and not _has_alpha(image) and not _sixteen_bit_samples(image)
+            and _stored_channels(image) <= len(image.getbands()) and _orientation(image) == 1)
+
+
 def _needs_pillow(image: Image.Image) -> bool:
-    return (_orientation(image) not in (1,) or _has_alpha(image) or image.mode in _WIDE
-            or _sixteen_bit_samples(image))
+    return not is_plain(image)
 
 
 def _to_eight_bit_grey(image: Image.Image) -> Image.Image:
@@ -109,7 +144,8 @@ def upright_eight_bit(image: Image.Image) -> Image.Image:
         return _to_eight_bit_grey(image)
     if _has_alpha(image):
         return _on_white(image)
-    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+    # CMYK, YCbCr, LAB, 1-bit, palette: Pillow's conversions, 8-bit RGB (or L) out
+    return image if image.mode in ("L", "RGB") else image.convert("L" if image.mode == "1" else "RGB")
 
 
 def prepare(data: bytes, max_decode_bytes: int) -> tuple[bytes | None, str | None]:

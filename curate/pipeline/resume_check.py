@@ -43,10 +43,13 @@ def verify_run(run: RunDir) -> list[str]:
     file, for the log; empty for a fresh or intact run. Needs Ray started."""
     if not storage.exists(run.config):
         return []  # a fresh run: nothing to check
-    if not storage.exists(storage.join(run.root, commits.RECORDS)):
-        count = _adopt(run)
-        return [f"(started by an earlier curate: {count} committed files recorded as they are now)"] if count else []
     problems: list[str] = []
+    if not storage.exists(storage.join(run.root, commits.RECORDS)):
+        # Started by an earlier curate, or _commits/ removed: every file is read, and only
+        # those that read whole are recorded; the checks below then redo the others.
+        count, unreadable = _adopt(run)
+        problems.append(f"(no commit records: {count} committed files read whole and recorded as they are now)")
+        problems += [f"{_below_run(run, uri)}: {why}" for uri, why in unreadable]
     _check_prepare(run, problems)
     redo = _check_downloads(run, problems)
     _check_scored(run, redo, problems)
@@ -189,21 +192,59 @@ def _folders(uri: str) -> list[str]:
 # -- runs started before commit records -------------------------------------------------------
 
 
-def _record_all(uris: list[str]) -> list[int]:
-    """Ray task: record each existing file of ``uris`` as it is now."""
-    done = 0
+def _below_run(run: RunDir, uri: str) -> str:
+    return uri[len(run.root.rstrip("/")) + 1:] if uri.startswith(run.root.rstrip("/") + "/") else uri
+
+
+def _unreadable(uri: str, stats_count: int | None = None) -> str | None:
+    """Why a file can't be trusted as committed without a record (None: it reads whole): a
+    Parquet file that does not read (truncated, damaged) or, for a download shard, holds
+    another number of rows than its stats say; a stats file that is not JSON."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.fs_and_path(uri)
+    try:
+        if uri.endswith(".parquet"):
+            with fs.open(path, "rb") as handle:
+                rows = pq.ParquetFile(handle).read().num_rows  # every page decoded
+            if stats_count is not None and rows != stats_count:
+                return f"{rows} rows (its stats say {stats_count})"
+        else:
+            json.loads(storage.read_text(uri))
+    except Exception as error:  # noqa: BLE001 - any failure to read is damage
+        return f"unreadable ({error.__class__.__name__})"
+    return None
+
+
+def _record_all(uris: list[str]) -> list[tuple[int, list[tuple[str, str]]]]:
+    """Ray task: record each existing file of ``uris`` that reads whole; (how many were
+    recorded, (uri, why) of those that did not)."""
+    done, bad = 0, []
     for uri in uris:
-        if storage.exists(uri):
+        if not storage.exists(uri):
+            continue
+        count = None
+        if uri.endswith(".parquet") and not uri.endswith(_HOSTS) and storage.exists(uri[: -len(".parquet")] + _STATS):
+            try:
+                count = int(json.loads(storage.read_text(uri[: -len(".parquet")] + _STATS))["count"])
+            except (ValueError, KeyError, TypeError, OSError):
+                count = None
+        why = _unreadable(uri, count)
+        if why is None:
             commits.record(uri)
             done += 1
-    return [done]
+        else:
+            bad.append((uri, why))
+    return [(done, bad)]
 
 
-def _adopt(run: RunDir) -> int:
-    """A run started before commit records existed: record its committed files as they
-    are now (complete download shards only), once. Returns how many were recorded."""
+def _adopt(run: RunDir) -> tuple[int, list[tuple[str, str]]]:
+    """A run without commit records (started before they existed, or its _commits/ removed):
+    record its committed files that read whole, once. Returns how many were recorded and the
+    files that did not read (left unrecorded: their work is done again)."""
     uris = [u for d in (run.rows, run.download_list, run.documents) for u in storage.list_files(d, ".parquet")]
     uris += storage.list_files(run.scored, ".parquet", recursive=True)
     for stats in storage.list_files(run.downloaded, _STATS):
         uris += [stats, stats[: -len(_STATS)] + ".parquet", stats[: -len(_STATS)] + _HOSTS]
-    return sum(_in_tasks(_record_all, uris))
+    results = _in_tasks(_record_all, uris)
+    return sum(n for n, _ in results), [item for _, bad in results for item in bad]

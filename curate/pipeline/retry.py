@@ -38,7 +38,7 @@ from curate.flow.decision import open_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline import passes
 from curate.pipeline.decide import TASK_CPUS, Partition, plan_partitions
-from curate.pipeline.runner import RunResult, _stops_cleanly, finish, size_model_pools
+from curate.pipeline.runner import RunResult, _stops_cleanly, check_no_open_extend, finish, size_model_pools
 from curate.pipeline.score import run_score
 from curate.download.download import committed_shards, run_download
 from curate.download.download_errors import TRANSIENT_REASONS, ReasonSet
@@ -54,6 +54,7 @@ RETRY_KEYS = ("download.timeout", "download.retries", "download.threads", "downl
 def finished_run_config(run: RunDir, overrides: list[str] = ()):
     """The config a finished run was made with, with ``overrides`` (``key=value`` of
     RETRY_KEYS) applied; ConfigError if RUN is not a finished run or a key is not allowed."""
+    check_no_open_extend(run, "retry it")  # an extend killed in its download: say so, not "not finished"
     if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet") \
             or not storage.exists(run.marker("download")):
         raise ConfigError(f"{run.root} is not a finished curate run (no config.yaml, manifest/ or finished "

@@ -38,7 +38,7 @@ from curate.pipeline.prepare import prepare
 from curate.pipeline.passes import load_prepared, recorded_passes
 from curate.pipeline.pools import assign_pools
 from curate.pipeline.resume_check import verify_run
-from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs
+from curate.pipeline.run_inputs import input_changes, input_state, list_run_inputs, validate_new_inputs
 from curate.pipeline.score import run_score
 from curate.pipeline.summary import compute_summary, print_summary, retry_outcomes, save_summary
 from curate.download.download import committed_shards, run_download
@@ -78,7 +78,8 @@ def _input_files(n: int) -> str:
 def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool = False) -> None:
     """A RUN may only be resumed with the same config and input it was started with; with
     ``extend``, its input files (same sizes) plus new ones, and input.path may change."""
-    ignore = RESOURCE_KEYS + (("input.path",) if extend else ())
+    # output.path is where the run is found, not a setting of it: a moved or copied run resumes there.
+    ignore = RESOURCE_KEYS + ("output.path",) + (("input.path",) if extend else ())
     changes = config_changes(storage.read_text(run.config), cfg, ignore=ignore) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
@@ -88,6 +89,9 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
         )
     _check_layout(run)
     if not storage.exists(run.state):
+        if storage.exists(run.config):  # written after state.json: the state was removed since
+            raise ConfigError(f"{run.state} is missing: without it a resume can't tell whether the input files "
+                              "changed since the run started; restore it, or use a new --out")
         return
     changed = input_changes(json.loads(storage.read_text(run.state)), state, ignore_path=extend)
     added = [c for c in changed if c.endswith(": added")]
@@ -175,11 +179,33 @@ def _numbered_like_run(files: list[InputFile], run: RunDir) -> list[InputFile]:
     return [InputFile(i, f.uri, f.size) for i, f in enumerate(ordered)]
 
 
-def _start_extending(run: RunDir) -> None:
+def _start_extending(run: RunDir, added: list[str]) -> None:
     """--extend on a run with new input files: its prepare and download steps run again (the
-    parts and shards they committed are kept and skipped), then the rest as usual."""
+    parts and shards they committed are kept and skipped), then the rest as usual. Until the
+    run finishes, RUN/_extending.json says so (`curate retry` and `curate refilter` refuse
+    a run whose manifest does not have the new rows yet)."""
+    storage.write_text(run.extending, json.dumps({"added": added}))
     for step in ("prepare", "download"):
         storage.remove_tree(run.marker(step))
+
+
+def check_no_open_extend(run: RunDir, command: str) -> None:
+    """ConfigError when an --extend of ``run`` was interrupted: its manifest lacks the new rows."""
+    if storage.exists(run.extending):
+        added = json.loads(storage.read_text(run.extending)).get("added", [])
+        raise ConfigError(f"an --extend of {run.root} was interrupted ({_input_files(len(added))} being added); "
+                          f"finish it first with `curate run ... --extend`, then {command}")
+
+
+def _print_left_out(left_out: dict[str, list[str]], run: RunDir, console: Console) -> None:
+    """Name every input file the run leaves out because it lies in a run directory."""
+    for root, uris in sorted(left_out.items()):
+        if root == run.root:
+            console.print(literal(f"input: {len(uris)} file(s) under this run's directory {root} left out"),
+                          soft_wrap=True)
+            continue
+        for uri in uris:
+            console.print(literal(f"input: {uri} left out: it belongs to the curate run {root}"), soft_wrap=True)
 
 
 def _check_no_open_retry(run: RunDir) -> None:
@@ -209,14 +235,19 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     if extend and not storage.exists(run.config):
         raise ConfigError(f"--extend grows an existing run, and {run.root} has none; leave --extend out to start it")
     # input errors stop here, before anything is written
-    files = _numbered_like_run(list_run_inputs(cfg.input, run.root), run)
+    left_out: dict[str, list[str]] = {}
+    files = _numbered_like_run(list_run_inputs(cfg.input, run.root, left_out), run)
+    _print_left_out(left_out, run, console)
     state = input_state(files, cfg)
     _check_resumable(cfg, run, state, extend)
     _check_no_open_retry(run)
+    before = json.loads(storage.read_text(run.state)) if storage.exists(run.state) else None
+    added = [f for f in files if before is not None and f.uri not in {u for u, _ in before.get("files", [])}]
+    if extend and added:
+        validate_new_inputs(added, cfg)  # an unreadable new file stops here, before the run is touched
     plan = make_plan(cfg)
     plan.check()  # a bad model reference or stage config stops here, before anything is written
     fresh = not storage.exists(run.config)
-    before = json.loads(storage.read_text(run.state)) if storage.exists(run.state) else None
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
@@ -228,10 +259,11 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
             console.print(literal(f"resume: {damaged}; done again", "yellow"), soft_wrap=True)  # one line per file, for grep
         if extend and before != state:
             console.print(f"extend: {_input_files(len(state['files']) - len(before['files']))} new")
-            _start_extending(run)  # before the new state: a run killed in between asks for --extend again
+            _start_extending(run, [f.uri for f in added])  # before the new state: a run killed in between asks for --extend again
         storage.makedirs(run.root)
-        storage.write_text(run.config, cfg.to_yaml())
+        # state.json first: a config.yaml without it is a removed state, refused (_check_resumable)
         storage.write_text(run.state, json.dumps(state))
+        storage.write_text(run.config, cfg.to_yaml())
 
         timings: dict = {}
         progress = Progress(run, console)
@@ -257,7 +289,9 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     with progress.step("score", total=lambda: sum(map(parquet_rows, shards)), count=committed, parts=stages):
         run_score(plan, run, shards)
     timings["score"] = round(time.perf_counter() - t, 2)
-    return finish(plan, run, console, started, timings, progress, pools)
+    result = finish(plan, run, console, started, timings, progress, pools)
+    storage.remove_tree(run.extending)  # the manifest has every row of the new files now
+    return result
 
 
 # What a run writes before its first step is committed: removed again when it stops there.
@@ -384,6 +418,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
     if not storage.exists(run.config) or not storage.list_files(run.manifest, ".parquet"):
         raise ConfigError(f"{run_root} is not a finished curate run (no config.yaml or manifest/)")
     _check_layout(run)
+    check_no_open_extend(run, "refilter it")
     stored = validate(yaml.safe_load(storage.read_text(run.config)))
     stored_plan = make_plan(stored)
     allowed = stored_plan.refilter_keys()

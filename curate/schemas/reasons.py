@@ -84,7 +84,7 @@ IMAGE_SIDE_ABOVE = Code("image_side_above", F, "longer original side above filte
 # -- filtered: caption rules (a row's reason, and a candidate caption's) ----------------------
 CAPTION_BAD_ENCODING = Code("caption_bad_encoding", F, "the caption was not valid UTF-8")
 CAPTION_EMPTY = Code("caption_empty", F, "the caption is NULL or only whitespace")
-CAPTION_JUNK = Code("caption_junk", F, "a file name, boilerplate, a bare URL or mostly symbols (detail: which)")
+CAPTION_JUNK = Code("caption_junk", F, "a file name, boilerplate, a bare URL, mostly symbols or a model's special token (detail: which)")
 CAPTION_TOO_SHORT = Code("caption_too_short", F, "fewer words than filters.min_caption_words")
 CAPTION_TOO_LONG = Code("caption_too_long", F, "more words than filters.max_caption_words, more characters "
                                                "than filters.max_caption_chars, or more tokens in a text model's "

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.schemas import reasons as R
 from curate.stages.base import BatchStage, Rule
-from curate.stages.cheap_filters import caption_facts, fold_whitespace
+from curate.stages.cheap_filters import SPECIAL_TOKEN, caption_facts, fold_whitespace
 
 
 class CaptionRulesStage(BatchStage):
@@ -59,18 +59,18 @@ class CaptionRulesStage(BatchStage):
         return self.cfg.input.kind == "pairs" or self.cfg.captioning
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        limit = self.cfg.filters.max_caption_chars
+        limit, tokens = self.cfg.filters.max_caption_chars, tuple(self.cfg.filters.special_tokens)
         captions = batch.column("caption").to_pylist()
         lists = {source: (batch.column(f"{source}_captions").to_pylist() if f"{source}_captions" in batch.column_names
                           else [None] * batch.num_rows) for source in ("synthetic", "alternate")}
         out: dict[str, list] = {field.name: [None] * batch.num_rows for field in self.writes}
         for i in self.todo(batch):
             out["caption_text"][i] = fold_whitespace(captions[i] or "")
-            out["caption_chars"][i], out["caption_words"][i], out["caption_junk"][i] = caption_facts(captions[i], limit)
+            out["caption_chars"][i], out["caption_words"][i], out["caption_junk"][i] = caption_facts(captions[i], limit, tokens)
             for source, texts in lists.items():
                 if texts[i] is None:
                     continue
-                facts = [caption_facts(text, limit) for text in texts[i]]
+                facts = [caption_facts(text, limit, tokens) for text in texts[i]]
                 for j, name in enumerate(("chars", "words", "junk")):
                     out[f"{source}_caption_{name}"][i] = [f[j] for f in facts]
             if lists["alternate"][i] is not None:
@@ -87,6 +87,8 @@ class CaptionRulesStage(BatchStage):
         ]
         if f.junk_captions:
             rules.append(Rule("junk IS NOT NULL", R.CAPTION_JUNK.sql_with("junk"), (R.CAPTION_JUNK,), scope="caption"))
+        elif f.special_tokens:  # a model's control token breaks training whatever junk_captions says
+            rules.append(Rule.fixed(f"junk = '{SPECIAL_TOKEN}'", R.CAPTION_JUNK, SPECIAL_TOKEN, scope="caption"))
         return rules + [
             Rule.fixed(f"words < {f.min_caption_words}", R.CAPTION_TOO_SHORT, f.min_caption_words, scope="caption"),
             Rule.fixed(f"words > {f.max_caption_words}", R.CAPTION_TOO_LONG, f.max_caption_words, scope="caption"),

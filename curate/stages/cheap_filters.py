@@ -81,8 +81,22 @@ def junk_kind(caption: str) -> str | None:
     return None
 
 
-def caption_facts(caption: str | None, max_chars: int) -> tuple[int, int, str | None]:
-    """(characters, words, junk kind) of a caption, as the caption rules read them.
+SPECIAL_TOKEN = "special_token"  # the junk kind of a caption holding a model's control token
+
+
+def holds_special_token(caption: str, tokens: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``caption`` holds one of ``tokens`` (``filters.special_tokens``), as written or
+    after NFKC (a fullwidth ``＜image＞`` is ``<image>`` to a tokenizer that normalises)."""
+    if not tokens:
+        return False
+    folded = unicodedata.normalize("NFKC", caption)
+    return any(token in caption or token in folded for token in tokens)
+
+
+def caption_facts(caption: str | None, max_chars: int,
+                  special_tokens: tuple[str, ...] | list[str] = ()) -> tuple[int, int, str | None]:
+    """(characters, words, junk kind) of a caption, as the caption rules read them. A caption
+    holding one of ``special_tokens`` is junk of kind ``special_token`` before any other kind.
 
     A caption longer than ``max_chars`` (``filters.max_caption_chars``) is not normalised or
     matched: words and junk are left at 0 and None (it fails on its length first, and a
@@ -91,4 +105,6 @@ def caption_facts(caption: str | None, max_chars: int) -> tuple[int, int, str | 
     if chars > max_chars:
         return chars, 0, None
     text = normalize_caption(caption or "")
+    if holds_special_token(caption or "", special_tokens):
+        return chars, count_words(text), SPECIAL_TOKEN
     return chars, count_words(text), junk_kind(text) if text else None
