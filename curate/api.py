@@ -1,4 +1,5 @@
-"""The Python API: ``curate.run``, ``curate.query``, ``curate.open_run``, ``curate.export``.
+"""The Python API: ``curate.run``, ``curate.query``, ``curate.open_run``, ``curate.export``,
+``curate.evaluate``.
 
 What the command line does, for notebooks and scripts (docs/python-api.md). ``import curate``
 stays light: the package resolves these names from this module on first use.
@@ -90,6 +91,27 @@ def export(run: str | Path | "Run", format: str, out: str | Path) -> dict:
     from curate.pipeline.export import export as do_export
 
     return do_export(str(getattr(run, "root", run)), format, out)
+
+
+def evaluate(run: str | Path | "Run", selections: list[str] | None = None, *, seeds: list[int] | None = None,
+             zeroshot: list[str | Path] = (), retrieval: list[str | Path] = (), synthetic: bool = False,
+             address: str | None = None, progress: str = "lines", **train):
+    """``curate eval``: train a small CLIP on each selection of a finished run with each seed
+    and evaluate it zero-shot (docs/eval.md); returns curate.eval.runner.EvalResult (its
+    ``summary``: mean and spread over seeds, difference to ``raw``; ``results``: the URI of
+    RUN/eval/results.parquet). ``selections``: ``run``, ``raw``, ``clip``, ``itm``,
+    ``clip+itm``, ``capfilt``, ``set:KEY=VALUE,...``, ``uids:PATH`` (default run, raw,
+    clip+itm, capfilt); ``zeroshot``: image folders per class; ``retrieval``: Parquet or
+    WebDataset image-caption pairs; ``synthetic``: the demo world's held-out sets;
+    ``train``: curate.eval.train.TrainConfig fields (``model``, ``samples_seen``,
+    ``batch_size``, ``epochs``, ``lr``, ``warmup``, ``device``, ``precision``, ``cpus``, ``gpus``).
+    Raises curate.eval.runner.EvalError for anything refused before training."""
+    from curate.eval.runner import evaluate_run
+    from curate.eval.train import TrainConfig
+
+    return evaluate_run(str(getattr(run, "root", run)), selections, seeds, TrainConfig(**train),
+                        [str(p) for p in zeroshot], [str(p) for p in retrieval], synthetic, address,
+                        _console(progress))
 
 
 @dataclass

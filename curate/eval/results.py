@@ -74,7 +74,9 @@ def summarise(table: pa.Table) -> dict:
                 s.update(diff=None, diff_sd=None, within_noise=None)
                 continue
             diff, spread = s["mean"] - b["mean"], math.sqrt(s["sd"] ** 2 + b["sd"] ** 2)
-            s.update(diff=diff, diff_sd=spread, within_noise=abs(diff) <= spread)
+            # one seed on either side: no spread, so no verdict
+            noise = abs(diff) <= spread if min(s["n"], b["n"]) > 1 else None
+            s.update(diff=diff, diff_sd=spread, within_noise=noise)
     return {"selections": selections, "metrics": metrics}
 
 
@@ -91,9 +93,14 @@ def noise_lines(summary: dict) -> list[str]:
             s = sel["metrics"].get(metric)
             if not s or s["diff"] is None:
                 continue
-            verdict = "within noise of raw" if s["within_noise"] else ("better than raw" if s["diff"] > 0 else "worse than raw")
+            base = summary["selections"][BASELINE]["metrics"][metric]
+            if min(s["n"], base["n"]) < 2:
+                verdict = "one seed: no spread to tell noise from a difference"
+            else:
+                verdict = ("within noise of raw" if s["within_noise"]
+                           else "better than raw" if s["diff"] > 0 else "worse than raw")
             lines.append(f"{name} on {metric}: {s['diff']:+.3f} ± {s['diff_sd']:.3f} vs raw, {verdict} "
-                         f"({s['n']} seeds)")
+                         f"({s['n']} seeds; raw {base['n']})")
     return lines
 
 
