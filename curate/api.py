@@ -73,12 +73,17 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
     return Run(result.run.root, summary=result.summary, index=result.index)
 
 
+def _root(run) -> str:
+    """A run's root from a path, a URI or a :class:`Run` (a ``Path`` has a ``root`` of its own: "/")."""
+    return run.root if isinstance(run, Run) else str(run)
+
+
 def query(run: str | Path | "Run", sql: str) -> pa.Table:
     """DuckDB SQL over a run's views (``manifest``, ``scored``, ``output``, and for documents
     ``manifest_images``), as ``curate query``; a pyarrow Table (``.to_pandas()`` for pandas)."""
     from curate.core.views import run_query
 
-    return run_query(str(getattr(run, "root", run)), sql)
+    return run_query(_root(run), sql)
 
 
 def open_run(run: str | Path) -> "Run":
@@ -90,7 +95,7 @@ def export(run: str | Path | "Run", format: str, out: str | Path) -> dict:
     """``curate export``: ``llava``, ``datacomp-uids`` or ``clip-retrieval`` into ``out``."""
     from curate.pipeline.export import export as do_export
 
-    return do_export(str(getattr(run, "root", run)), format, out)
+    return do_export(_root(run), format, out)
 
 
 def evaluate(run: str | Path | "Run", selections: list[str] | None = None, *, seeds: list[int] | None = None,
@@ -109,7 +114,7 @@ def evaluate(run: str | Path | "Run", selections: list[str] | None = None, *, se
     from curate.eval.runner import evaluate_run
     from curate.eval.train import TrainConfig
 
-    return evaluate_run(str(getattr(run, "root", run)), selections, seeds, TrainConfig(**train),
+    return evaluate_run(_root(run), selections, seeds, TrainConfig(**train),
                         [str(p) for p in zeroshot], [str(p) for p in retrieval], synthetic, address,
                         _console(progress))
 

@@ -256,9 +256,15 @@ def demo(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key of the demo config")] = None,
     interleaved: Annotated[bool, typer.Option(
         "--interleaved", help="a documents run: web pages with images, placed next to their sentences")] = False,
+    eval_: Annotated[bool, typer.Option(
+        "--eval", help="then train the tiny CLIP on raw, clip+itm and capfilt (3 seeds each) and compare them "
+        "zero-shot on held-out scenes (docs/eval.md; ~15 min of CPU)")] = False,
 ) -> None:
     """Run the whole pipeline offline on a generated noisy corpus and score it against the truth."""
     from curate.core.config import ConfigError
+
+    if eval_ and interleaved:
+        _fail("--eval trains CLIP on a pairs run: leave out --interleaved")
 
     try:
         if interleaved:
@@ -269,6 +275,10 @@ def demo(
             from curate.demo import run_demo
 
             run_demo(out, n or 1000, seed, list(set_ or []), console)
+            if eval_:
+                from curate.eval.demo import run_demo_eval
+
+                run_demo_eval(str(out.resolve() / "run"), console)
     except ConfigError as error:
         _fail(str(error))
 
