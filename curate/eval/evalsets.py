@@ -112,7 +112,7 @@ def _webdataset(files: list[Path]) -> tuple[list[bytes], list[list[str]]]:
     import webdataset as wds  # imports torch: only where a tar set is read
 
     images, captions = [], []
-    for sample in wds.WebDataset([str(f) for f in files], shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset([str(f) for f in files], shardshuffle=False):
         image = next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
         if image is not None and "txt" in sample:
             images.append(image)
