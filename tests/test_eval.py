@@ -191,3 +191,10 @@ def test_each_refusal_is_one_error_line(case, finished_run, evalsets, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], done.stderr
     assert "Traceback" not in done.stderr
     assert not (Path(run) / "eval").exists()
+
+
+def test_named_selections_are_the_demo_comparison_tables_variants():
+    from curate.demo import VARIANTS
+
+    names = {"clip": "CLIP only", "itm": "ITM only", "clip+itm": "CLIP + ITM", "capfilt": "CapFilt"}
+    assert {name: sel.NAMED[name][0] for name in names} == {name: VARIANTS[v] for name, v in names.items()}

@@ -18,6 +18,7 @@ LAYERS = [
     {"flow"},
     {"report"},
     {"pipeline"},
+    {"eval"},
     {"demo", "demo_documents", "cli", "api"},
 ]
 

@@ -43,9 +43,11 @@ def finished(folder: str, key: str) -> dict | None:
     return metrics if metrics.get("key") == key else None
 
 
-def run_job(folder: str, selection: str, shard_info: dict, cfg: TrainConfig, seed: int, sets: list, key: str) -> dict:
+def run_job(folder: str, selection: str, shard_info: dict, cfg: TrainConfig, seed: int, sets: list, key: str,
+            model: tuple[str, dict | None] | None = None) -> dict:
     """Train on the selection's shards (``shard_info``: curate.eval.shards.write_selection's
-    record) with ``seed``, evaluate on ``sets`` and write metrics.json; returns its content."""
+    record) with ``seed`` and ``model`` (curate.eval.train.resolve_model's, resolved on the
+    driver), evaluate on ``sets`` and write metrics.json; returns its content."""
     import torch
 
     from curate.eval.metrics import evaluate
@@ -66,7 +68,7 @@ def run_job(folder: str, selection: str, shard_info: dict, cfg: TrainConfig, see
         config = {"selection": selection, "seed": seed, "samples": shard_info["samples"], "train": cfg.to_dict(),
                   "evaluation_sets": [s.name for s in sets], "key": key}
         storage.write_text(storage.join(folder, "config.json"), json.dumps(config, indent=2))
-        trained = train(cfg, shards, workdir, seed)
+        trained = train(cfg, shards, workdir, seed, model)
         device = "cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu"
         metrics = evaluate(trained["model"], trained["checkpoint"], sets, device, str(workdir / "model_configs"))
         checkpoint = trained["checkpoint"]

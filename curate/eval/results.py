@@ -77,7 +77,7 @@ def summarise(table: pa.Table) -> dict:
             # one seed on either side: no spread, so no verdict
             noise = abs(diff) <= spread if min(s["n"], b["n"]) > 1 else None
             s.update(diff=diff, diff_sd=spread, within_noise=noise)
-    return {"selections": selections, "metrics": metrics}
+    return {"selections": selections, "metrics": metrics, "key_metrics": key_metrics(metrics)}
 
 
 def _stats(values: list[float]) -> dict:

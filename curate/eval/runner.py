@@ -22,7 +22,7 @@ from curate.core.rundir import RunDir
 from curate.eval import jobs, results, selections
 from curate.eval.evalsets import EvalSetError, read_classification, read_retrieval, write_synthetic_sets
 from curate.eval.selections import SelectionError
-from curate.eval.train import TrainConfig, TrainConfigError
+from curate.eval.train import TrainConfig, TrainConfigError, resolve_model
 
 EVAL = "eval"
 
@@ -111,6 +111,7 @@ def evaluate_run(run_root: str, selection_names: list[str] | None = None, seeds:
     shard_info = {name: ray.get(ref) for name, ref in written.items()}
     set_names = [f"{s.name}:{s.task}:{len(s.images)}" for s in sets]
     sets_ref = ray.put(sets)
+    model = resolve_model(train.model)  # here: a JSON config's path may not exist on a worker node
     task = ray.remote(num_cpus=train.cpus, num_gpus=train.gpus, max_retries=0)(jobs.run_job)
     pending, done, trained, reused = {}, [], [], []
     for selection in chosen:
@@ -123,7 +124,7 @@ def evaluate_run(run_root: str, selection_names: list[str] | None = None, seeds:
                 done.append(previous)
                 reused.append(f"{selection.name}/{seed}")
             else:
-                pending[f"{selection.name}/{seed}"] = task.remote(folder, selection.name, info, train, seed, sets_ref, key)
+                pending[f"{selection.name}/{seed}"] = task.remote(folder, selection.name, info, train, seed, sets_ref, key, model)
     if reused:
         console.print(f"finished jobs reused: {', '.join(reused)}")
     console.print(f"training {len(pending)} job(s): {train.samples_seen:,} samples seen each, batch {train.batch_size}, "

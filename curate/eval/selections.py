@@ -34,13 +34,14 @@ from curate.schemas.status import Status
 SELECTION_SCHEMA = pa.schema([("sample_id", pa.string()), ("download_shard", pa.string()),
                               ("caption", pa.string()), ("uid", pa.string())])
 
-# The demo's comparison table (curate.demo.VARIANTS), by short name: each keeps the cheap
-# rules and dedupe, and differs in which model judges a caption must pass.
+# The demo's comparison table (curate.demo.VARIANTS, which sits above this package: the
+# same overrides, checked by tests/test_eval.py), by short name: each keeps the cheap rules
+# and dedupe and differs in which judges a caption must pass; then the stages it needs.
 NAMED = {
-    "clip": ("CLIP only", "clip"),
-    "itm": ("ITM only", "itm"),
-    "clip+itm": ("CLIP + ITM", "clip", "itm"),
-    "capfilt": ("CapFilt", "clip", "itm", "caption"),
+    "clip": (["capfilt.mode=filter_only", "itm.min_prob=null"], "clip"),
+    "itm": (["capfilt.mode=filter_only", "clip.min_score=null"], "itm"),
+    "clip+itm": (["capfilt.mode=filter_only"], "clip", "itm"),  # CapFilt's own filter without the captioner
+    "capfilt": ([], "clip", "itm", "caption"),
 }
 BUILTIN = ("run", "raw", *NAMED)
 DEFAULT = ("run", "raw", "clip+itm", "capfilt")
@@ -172,8 +173,6 @@ def make_selection(run: RunDir, selection: Selection) -> pa.Table:
     """The samples of ``selection`` (SELECTION_SCHEMA, in sample_id order). Needs Ray for
     the re-decided ones (the run's decision runs as Ray tasks); SelectionError when a stage
     the selection judges with did not run in this run."""
-    from curate.demo import VARIANTS
-
     spec = selection.spec
     if spec == "run":
         return _kept(_manifest(run))
@@ -185,9 +184,9 @@ def make_selection(run: RunDir, selection: Selection) -> pa.Table:
         return pool.filter(pc.is_in(pool.column("uid"), pa.array(sorted(wanted), pa.string())))
     if spec.startswith("set:"):
         return _redecided(run, [item for item in spec[4:].split(",") if item])
-    variant, *needs = NAMED[spec]
+    overrides, *needs = NAMED[spec]
     missing = [key for key in needs if key not in _stage_keys(run)]
     if missing:
         raise SelectionError(f"selection {spec} needs the run's {', '.join(missing)} stage, which this run did not "
                              "have enabled (its scores are not stored)")
-    return _redecided(run, VARIANTS[variant])
+    return _redecided(run, overrides)

@@ -108,12 +108,15 @@ def open_clip_args(cfg: TrainConfig, name: str, shards: list[str], logs: str, se
 _LOSS = re.compile(r"Contrastive_loss: \S+ \((\S+)\)")
 
 
-def train(cfg: TrainConfig, shards: list[str], workdir: Path, seed: int) -> dict:
+def train(cfg: TrainConfig, shards: list[str], workdir: Path, seed: int,
+          model: tuple[str, dict | None] | None = None) -> dict:
     """Train one model; returns ``checkpoint`` (a local path), ``steps``, ``samples_seen``
     (steps x batch), ``seconds`` and ``train_loss`` (open_clip's running mean of the last epoch).
-    ``shards``: local tar paths. A previous unfinished attempt in ``workdir`` is removed first.
-    RuntimeError, with the log's tail, when open_clip fails."""
-    name, config = resolve_model(cfg.model)
+    ``shards``: local tar paths; ``model``: resolve_model's (name, config), resolved on the
+    driver (a JSON config path there may not exist on a worker node); None: resolved here.
+    A previous unfinished attempt in ``workdir`` is removed first. RuntimeError, with the
+    log's tail, when open_clip fails."""
+    name, config = model or resolve_model(cfg.model)
     logs = workdir / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     configs = workdir / "model_configs"

@@ -1,4 +1,5 @@
-"""The report's "Training evaluation" section: `curate eval`'s results (RUN/eval/results.parquet).
+"""The report's "Training evaluation" section: `curate eval`'s results (RUN/eval/summary.json,
+the summary over seeds of RUN/eval/results.parquet, written by curate.eval.results).
 
 Per key metric, a figure of each selection's mean with its seed spread as an error bar,
 and a table: the selection's size, samples seen, times each sample was seen, mean ± sd, and
@@ -8,10 +9,13 @@ the difference to ``raw`` with its spread, saying in words when it is within noi
 
 from __future__ import annotations
 
+import json
+
 from curate.core import storage
 from curate.core.rundir import RunDir
-from curate.eval import results as eval_results
 from curate.report import html, plots
+
+BASELINE = "raw"  # curate.eval.results.BASELINE (the eval package sits above the report)
 
 
 def _errorbars(summary: dict, metric: str, name: str) -> str:
@@ -27,12 +31,12 @@ def _errorbars(summary: dict, metric: str, name: str) -> str:
 
 
 def evaluation_section(run: RunDir) -> tuple[str, str] | None:
-    """(lead, body) of the section, or None when RUN/eval/results.parquet does not exist."""
-    uri = storage.join(run.root, "eval", "results.parquet")
+    """(lead, body) of the section, or None when the run has not been evaluated."""
+    uri = storage.join(run.root, "eval", "summary.json")
     if not storage.exists(uri):
         return None
-    summary = eval_results.summarise(storage.read_parquet([uri]))
-    shown = eval_results.key_metrics(summary["metrics"])
+    summary = json.loads(storage.read_text(uri))
+    shown = summary.get("key_metrics") or summary["metrics"]
     rows = []
     for name, sel in summary["selections"].items():
         for metric in shown:
@@ -40,7 +44,7 @@ def evaluation_section(run: RunDir) -> tuple[str, str] | None:
             if s is None:
                 continue
             if s["diff"] is None:
-                versus = "baseline" if name == eval_results.BASELINE else "no raw to compare"
+                versus = "baseline" if name == BASELINE else "no raw to compare"
             elif s["within_noise"] is None:
                 versus = f"{s['diff']:+.3f} (one seed: no spread)"
             else:
