@@ -124,7 +124,8 @@ def evaluate_run(run_root: str, selection_names: list[str] | None = None, seeds:
                 done.append(previous)
                 reused.append(f"{selection.name}/{seed}")
             else:
-                pending[f"{selection.name}/{seed}"] = task.remote(folder, selection.name, info, train, seed, sets_ref, key, model)
+                pending[f"{selection.name}/{seed}"] = task.remote(
+                    folder, selection.name, info, train, seed, sets_ref, key, model)
     if reused:
         console.print(f"finished jobs reused: {', '.join(reused)}")
     console.print(f"training {len(pending)} job(s): {train.samples_seen:,} samples seen each, batch {train.batch_size}, "
