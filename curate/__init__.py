@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # The Python API (curate.api, docs/python-api.md), resolved on first use (PEP 562): `import
 # curate` stays light (no torch, Ray or DuckDB until a function is called), and the root
 # package, the bottom layer, imports nothing above it.
-_API = ("run", "query", "open_run", "export", "Run")
+_API = ("run", "query", "open_run", "export", "evaluate", "Run")
 __all__ = [*_API, "__version__"]
 
 

@@ -1,4 +1,5 @@
-"""The Python API: ``curate.run``, ``curate.query``, ``curate.open_run``, ``curate.export``.
+"""The Python API: ``curate.run``, ``curate.query``, ``curate.open_run``, ``curate.export``,
+``curate.evaluate``.
 
 What the command line does, for notebooks and scripts (docs/python-api.md). ``import curate``
 stays light: the package resolves these names from this module on first use.
@@ -72,12 +73,17 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
     return Run(result.run.root, summary=result.summary, index=result.index)
 
 
+def _root(run) -> str:
+    """A run's root from a path, a URI or a :class:`Run` (a ``Path`` has a ``root`` of its own: "/")."""
+    return run.root if isinstance(run, Run) else str(run)
+
+
 def query(run: str | Path | "Run", sql: str) -> pa.Table:
     """DuckDB SQL over a run's views (``manifest``, ``scored``, ``output``, and for documents
     ``manifest_images``), as ``curate query``; a pyarrow Table (``.to_pandas()`` for pandas)."""
     from curate.core.views import run_query
 
-    return run_query(str(getattr(run, "root", run)), sql)
+    return run_query(_root(run), sql)
 
 
 def open_run(run: str | Path) -> "Run":
@@ -89,7 +95,28 @@ def export(run: str | Path | "Run", format: str, out: str | Path) -> dict:
     """``curate export``: ``llava``, ``datacomp-uids`` or ``clip-retrieval`` into ``out``."""
     from curate.pipeline.export import export as do_export
 
-    return do_export(str(getattr(run, "root", run)), format, out)
+    return do_export(_root(run), format, out)
+
+
+def evaluate(run: str | Path | "Run", selections: list[str] | None = None, *, seeds: list[int] | None = None,
+             zeroshot: list[str | Path] = (), retrieval: list[str | Path] = (), synthetic: bool = False,
+             address: str | None = None, progress: str = "lines", **train):
+    """``curate eval``: train a small CLIP on each selection of a finished run with each seed
+    and evaluate it zero-shot (docs/eval.md); returns curate.eval.runner.EvalResult (its
+    ``summary``: mean and spread over seeds, difference to ``raw``; ``results``: the URI of
+    RUN/eval/results.parquet). ``selections``: ``run``, ``raw``, ``clip``, ``itm``,
+    ``clip+itm``, ``capfilt``, ``set:KEY=VALUE,...``, ``uids:PATH`` (default run, raw,
+    clip+itm, capfilt); ``zeroshot``: image folders per class; ``retrieval``: Parquet or
+    WebDataset image-caption pairs; ``synthetic``: the demo world's held-out sets;
+    ``train``: curate.eval.train.TrainConfig fields (``model``, ``samples_seen``,
+    ``batch_size``, ``epochs``, ``lr``, ``warmup``, ``device``, ``precision``, ``cpus``, ``gpus``).
+    Raises curate.eval.runner.EvalError for anything refused before training."""
+    from curate.eval.runner import evaluate_run
+    from curate.eval.train import TrainConfig
+
+    return evaluate_run(_root(run), selections, seeds, TrainConfig(**train),
+                        [str(p) for p in zeroshot], [str(p) for p in retrieval], synthetic, address,
+                        _console(progress))
 
 
 @dataclass

@@ -131,3 +131,39 @@ def test_a_worker_node_killed_while_scoring_costs_a_resume_not_the_result(corpus
             _finish(_curate(config, out, SETTINGS, cluster.address))
     assert_same_decisions(_manifest(fs, "killed"), single)
     assert _index(fs, "killed") == _index(fs, "single")
+
+
+def test_eval_trains_on_the_private_disk_worker_from_the_bucket(corpus, tmp_path):
+    """`curate eval` of the bucket run on the 2-node cluster: the selections are written to the
+    bucket, a job placed on the private-disk worker copies its shards in, trains, and uploads
+    its checkpoint and metrics; the evaluation set (a local folder of the driver) travels as a
+    Ray object."""
+    import json
+
+    from curate.eval.evalsets import write_synthetic_sets
+
+    fs, *_ = corpus
+    sets = write_synthetic_sets(tmp_path / "sets", seed=1, per_class=2)
+    micro = tmp_path / "micro-clip.json"
+    micro.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32,
+                                                                 "layers": 1, "head_width": 16},
+                                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                              "layers": 1}}))
+    with Cluster(head_cpus=1) as cluster:
+        worker = cluster.add_worker(cpus=2)
+        before = set(cluster.worker_logs(worker))
+        done = subprocess.run(
+            ["curate", "eval", f"s3://{BUCKET}/single", "-s", "raw", "-s", "clip", "--seeds", "0,1",
+             "--zeroshot", str(sets["shapes"]), "--model", str(micro), "--samples-seen", "16", "--batch-size", "8",
+             "--warmup", "1", "--address", cluster.address],
+            env=_env(), capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        assert set(cluster.worker_logs(worker)) - before, "the worker node ran none of the eval's tasks"
+    for selection in ("raw", "clip"):
+        for seed in (0, 1):
+            job = f"{BUCKET}/single/eval/{selection}/{seed}"
+            metrics = json.loads(fs.cat_file(f"{job}/metrics.json"))
+            assert metrics["checkpoint"] == f"s3://{job}/checkpoint.pt" and fs.exists(f"{job}/checkpoint.pt")
+            assert metrics["samples_seen"] == 16 and 0 <= metrics["metrics"]["shapes/top1"] <= 1
+    results = pq.read_table(f"{BUCKET}/single/eval/results.parquet", filesystem=fs)
+    assert sorted(set(results.column("selection").to_pylist())) == ["clip", "raw"]

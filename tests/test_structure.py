@@ -19,6 +19,7 @@ LAYERS = [
     {"flow"},
     {"report"},
     {"pipeline"},
+    {"eval"},
     {"demo", "demo_documents", "cli", "api"},
 ]
 

@@ -9,7 +9,9 @@ Views (see docs/queries.md):
 - ``hosts``: one row per host the download steps asked, their figures summed over every
   download shard (RUN/downloaded/**/NNNNN_hosts.parquet: requests, rows fetched and failed,
   429 and 5xx answers, Retry-After waits, seconds waited, shard timeouts);
-- ``manifest_images`` (documents runs): one row per image of every document.
+- ``manifest_images`` (documents runs): one row per image of every document;
+- ``eval_results`` (after ``curate eval``): RUN/eval/results.parquet, one row per
+  (selection, seed, metric).
 Local and bucket (s3://, gs://) runs alike: pyarrow reads them through the pipeline's
 fsspec. The SQL can read these views and nothing else: no other file, no network, no
 writes (curate.core.query_sandbox), unless external access is allowed explicitly.
@@ -50,6 +52,9 @@ def open_views(run_root: str, external_access: bool = False) -> duckdb.DuckDBPyC
     _scored_view(con, run)
     _output_view(con, run)
     _hosts_view(con, run)
+    eval_results = storage.join(run.root, "eval", "results.parquet")
+    if storage.exists(eval_results):
+        query_sandbox.register_view(con, "eval_results", [eval_results], pa.schema([]))
     if not external_access:
         query_sandbox.lock(con)
     return con

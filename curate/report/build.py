@@ -27,7 +27,7 @@ DEFAULT_SAMPLES = 24
 # Short labels for the navigation bar (the sections keep their full titles): all of them fit
 # on one line of a 1,400 px window.
 NAV_LABELS = {"kept": "Kept", "filtered": "Filtered", "duplicates": "Duplicates", "failures": "Failures",
-              "capfilt": "CapFilt captions", "judges": "Judges"}
+              "capfilt": "CapFilt captions", "judges": "Judges", "eval": "Eval"}
 
 
 def stage_scores(config: dict | None = None) -> dict[str, Score]:
@@ -140,6 +140,11 @@ def render(con, run: RunDir, config: dict, n: int) -> str:
         ("capfilt", "Original vs. synthetic captions", capfilt_section(capfilt, thumbs, scores)),
         ("sources", "Sources", sources_section(con)),
     ]
+    from curate.report.evaluation import evaluation_section
+
+    evaluated = evaluation_section(run)
+    if evaluated:
+        parts.append(("eval", "Training evaluation", evaluated))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return html.page(
         title="curate report", subtitle=run.root, headline=headline(con, run, config, scores),
