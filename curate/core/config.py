@@ -70,6 +70,25 @@ class InputConfig(_Section):
         10, ge=1, description="captions of one URL's sample: its own and the first distinct others; further rows with "
         "that URL are recorded but their captions not scored"
     )
+    keep_columns: list[str] | Literal["all"] = Field(
+        [], description="pairs: other input columns (LICENSE, punsafe...) carried with their own types into the "
+        "manifest and each output sample's json and Parquet row; all: every column (those named like one of "
+        "curate's as input_<name>); documents: input.documents.keep_columns"
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _distinct_columns(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"a column is named twice in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _keep_columns_of_kind(self) -> "InputConfig":
+        if self.kind == "documents" and self.keep_columns:
+            raise ValueError("input.keep_columns: for documents, use input.documents.keep_columns (carried as the "
+                             "document's metadata JSON)")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -505,7 +524,7 @@ def format_validation_error(error: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")  # pydantic's wording around our own ValueErrors
         named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+): (.*)", message, re.S)
-        if key == "(top level)" and named:  # our cross-key checks name their key first
+        if named and (key == "(top level)" or named.group(1).startswith(f"{key}.")):  # our cross-key checks name their key first
             key, message = named.groups()
         if item["type"] == "extra_forbidden":
             message = "unknown key (see docs/config.md for the allowed keys)"

@@ -1,0 +1,141 @@
+"""The first hour of a LAION user (issue #30): their columns kept, errors that say what to
+do, a run that says why it was blocked, and no surprise captions.
+
+In-process unit tests of the functions where they suffice; one small real run (real Ray,
+real img2dataset, a real HTTP server on 127.0.0.1) for the columns that must reach the
+manifest and both shard formats.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.core.config import ConfigError, load_config
+from curate.core.inputs import InputError, InputFile, read_input_file
+
+# -- input.keep_columns ---------------------------------------------------------------------
+
+
+def _laion(path, urls, captions) -> None:
+    """A LAION-400M-style Parquet (its column names, its types)."""
+    n = len(urls)
+    pq.write_table(pa.table({
+        "SAMPLE_ID": pa.array(range(100, 100 + n), pa.int64()),
+        "URL": urls, "TEXT": captions,
+        "HEIGHT": pa.array([80] * n, pa.int64()), "WIDTH": pa.array([96] * n, pa.int64()),
+        "LICENSE": ["?" if i % 2 else "creativecommons.org/licenses/by/4.0" for i in range(n)],
+        "NSFW": ["UNLIKELY"] * n,
+        "similarity": pa.array([0.31 + i / 100 for i in range(n)], pa.float64()),
+    }), path)
+
+
+def _cfg(tmp_path, *settings):
+    return load_config(None, [f"input.path={tmp_path / 'laion.parquet'}", "input.url_col=URL", "input.caption_col=TEXT",
+                              *settings], out=str(tmp_path / "run"))
+
+
+def test_keep_columns_reads_the_named_columns_with_their_types(tmp_path):
+    _laion(tmp_path / "laion.parquet", ["http://a/1.jpg", "http://a/2.jpg"], ["a red bike", "a blue car"])
+    cfg = _cfg(tmp_path, "input.keep_columns=[LICENSE, similarity]")
+    rows = read_input_file(InputFile(0, str(tmp_path / "laion.parquet"), 0), cfg.input)
+    assert rows.column_names[-2:] == ["LICENSE", "similarity"]
+    assert rows.schema.field("similarity").type == pa.float64()
+    assert rows.column("LICENSE").to_pylist() == ["creativecommons.org/licenses/by/4.0", "?"]
+
+
+def test_a_kept_column_not_in_the_input_names_the_close_one(tmp_path):
+    _laion(tmp_path / "laion.parquet", ["http://a/1.jpg"], ["a red bike"])
+    cfg = _cfg(tmp_path, "input.keep_columns=[LICENCE]")
+    with pytest.raises(InputError, match=r"input.keep_columns: column 'LICENCE' not found in .*\(did you mean 'LICENSE'\?\)"):
+        read_input_file(InputFile(0, str(tmp_path / "laion.parquet"), 0), cfg.input)
+
+
+def test_a_url_column_named_in_another_case_is_suggested(tmp_path):
+    _laion(tmp_path / "laion.parquet", ["http://a/1.jpg"], ["a red bike"])
+    cfg = load_config(None, [f"input.path={tmp_path / 'laion.parquet'}", "input.caption_col=TEXT"], out=str(tmp_path / "r"))
+    with pytest.raises(InputError, match=r"input.url_col: column 'url' not found in .*\(did you mean 'URL'\?\)"):
+        read_input_file(InputFile(0, str(tmp_path / "laion.parquet"), 0), cfg.input)
+
+
+def test_keep_columns_clashing_with_curates_columns_is_refused_at_start(tmp_path):
+    from curate.flow.plan import make_plan
+
+    cfg = _cfg(tmp_path, "input.keep_columns=[LICENSE, WIDTH, uid]")
+    with pytest.raises(ConfigError) as refused:
+        make_plan(cfg).check(models=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("input.keep_columns: 'WIDTH', 'uid' would clash with curate's own columns")
+    assert "input_<name>" in message
+    make_plan(_cfg(tmp_path, "input.keep_columns=[LICENSE, NSFW]")).check(models=False)  # no clash: fine
+
+
+def test_keep_columns_is_for_pairs_documents_have_their_own(tmp_path):
+    with pytest.raises(ConfigError, match=r"input.keep_columns: for documents, use input.documents.keep_columns"):
+        load_config(None, [f"input.path={tmp_path}/d.jsonl", "input.kind=documents", "input.keep_columns=[page]"],
+                    out=str(tmp_path / "r"))
+
+
+# -- float captions -------------------------------------------------------------------------
+
+
+def test_a_float_nan_caption_column_reads_as_no_caption(tmp_path):
+    """pandas writes an empty text column as float NaN: the caption is missing, not "NaN"."""
+    pq.write_table(pa.table({"url": ["http://a/1.jpg", "http://a/2.jpg"],
+                             "caption": pa.array([float("nan"), 2.5], pa.float64())}), tmp_path / "in.parquet")
+    cfg = load_config(None, [f"input.path={tmp_path / 'in.parquet'}"], out=str(tmp_path / "r"))
+    rows = read_input_file(InputFile(0, str(tmp_path / "in.parquet"), 0), cfg.input)
+    assert rows.column("caption").to_pylist() == [None, "2.5"]
+
+
+# -- a real run: the columns reach the manifest and the shards ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def laion_run(tmp_path_factory, ray_session):
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS
+
+    tmp = tmp_path_factory.mktemp("laion")
+    routes = {f"/{i}.jpg": Route(image_bytes("JPEG", seed=40 + i)) for i in range(3)}
+    with CorpusServer(routes) as server:
+        _laion(tmp / "laion.parquet", [server.url(f"/{i}.jpg") for i in range(3)] + [server.url("/missing.jpg")],
+               ["a photo of a red bicycle leaning on a wall", "a green door in a white stone house",
+                "a small brown dog running on the beach", "a cat asleep on a sofa"])
+        cfg = _cfg(tmp, *FAST_SETTINGS, "dedupe.enabled=false", "report.enabled=false", "input.keep_columns=all")
+        run_pipeline(cfg)
+    return tmp / "run"
+
+
+def test_keep_columns_all_reach_the_manifest_with_their_types(laion_run):
+    from e2e import read_manifest
+
+    manifest = read_manifest(str(laion_run))
+    schema = manifest.schema
+    assert schema.field("LICENSE").type == pa.string() and schema.field("similarity").type == pa.float64()
+    # named like curate's own columns (width, sample_id): carried as input_<name>
+    assert schema.field("input_WIDTH").type == pa.int64() and schema.field("input_SAMPLE_ID").type == pa.int64()
+    assert "URL" not in schema.names and "TEXT" not in schema.names  # they are url and caption
+    rows = manifest.to_pylist()
+    assert [r["input_SAMPLE_ID"] for r in rows] == [100, 101, 102, 103]
+    assert [r["status"] for r in rows] == ["kept", "kept", "kept", "download_failed"]
+    assert rows[3]["LICENSE"] == "?"  # every row carries its columns, kept or not
+
+
+def test_keep_columns_reach_each_shard_samples_json_and_parquet_row(laion_run):
+    output = laion_run / "output"
+    with tarfile.open(next(output.glob("*.tar"))) as tar:
+        records = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert [(r["LICENSE"], r["input_SAMPLE_ID"], r["NSFW"]) for r in records] == [
+        ("creativecommons.org/licenses/by/4.0", 100, "UNLIKELY"), ("?", 101, "UNLIKELY"),
+        ("creativecommons.org/licenses/by/4.0", 102, "UNLIKELY")]
+    table = pq.read_table(next(output.glob("*.parquet")))
+    assert table.schema.field("similarity").type == pa.float64()
+    assert table.column("similarity").to_pylist() == pytest.approx([0.31, 0.32, 0.33])
