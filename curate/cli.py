@@ -35,19 +35,27 @@ def run(
     extend: Annotated[bool, typer.Option(
         "--extend", help="grow a finished RUN with the input files it has not seen: only their rows are "
         "downloaded and scored, the run is decided again over all of them")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="start RUN again from nothing: an earlier curate run there is removed first (its entries "
+        "only; refused for a folder that is not a curate run)")] = False,
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
+    import shlex
+    import sys
+
     from curate.models.references import ModelReferenceError
     from curate.core.config import ConfigError, load_config
     from curate.core.inputs import InputError
-    from curate.pipeline.runner import RunStopped, run_pipeline
+    from curate.pipeline.runner import ConfigChanged, RunStopped, run_pipeline
 
     overrides = list(set_ or [])
     if address:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
-        run_pipeline(cfg, console, extend=extend)
+        run_pipeline(cfg, console, extend=extend, fresh=fresh)
+    except ConfigChanged as error:  # never a dead end: the exact command that starts afresh
+        _fail(f"{error}\nto start it afresh: curate {shlex.join(sys.argv[1:])} --fresh")
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 

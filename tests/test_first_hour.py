@@ -139,3 +139,77 @@ def test_keep_columns_reach_each_shard_samples_json_and_parquet_row(laion_run):
     table = pq.read_table(next(output.glob("*.parquet")))
     assert table.schema.field("similarity").type == pa.float64()
     assert table.column("similarity").to_pylist() == pytest.approx([0.31, 0.32, 0.33])
+
+
+# -- a run blocked whole says why, and can be started afresh ----------------------------------
+
+
+def test_hint_names_the_cause_and_the_key_when_most_rows_end_for_one_reason(tmp_path):
+    from curate.pipeline.hints import run_hint
+
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet"], out=str(tmp_path / "run"))
+    blocked = {"rows_in": 298, "reasons": [{"status": "blocked", "reason": "private_host", "count": 298}]}
+    hint = run_hint(blocked, cfg, str(tmp_path / "run"))
+    assert hint.startswith("298 of 298 rows are blocked as private_host: ")
+    assert "download.allow_private_hosts: true" in hint and "--fresh" in hint
+    slow = {"rows_in": 10, "reasons": [{"status": "download_failed", "reason": "timeout", "count": 7},
+                                       {"status": "download_failed", "reason": "http_404", "count": 3}]}
+    assert f"curate retry {tmp_path / 'run'} --set download.timeout=30" in run_hint(slow, cfg, str(tmp_path / "run"))
+    mixed = {"rows_in": 10, "reasons": [{"status": "download_failed", "reason": "timeout", "count": 4},
+                                        {"status": "filtered", "reason": "caption_empty", "count": 4}]}
+    assert run_hint(mixed, cfg, "RUN") is None  # no single reason ended half of the rows
+
+
+def test_fresh_removes_a_curate_run_and_nothing_else(tmp_path):
+    from curate.pipeline.fresh import remove_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    (run / "config.yaml").write_text("just: a file of mine\n")
+    with pytest.raises(ConfigError, match=r"--fresh: .*config.yaml is not a curate run's config .*nothing was removed"):
+        remove_run(str(run))
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]
+    cfg = load_config(None, [f"input.path={tmp_path}/x.parquet"], out=str(run))
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    (run / "state.json").write_text("{}")
+    (run / "rows").mkdir()
+    (run / "rows" / "part-00000-0000.parquet").write_bytes(b"x")
+    assert remove_run(str(run)) == ["config.yaml", "state.json", "rows"]
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert remove_run(str(tmp_path / "nothing")) == []
+
+
+def test_a_local_corpus_blocked_whole_says_what_to_do_and_reruns_with_fresh(tmp_path, ray_session, cli_env):
+    from rich.console import Console
+
+    from corpus import image_bytes
+    from curate.pipeline.runner import run_pipeline
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import curate_cli, read_manifest
+
+    routes = {f"/{i}.jpg": Route(image_bytes("JPEG", seed=60 + i)) for i in range(3)}
+    with CorpusServer(routes) as server:
+        pq.write_table(pa.table({"url": [server.url(f"/{i}.jpg") for i in range(3)],
+                                 "caption": ["a red bicycle on a wall", "a green door of a house", "a dog on a beach"]}),
+                       tmp_path / "in.parquet")
+        settings = [f"input.path={tmp_path / 'in.parquet'}", "dedupe.enabled=false", "report.enabled=false",
+                    "download.timeout=2"]
+        console = Console(record=True, width=200)
+        result = run_pipeline(load_config(None, settings, out=str(tmp_path / "run")), console)
+        assert result.summary["statuses"] == {"blocked": 3}
+        shown = console.export_text()
+        assert "hint: 3 of 3 rows are blocked as private_host" in shown and "download.allow_private_hosts" in shown
+        assert result.summary["hint"].startswith("3 of 3 rows are blocked as private_host")
+
+        # the corrected setting on the same --out: refused, with the exact command that starts afresh
+        (tmp_path / "c.yaml").write_text("download: {allow_private_hosts: true}\n")
+        args = ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+                *(x for s in settings for x in ("--set", s))]
+        refused = curate_cli(args, cli_env, ok=False)
+        assert refused.returncode == 2
+        assert "download.allow_private_hosts: False -> True" in refused.stderr
+        assert f"to start it afresh: curate {' '.join(args)} --fresh" in " ".join(refused.stderr.split())
+        result = run_pipeline(load_config(tmp_path / "c.yaml", settings, out=str(tmp_path / "run")), console, fresh=True)
+    assert result.summary["statuses"] == {"kept": 3}
+    assert [r["status"] for r in read_manifest(str(tmp_path / "run")).to_pylist()] == ["kept"] * 3

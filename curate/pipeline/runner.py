@@ -32,6 +32,8 @@ from curate.core.textsafe import literal
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
+from curate.pipeline.fresh import remove_run
+from curate.pipeline.hints import run_hint
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import SCRATCH as PREPARE_SCRATCH
 from curate.pipeline.prepare import prepare
@@ -79,9 +81,10 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
     changes = config_changes(storage.read_text(run.config), cfg, ignore=ignore) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-        raise ConfigError(
+        raise ConfigChanged(
             f"{run.root} was started with another config ({shown}; see {run.config}); "
-            "use a new --out, or `curate refilter` to change thresholds of a finished run"
+            "use a new --out, `curate refilter` to change thresholds of a finished run, or start it afresh with --fresh "
+            "(removes the run)"
         )
     _check_layout(run)
     if not storage.exists(run.state):
@@ -91,8 +94,9 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
     other = [c for c in changed if c not in added]
     if other:
         shown = "; ".join(other[:5]) + (f"; and {len(other) - 5} more" if len(other) > 5 else "")
-        raise ConfigError(f"{run.root} was started from other input files ({shown}); "
-                          "a run's input files can't change: use a new --out")
+        raise ConfigChanged(f"{run.root} was started from other input files ({shown}); "
+                            "a run's input files can't change: use a new --out, or start it afresh with --fresh "
+                            "(removes the run)")
     if added and not extend:
         raise ConfigError(f"{run.root}: {_input_files(len(added))} new since it started ({added[0]}): "
                           "add them with `curate run ... --extend`, or use a new --out")
@@ -106,6 +110,11 @@ def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
     result = fn()
     storage.write_text(run.marker(name), json.dumps(result or {}))
     timings[name] = round(time.perf_counter() - started, 2)
+
+
+class ConfigChanged(ConfigError):
+    """The run directory holds a run started with another config or input: resuming it is
+    refused, and ``--fresh`` starts it again (the CLI prints the exact command)."""
 
 
 class RunStopped(RuntimeError):
@@ -187,15 +196,23 @@ def _check_no_open_retry(run: RunDir) -> None:
 
 
 @_stops_cleanly
-def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False) -> RunResult:
+def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False,
+                 fresh: bool = False) -> RunResult:
     """Run the pipeline of ``cfg``, or resume it, in its run directory, which it holds for
     the whole run: a second run on the same directory is refused (runlock.RunInUse).
     ``extend``: grow a run with input files it has not seen (curate run --extend): their rows
     get the next file numbers, only they are prepared, downloaded and scored, and the whole
     run is decided again (dedupe across old and new), so the result equals one run over all
-    the files. ConfigError for a config or input that does not match the run directory."""
+    the files. ``fresh``: an earlier run in the directory is removed first (curate.pipeline.fresh:
+    only a curate run, only its entries). ConfigError for a config or input that does not match
+    the run directory."""
     os.environ.update(cfg.storage.environment())  # before the first bucket access
+    if fresh and extend:
+        raise ConfigError("--fresh and --extend: --extend grows an existing run, --fresh removes it; choose one")
     with runlock.hold(cfg.output.path):
+        if fresh and (removed := remove_run(cfg.output.path)):
+            (console or Console()).print(literal(f"fresh: removed the earlier run in {cfg.output.path} "
+                                                 f"({', '.join(removed)})", "yellow"), soft_wrap=True)
         return _run_pipeline(cfg, console, extend)
 
 
@@ -346,8 +363,13 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     if prepared["retries"]:
         summary["retries"] = retry_outcomes(decided.counts, prepared["retries"])
     summary.update(plan.kind.summary(decided.counts))
+    hint = run_hint(summary, cfg, run.root)  # most rows ended for one reason: its cause and key
+    if hint:
+        summary["hint"] = hint
     save_summary(run, summary)
     print_summary(summary, run.root, console)
+    if hint:
+        console.print(Text.assemble(("hint:", "bold yellow"), " ", literal(hint)), soft_wrap=True)
     if cfg.report.enabled:
         write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
