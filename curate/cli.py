@@ -49,11 +49,15 @@ def run(
     from curate.pipeline.runner import ConfigChanged, RunStopped, run_pipeline
 
     overrides = list(set_ or [])
+    again = [a for a in sys.argv[1:] if a != "--fresh"]  # the command that resumes this run
     if address:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
         run_pipeline(cfg, console, extend=extend, fresh=fresh)
+    except KeyboardInterrupt as error:  # the runner said that the committed work is kept
+        err.print(literal(f"to resume: curate {shlex.join(again)}"), soft_wrap=True)
+        raise typer.Exit(128 + getattr(error, "signum", 2)) from None
     except ConfigChanged as error:  # never a dead end: the exact command that starts afresh
         _fail(f"{error}\nto start it afresh: curate {shlex.join(sys.argv[1:])} --fresh")
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:

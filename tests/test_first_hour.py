@@ -213,3 +213,55 @@ def test_a_local_corpus_blocked_whole_says_what_to_do_and_reruns_with_fresh(tmp_
         result = run_pipeline(load_config(tmp_path / "c.yaml", settings, out=str(tmp_path / "run")), console, fresh=True)
     assert result.summary["statuses"] == {"kept": 3}
     assert [r["status"] for r in read_manifest(str(tmp_path / "run")).to_pylist()] == ["kept"] * 3
+
+
+# -- Ctrl-C stops cleanly and says how to resume; a resume says where it stands ----------------
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_path, cli_env):
+    import signal
+    import subprocess
+    import threading
+
+    from corpus import image_bytes
+    from curate.synth.http_server import CorpusServer, Route
+    from e2e import FAST_SETTINGS, curate_cli
+
+    n = 24
+    routes = {f"/{i}.jpg": Route(image_bytes("JPEG", seed=80 + i)) for i in range(n)}
+    with CorpusServer(routes, latency=0.5) as server:
+        pq.write_table(pa.table({"url": [server.url(f"/{i}.jpg") for i in range(n)],
+                                 "caption": [f"a photo of a thing number {i}" for i in range(n)]}), tmp_path / "in.parquet")
+        (tmp_path / "c.yaml").write_text(f"input: {{path: {tmp_path / 'in.parquet'}}}\n")
+        args = ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+                *(x for s in [*FAST_SETTINGS, "download.threads=2", "download.shard_size=4", "dedupe.enabled=false",
+                              "report.enabled=false"] for x in ("--set", s))]
+        errors = open(tmp_path / "stderr.txt", "w")
+        process = subprocess.Popen(["curate", *args], env=cli_env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        lines, stopped = [], threading.Event()
+
+        def follow():
+            for line in process.stdout:
+                lines.append(line)
+                if "download" in line and not stopped.is_set():
+                    stopped.set()
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert stopped.wait(600), "".join(lines)
+        # a committed download shard or two, then Ctrl-C
+        while not list((tmp_path / "run" / "downloaded").glob("*_stats.json")) and process.poll() is None:
+            stopped.wait(0.2)
+        process.send_signal(signal.SIGINT)
+        reader.join(300)  # its output to the end
+        process.wait(60)
+        errors.close()
+        stderr = (tmp_path / "stderr.txt").read_text()
+        shown = "".join(lines)
+        assert process.returncode == 130, shown + stderr
+        assert "stopped (SIGINT): the work committed so far is kept; run the same command again to resume" in shown
+        assert f"to resume: curate {' '.join(args)}" in " ".join(stderr.split())
+        resumed = curate_cli(args, cli_env)
+    line = next(x for x in resumed.stdout.splitlines() if x.startswith("resume: already committed"))
+    assert line.startswith(f"resume: already committed: prepared {n} rows, downloaded ")
+    assert "left: download (" in line and line.endswith("manifest, output")

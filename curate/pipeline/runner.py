@@ -33,6 +33,7 @@ from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.fresh import remove_run
+from curate.pipeline.interrupt import resume_status, stops_cleanly_on_signals
 from curate.pipeline.hints import run_hint
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import SCRATCH as PREPARE_SCRATCH
@@ -209,10 +210,11 @@ def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool
     os.environ.update(cfg.storage.environment())  # before the first bucket access
     if fresh and extend:
         raise ConfigError("--fresh and --extend: --extend grows an existing run, --fresh removes it; choose one")
-    with runlock.hold(cfg.output.path):
+    console = console or Console()
+    with runlock.hold(cfg.output.path), stops_cleanly_on_signals(console):
         if fresh and (removed := remove_run(cfg.output.path)):
-            (console or Console()).print(literal(f"fresh: removed the earlier run in {cfg.output.path} "
-                                                 f"({', '.join(removed)})", "yellow"), soft_wrap=True)
+            console.print(literal(f"fresh: removed the earlier run in {cfg.output.path} ({', '.join(removed)})",
+                                  "yellow"), soft_wrap=True)
         return _run_pipeline(cfg, console, extend)
 
 
@@ -240,6 +242,8 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
             console.print(literal(f"resume: {damaged}; done again", "yellow"), soft_wrap=True)  # one line per file, for grep
+        if not fresh and (status := resume_status(run)):
+            console.print(literal(status), soft_wrap=True)
         if extend and before != state:
             console.print(f"extend: {_input_files(len(state['files']) - len(before['files']))} new")
             _start_extending(run)  # before the new state: a run killed in between asks for --extend again

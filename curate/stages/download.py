@@ -19,7 +19,9 @@ recorded as failed downloads.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
@@ -49,9 +51,17 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
         return
     previous_sigint = signal.getsignal(signal.SIGINT)
     gate = start_host_gate(cfg.max_per_host, cfg.per_host_rps)  # one schedule per host for every shard
+    interrupted = threading.Event()
     try:
-        with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)):
+        with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)), \
+                _interrupts_seen(interrupted):
             _download(download, list_dir, out_dir, cfg, carried)
+    except SystemExit:
+        if not interrupted.is_set():
+            raise
+        # img2dataset's SIGINT handler ends a Ctrl-C with sys.exit(0) (which ray.get turns into
+        # SystemExit(1)): it was an interrupt, and the run stops as one, resumable.
+        raise KeyboardInterrupt from None
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
@@ -63,6 +73,41 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
             "(the downloader's error is in the log above: disk full, bucket write error, ...); "
             "nothing was recorded for their rows"  # the run stops: RunStopped says how to resume
         )
+
+
+@contextlib.contextmanager
+def _interrupts_seen(seen: threading.Event):
+    """Sets ``seen`` when img2dataset's SIGINT handler runs. img2dataset's ``download``
+    installs a handler that cleans up (its _tmp folder, its logger process) and then calls
+    ``sys.exit(0)``: a Ctrl-C would end the run as a success or as Ray's SystemExit(1). The
+    handler it installs is wrapped here (its module's ``signal`` seen through a shim, the
+    only hook it offers) so that its cleanup still runs and the run knows it was interrupted."""
+    import sys
+
+    import img2dataset  # noqa: F401
+    # the module, not the function img2dataset/__init__ re-exports under the same name
+    img2dataset_main = sys.modules["img2dataset.main"]
+
+    class _Signals:
+        def __getattr__(self, name):
+            return getattr(signal, name)
+
+        @staticmethod
+        def signal(signum, handler):
+            if signum != signal.SIGINT or not callable(handler):
+                return signal.signal(signum, handler)
+
+            def noted(number, frame):
+                seen.set()
+                handler(number, frame)
+
+            return signal.signal(signum, noted)
+
+    img2dataset_main.signal = _Signals()
+    try:
+        yield seen
+    finally:
+        img2dataset_main.signal = signal
 
 
 def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:
