@@ -265,3 +265,31 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_pa
     line = next(x for x in resumed.stdout.splitlines() if x.startswith("resume: already committed"))
     assert line.startswith(f"resume: already committed: prepared {n} rows, downloaded ")
     assert "left: download (" in line and line.endswith("manifest, output")
+
+
+# -- the shipped tiny models have a config; near-dedupe knows their scale ------------------------
+
+
+def test_tiny_models_config_has_the_demos_models_and_thresholds(repo_root, tmp_path):
+    import yaml
+
+    from curate.flow.plan import make_plan
+
+    demo = yaml.safe_load((repo_root / "curate" / "assets" / "demo.yaml").read_text())
+    cfg = load_config(repo_root / "configs" / "tiny-models.yaml", [f"input.path={tmp_path}/x.parquet"],
+                      out=str(tmp_path / "run"))
+    for section, keys in {"clip": ("model", "min_score"), "itm": ("model", "min_prob"),
+                          "caption": ("model", "num_captions", "mode", "top_p"),
+                          "capfilt": ("mode", "max_synthetic", "synthetic_min_prob"), "dedupe": ("threshold", "keep")}.items():
+        for key in keys:
+            assert getattr(getattr(cfg, section), key) == demo[section][key], f"{section}.{key}"
+    make_plan(cfg).check()  # the shipped models resolve offline
+    assert "configs/tiny-models.yaml" in (repo_root / "README.md").read_text()
+
+
+def test_the_near_dedupe_default_follows_the_clip_model():
+    from curate.dedupe.threshold import DEFAULT_THRESHOLD, default_threshold
+
+    assert default_threshold("curate:tiny-clip") == 0.99
+    assert default_threshold("ViT-B-32") == DEFAULT_THRESHOLD == 0.95
+    assert default_threshold(None) == DEFAULT_THRESHOLD
