@@ -126,10 +126,14 @@ class Run:
 
     @property
     def views(self) -> list[str]:
+        """The views to query (curate.core.views.PUBLIC_VIEWS this run has), not the ones they are built from."""
+        from curate.core.views import PUBLIC_VIEWS
+
         con = self.connection()
         try:
             return [r[0] for r in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()]
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()
+                if r[0] in PUBLIC_VIEWS]
         finally:
             con.close()
 

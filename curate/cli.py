@@ -11,7 +11,8 @@ from rich.text import Text
 
 from curate.core.textsafe import literal
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err = Console(stderr=True)
 
@@ -24,6 +25,22 @@ def _fail(message: str) -> None:
     shown = Text("\n").join(literal(line) for line in message.split("\n"))
     err.print(Text.assemble(("error:", "bold red"), " ", shown), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from curate import __version__
+
+        console.print(f"curate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Curate image-text data into training shards."""
 
 
 @app.command()
@@ -108,14 +125,16 @@ def refilter(
 @app.command()
 def query(
     run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a run directory, local or s3://")],
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `manifest`")],
+    sql: Annotated[str, typer.Argument(
+        help="DuckDB SQL over the views manifest (one row per input row), scored (scores and embeddings), output "
+        "(the shards), hosts (download figures per host) and, for documents runs, manifest_images; docs/queries.md")],
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     allow_external_access: Annotated[bool, typer.Option(
         "--allow-external-access",
         help="let the SQL read other files, use the network and extensions, and write files (off: it reads "
              "the run's views only)")] = False,
 ) -> None:
-    """Run a DuckDB query over a run's manifest and print the result."""
+    """Run a DuckDB query over a run's views (manifest, scored, output, hosts, manifest_images) and print the result."""
     from curate.core.views import QueryError, run_query
     from curate.pipeline.query import print_result
 

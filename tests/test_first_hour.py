@@ -293,3 +293,110 @@ def test_the_near_dedupe_default_follows_the_clip_model():
     assert default_threshold("curate:tiny-clip") == 0.99
     assert default_threshold("ViT-B-32") == DEFAULT_THRESHOLD == 0.95
     assert default_threshold(None) == DEFAULT_THRESHOLD
+
+
+# -- fail fast offline, close matches ---------------------------------------------------------
+
+
+def test_an_unknown_hub_model_offline_is_refused_at_once_with_close_matches(monkeypatch):
+    from curate.models import blip, references
+    from curate.models.references import ModelReferenceError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    references.hub_reachable.cache_clear()
+    try:
+        assert references.hub_reachable() is False
+        with pytest.raises(ModelReferenceError) as refused:
+            blip.check("Salesforce/blip-itm-base-cocox", "itm.model", "itm")
+    finally:
+        references.hub_reachable.cache_clear()
+    message = str(refused.value)
+    assert message.startswith("itm.model 'Salesforce/blip-itm-base-cocox': the hub is unreachable")
+    assert "(did you mean 'Salesforce/blip-itm-base-coco'" in message
+    assert blip.check("curate:tiny-blip-itm", "itm.model", "itm")  # a local model needs no hub
+
+
+def test_unknown_clip_and_shipped_names_suggest_close_ones():
+    import open_clip
+
+    from curate.models import clip
+    from curate.models.references import ModelReferenceError
+
+    assert clip.model_names() == sorted(open_clip.list_models())
+    with pytest.raises(ModelReferenceError, match=r"clip.model 'ViT-B-32x': not an open_clip model name \(did you mean 'ViT-B-32'"):
+        clip.resolve("ViT-B-32x", None)
+    with pytest.raises(ModelReferenceError, match=r"clip.pretrained 'laion2b_s34b_b79': not a tag of ViT-B-32 \(did you mean 'laion2b_s34b_b79k'"):
+        clip.resolve("ViT-B-32", "laion2b_s34b_b79")
+    with pytest.raises(ModelReferenceError, match=r"curate:tiny-clipp: no such shipped model \(did you mean 'curate:tiny-clip'"):
+        clip.resolve("curate:tiny-clipp", None)
+
+
+@pytest.mark.parametrize("key,suggested", [("download.timout=3", "download.timout: unknown key (did you mean 'timeout'"),
+                                           ("dedup.threshold=0.9", "dedup: unknown key (did you mean 'dedupe'?)"),
+                                           ("input.urlcol=URL", "input.urlcol: unknown key (did you mean 'url_col'?)")])
+def test_unknown_config_keys_suggest_close_ones(tmp_path, key, suggested):
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"input.path={tmp_path}/x.parquet", key], out=str(tmp_path / "r"))
+    assert suggested in str(refused.value)
+
+
+# -- polish ------------------------------------------------------------------------------------
+
+
+def test_version_short_help_and_query_help_names_every_public_view():
+    from typer.testing import CliRunner
+
+    from curate import __version__
+    from curate.cli import app
+    from curate.core.views import PUBLIC_VIEWS
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"curate {__version__}"
+    short = runner.invoke(app, ["-h"])
+    assert short.exit_code == 0 and "Usage" in short.output
+    query_help = runner.invoke(app, ["query", "-h"], terminal_width=200)
+    assert query_help.exit_code == 0
+    assert all(view in query_help.output for view in PUBLIC_VIEWS)
+
+
+def test_allowed_key_lists_show_sections_as_wildcards_and_refilter_says_before_and_after():
+    from curate.pipeline.runner import key_patterns, refilter_change
+
+    assert key_patterns(("clip.min_score", "dedupe.")) == ["clip.min_score", "dedupe.*"]
+    before = {"kept": 120, "rows_in": 298, "statuses": {"kept": 120, "filtered": 100, "blocked": 78}}
+    after = {"kept": 97, "rows_in": 298, "statuses": {"kept": 97, "filtered": 123, "blocked": 78}}
+    assert refilter_change(before, after) == "refilter: kept 120 -> 97 of 298 rows (filtered 100 -> 123)"
+
+
+def test_the_report_names_the_dedupe_threshold_a_run_used(tmp_path):
+    from curate.core.rundir import RunDir
+    from curate.report.build import _facts
+
+    tiny = _facts(RunDir(str(tmp_path)), {"clip": {"model": "curate:tiny-clip"}, "dedupe": {"threshold": None}}, [], None)
+    assert "dedupe threshold <b>0.99</b> (the default for this CLIP model)" in tiny
+    real = _facts(RunDir(str(tmp_path)), {"clip": {"model": "ViT-B-32"}, "dedupe": {}}, [], None)
+    assert "dedupe threshold <b>0.95</b> (the default for this CLIP model)" in real
+    assert "dedupe threshold <b>0.97</b>" in _facts(RunDir(str(tmp_path)), {"dedupe": {"threshold": 0.97}}, [], None)
+
+
+def test_a_long_caption_is_clamped_on_its_card_and_whole_in_its_tooltip():
+    import html as stdlib_html
+    import re
+
+    from curate.report.html import CSS, card
+
+    caption = " ".join(f"word{i}" for i in range(300))
+    shown = card({"sample_id": "00000-0000000001", "url": "http://a/1.jpg", "caption": caption}, None, [])
+    title = re.search(r'<p class="cap" title="([^"]*)">', shown).group(1)
+    assert stdlib_html.unescape(title) == caption
+    rule = re.search(r"\.card \.cap \{([^}]*)\}", CSS).group(1)
+    assert "-webkit-line-clamp:6" in rule and "overflow:hidden" in rule
+
+
+def test_open_run_lists_only_the_public_views(laion_run):
+    import curate
+    from curate.core.views import PUBLIC_VIEWS
+
+    views = curate.open_run(laion_run).views
+    assert "manifest" in views and "hosts" in views
+    assert set(views) <= set(PUBLIC_VIEWS)  # not host_shards, output_index...

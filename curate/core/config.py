@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from curate.core.suggest import did_you_mean
+
 
 class ConfigError(ValueError):
     """A config mistake, phrased for the user: it names the key and what is allowed."""
@@ -527,7 +529,9 @@ def format_validation_error(error: ValidationError) -> str:
         if named and (key == "(top level)" or named.group(1).startswith(f"{key}.")):  # our cross-key checks name their key first
             key, message = named.groups()
         if item["type"] == "extra_forbidden":
-            message = "unknown key (see docs/config.md for the allowed keys)"
+            known = _section_keys(item["loc"][:-1])
+            message = (f"unknown key{did_you_mean(str(item['loc'][-1]), known)} (see docs/config.md for the "
+                       "allowed keys)")
         elif item["type"] == "missing":
             message = "required key is missing"
         elif item["type"] == "literal_error" and isinstance(item.get("input"), bool):
@@ -535,6 +539,18 @@ def format_validation_error(error: ValidationError) -> str:
             message += f"; YAML read an unquoted word as the boolean {str(item['input']).lower()}: quote it"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def _section_keys(path: tuple) -> list[str]:
+    """The keys of the config section at ``path`` (("download",) -> download's keys)."""
+    model: type[BaseModel] = CurateConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def validate(data: dict) -> CurateConfig:

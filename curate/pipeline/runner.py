@@ -414,7 +414,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         key = ".".join(parse_override(text)[0])
         if not key.startswith(allowed):
             raise ConfigError(
-                f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
+                f"--set {key}: refilter can change only {', '.join(key_patterns(allowed))}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
     _check_no_open_retry(run)
@@ -425,9 +425,26 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         lifeline.start_watchdog()
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
         check_run_directory(run.root, cfg.storage.shared_filesystem)
+        before = json.loads(storage.read_text(run.summary)) if storage.exists(run.summary) else {}
         result = finish(plan, run, console, time.perf_counter(), {})
         storage.write_text(run.config, cfg.to_yaml())
+    console.print(refilter_change(before, result.summary))
     return result
+
+
+def key_patterns(prefixes) -> list[str]:
+    """Config key prefixes as a user reads them: a whole section ``dedupe.`` as ``dedupe.*``."""
+    return [f"{p}*" if p.endswith(".") else p for p in prefixes]
+
+
+def refilter_change(before: dict, after: dict) -> str:
+    """``refilter: kept 120 -> 97 of 298 rows (filtered 100 -> 123, ...)``: the run's statuses
+    before and after a refilter, from its summaries."""
+    old, new = before.get("statuses", {}), after.get("statuses", {})
+    changed = [f"{s} {old.get(s, 0)} -> {new.get(s, 0)}" for s in dict.fromkeys([*old, *new])
+               if s != "kept" and old.get(s, 0) != new.get(s, 0)]
+    line = f"refilter: kept {before.get('kept', '?')} -> {after['kept']} of {after['rows_in']} rows"
+    return line + (f" ({', '.join(changed)})" if changed else "")
 
 
 def _check_scored(plan: Plan, run: RunDir) -> None:
