@@ -64,10 +64,6 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
     cfg = _config(config, out, overrides)
     console = _console(progress)
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    if progress != "rich":  # Ray Data's own bars would interleave with the lines (and fill a notebook cell)
-        from curate.core.terminal import quiet_ray_data
-
-        quiet_ray_data()
     result = run_pipeline(cfg, console, extend=extend)
     return Run(result.run.root, summary=result.summary, index=result.index)
 

@@ -155,8 +155,7 @@ def _retry(run: RunDir, cfg, reasons: list[str] | None, console: Console) -> Run
     plan.check()  # the models score the recovered images
     lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
-        quiet_ray_data()
+    quiet_ray_data()  # one progress display: curate's bars on a terminal, a line per step in a log
     check_run_directory(run.root, cfg.storage.shared_filesystem)
     pools = size_model_pools(plan, console)
     progress, timings = Progress(run, console), {}

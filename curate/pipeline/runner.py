@@ -236,8 +236,7 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-        if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
-            quiet_ray_data()
+        quiet_ray_data()  # one progress display: curate's bars on a terminal, a line per step in a log
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)

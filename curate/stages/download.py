@@ -20,7 +20,9 @@ recorded as failed downloads.
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
+import sys
 import threading
 
 from curate.core import storage
@@ -55,7 +57,8 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
     try:
         with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)), \
                 _interrupts_seen(interrupted):
-            _download(download, list_dir, out_dir, cfg, carried)
+            with contextlib.redirect_stdout(_WithoutBanner(sys.stdout)):
+                _download(download, list_dir, out_dir, cfg, carried)
     except SystemExit:
         if not interrupted.is_set():
             raise
@@ -75,6 +78,44 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
         )
 
 
+# What img2dataset's download prints in this process about its own plan, with no option to
+# stop it: a banner per input file, every shard (curate's progress shows the download).
+# Every other line it prints (a write retried, an error) still shows.
+BANNER = ("Starting the downloading of this file", "Sharding file number ", "File sharded in ",
+          "Downloading starting now, check your bandwidth speed")
+
+
+class _WithoutBanner(io.TextIOBase):
+    """A text stream that passes every line to ``target`` but img2dataset's BANNER lines."""
+
+    def __init__(self, target):
+        self.target, self.pending = target, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # curate's own display (rich, writing to sys.stdout) keeps its mode
+        return self.target.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.target, "encoding", "utf-8")
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not line.startswith(BANNER):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self.pending.startswith(BANNER):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+
+
 @contextlib.contextmanager
 def _interrupts_seen(seen: threading.Event):
     """Sets ``seen`` when img2dataset's SIGINT handler runs. img2dataset's ``download``
@@ -82,8 +123,6 @@ def _interrupts_seen(seen: threading.Event):
     ``sys.exit(0)``: a Ctrl-C would end the run as a success or as Ray's SystemExit(1). The
     handler it installs is wrapped here (its module's ``signal`` seen through a shim, the
     only hook it offers) so that its cleanup still runs and the run knows it was interrupted."""
-    import sys
-
     import img2dataset  # noqa: F401
     # the module, not the function img2dataset/__init__ re-exports under the same name
     img2dataset_main = sys.modules["img2dataset.main"]
