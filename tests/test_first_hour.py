@@ -400,3 +400,44 @@ def test_open_run_lists_only_the_public_views(laion_run):
     views = curate.open_run(laion_run).views
     assert "manifest" in views and "hosts" in views
     assert set(views) <= set(PUBLIC_VIEWS)  # not host_shards, output_index...
+
+
+# -- one progress display ---------------------------------------------------------------------
+
+
+def test_img2dataset_banner_lines_are_dropped_and_other_lines_pass():
+    import io
+
+    from curate.stages.download import _WithoutBanner
+
+    target = io.StringIO()
+    stream = _WithoutBanner(target)
+    stream.write("Starting the downloading of this file\nSharding file number 1 of 6 called /x.parquet\n")
+    stream.write("File sharded in 1 shards\nDownloading starting now, check your bandwidth speed (with bwm-ng)...\n")
+    stream.write("retrying to write to file due to error: disk full\npartial ")
+    stream.flush()
+    assert target.getvalue() == "retrying to write to file due to error: disk full\npartial "
+
+
+def test_model_pools_are_built_without_rays_deprecation_warning_and_other_warnings_still_show(ray_session, tmp_path):
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    from curate.core.rundir import RunDir
+    from curate.flow.plan import make_plan
+    from curate.pipeline import score
+    from curate.stages.base import Pool
+
+    plan = make_plan(load_config(None, [f"input.path={tmp_path}/x.parquet", "clip.model=curate:tiny-clip"],
+                                 out=str(tmp_path / "run")))
+    for stage in plan.batch:
+        if stage.uses_model:
+            stage.pool = Pool(actors=1, num_cpus=1, num_gpus=0, threads=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score.build_dataset(plan, RunDir(str(tmp_path / "run")), [str(tmp_path / "00000.parquet")])
+        with score._bounded_retries_accepted():
+            warnings.warn("a real one", UserWarning)
+    assert not [w for w in caught if issubclass(w.category, RayDeprecationWarning)]
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == ["a real one"]

@@ -48,3 +48,6 @@ def quiet_ray_data() -> None:
     context.enable_operator_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its one warning about the bars being off ("Progress bars disabled. To enable...") is
+    # about what curate turned off on purpose: that module's logger only says errors.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
