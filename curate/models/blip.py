@@ -56,8 +56,8 @@ def check(reference: str, key: str, task: str) -> str:
         config = AutoConfig.from_pretrained(resolved, local_files_only=offline)
     except (OSError, ValueError) as error:
         known = [*KNOWN_HUB_IDS, *cached_hub_models(), *(f"{SHIPPED_PREFIX}{p.name}" for p in shipped_models_dir().iterdir())]
-        why = ("the hub is unreachable (offline, or HF_HUB_OFFLINE) and it is not in the local cache" if offline
-               else f"cannot read its config: {_first_line(error)}")
+        why = ("cannot read its config: the hub is unreachable (offline, or HF_HUB_OFFLINE) and it is not in the "
+               "local cache" if offline else f"cannot read its config: {_first_line(error)}")
         raise ModelReferenceError(
             f"{key} {reference!r}: {why}{did_you_mean(reference, known)}. {_LOCAL_HINT.format(key=key)}"
         ) from None

@@ -40,17 +40,21 @@ def shipped_model_path(name: str) -> Path:
 HUB_CONNECT_SECONDS = 3.0
 
 
-@functools.lru_cache(maxsize=1)
 def hub_reachable() -> bool:
     """Whether the Hugging Face hub can be reached: False at once under ``HF_HUB_OFFLINE``,
     else whether a TCP connection to its endpoint (``HF_ENDPOINT``) opens within
-    HUB_CONNECT_SECONDS. Checked once per process, so that with no network a hub reference
-    not in the local cache is refused at start, not after huggingface_hub's retries."""
-    import socket
-
+    HUB_CONNECT_SECONDS (tried once per process and endpoint), so that with no network a hub
+    reference not in the local cache is refused at start, not after huggingface_hub's retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return _connects(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+
+
+@functools.lru_cache(maxsize=4)
+def _connects(url: str) -> bool:
+    import socket
+
+    endpoint = urlsplit(url)
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
         socket.create_connection((endpoint.hostname or "huggingface.co", port), HUB_CONNECT_SECONDS).close()
