@@ -102,6 +102,13 @@ def retry(
     names = [name for item in reasons or [] for name in item.split(",")]
     try:
         do_retry(run_dir, names or None, console, list(set_ or []))
+    except KeyboardInterrupt:  # Ctrl-C: what it committed stays, the same command resumes it
+        import shlex
+        import sys
+
+        err.print(literal(f"stopped: the work committed so far is kept; to resume: curate {shlex.join(sys.argv[1:])}"),
+                  soft_wrap=True)
+        raise typer.Exit(130) from None
     except (ConfigError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 
