@@ -106,9 +106,11 @@ def laion_run(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("laion")
     routes = {f"/{i}.jpg": Route(image_bytes("JPEG", seed=40 + i)) for i in range(3)}
     with CorpusServer(routes) as server:
-        _laion(tmp / "laion.parquet", [server.url(f"/{i}.jpg") for i in range(3)] + [server.url("/missing.jpg")],
+        # a 404 and a repeated URL (its row is the first's sample: same_url_as) among them
+        _laion(tmp / "laion.parquet", [server.url(f"/{i}.jpg") for i in range(3)] + [server.url("/missing.jpg"),
+                                                                                     server.url("/0.jpg")],
                ["a photo of a red bicycle leaning on a wall", "a green door in a white stone house",
-                "a small brown dog running on the beach", "a cat asleep on a sofa"])
+                "a small brown dog running on the beach", "a cat asleep on a sofa", "a red bike by a wall"])
         cfg = _cfg(tmp, *FAST_SETTINGS, "dedupe.enabled=false", "report.enabled=false", "input.keep_columns=all")
         run_pipeline(cfg)
     return tmp / "run"
@@ -124,9 +126,10 @@ def test_keep_columns_all_reach_the_manifest_with_their_types(laion_run):
     assert schema.field("input_WIDTH").type == pa.int64() and schema.field("input_SAMPLE_ID").type == pa.int64()
     assert "URL" not in schema.names and "TEXT" not in schema.names  # they are url and caption
     rows = manifest.to_pylist()
-    assert [r["input_SAMPLE_ID"] for r in rows] == [100, 101, 102, 103]
-    assert [r["status"] for r in rows] == ["kept", "kept", "kept", "download_failed"]
-    assert rows[3]["LICENSE"] == "?"  # every row carries its columns, kept or not
+    assert [r["input_SAMPLE_ID"] for r in rows] == [100, 101, 102, 103, 104]
+    assert [r["status"] for r in rows] == ["kept", "kept", "kept", "download_failed", "duplicate"]
+    # every row carries its own columns, kept or not
+    assert [r["LICENSE"] for r in rows[3:]] == ["?", "creativecommons.org/licenses/by/4.0"]
 
 
 def test_keep_columns_reach_each_shard_samples_json_and_parquet_row(laion_run):

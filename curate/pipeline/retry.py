@@ -62,7 +62,8 @@ def finished_run_config(run: RunDir, overrides: list[str] = ()):
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if not key.startswith(RETRY_KEYS):
-            raise ConfigError(f"--set {key}: a retry can set only {', '.join(f"{k}*" if k.endswith(".") else k for k in RETRY_KEYS)} (how rows are fetched); "
+            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RETRY_KEYS)  # a section as ray.*
+            raise ConfigError(f"--set {key}: a retry can set only {allowed} (how rows are fetched); "
                               "other keys need `curate run` or `curate refilter`")
     return validate(apply_overrides(stored, list(overrides)))
 
