@@ -19,8 +19,9 @@ recorded as failed downloads.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import io
+import multiprocessing
 import signal
 import sys
 import threading
@@ -57,7 +58,7 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
     try:
         with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)), \
                 _interrupts_seen(interrupted):
-            with contextlib.redirect_stdout(_WithoutBanner(sys.stdout)):
+            with _without_banner():
                 _download(download, list_dir, out_dir, cfg, carried)
     except SystemExit:
         if not interrupted.is_set():
@@ -65,6 +66,13 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
         # img2dataset's SIGINT handler ends a Ctrl-C with sys.exit(0) (which ray.get turns into
         # SystemExit(1)): it was an interrupt, and the run stops as one, resumable.
         raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        # A SIGTERM (or a SIGINT outside img2dataset's handler) skipped img2dataset's own
+        # cleanup: its logger process, not a daemon, would keep this process from exiting.
+        for child in multiprocessing.active_children():
+            if type(child).__name__ == "LoggerProcess":
+                child.terminate()
+        raise
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
@@ -83,37 +91,31 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
 # Every other line it prints (a write retried, an error) still shows.
 BANNER = ("Starting the downloading of this file", "Sharding file number ", "File sharded in ",
           "Downloading starting now, check your bandwidth speed")
+BANNER_MODULES = ("img2dataset.main", "img2dataset.reader")
 
 
-class _WithoutBanner(io.TextIOBase):
-    """A text stream that passes every line to ``target`` but img2dataset's BANNER lines."""
+def print_unless_banner(*args, **kwargs) -> None:
+    """``print``, except for img2dataset's BANNER lines."""
+    if args and isinstance(args[0], str) and args[0].startswith(BANNER):
+        return
+    builtins.print(*args, **kwargs)
 
-    def __init__(self, target):
-        self.target, self.pending = target, ""
 
-    def writable(self) -> bool:
-        return True
+@contextlib.contextmanager
+def _without_banner():
+    """img2dataset's modules print through ``print_unless_banner`` while the block runs: a
+    module-level ``print`` shadows the builtin in those modules only (sys.stdout is left
+    alone: in a terminal rich's live display proxies it)."""
+    import img2dataset  # noqa: F401
 
-    def isatty(self) -> bool:  # curate's own display (rich, writing to sys.stdout) keeps its mode
-        return self.target.isatty()
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self.target, "encoding", "utf-8")
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if not line.startswith(BANNER):
-                self.target.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if self.pending and not self.pending.startswith(BANNER):
-            self.target.write(self.pending)
-        self.pending = ""
-        self.target.flush()
+    modules = [sys.modules[name] for name in BANNER_MODULES if name in sys.modules]
+    for module in modules:
+        module.print = print_unless_banner
+    try:
+        yield
+    finally:
+        for module in modules:
+            vars(module).pop("print", None)
 
 
 @contextlib.contextmanager
