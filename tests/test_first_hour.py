@@ -226,6 +226,7 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_pa
     import signal
     import subprocess
     import threading
+    import time
 
     from corpus import image_bytes
     from curate.synth.http_server import CorpusServer, Route
@@ -255,7 +256,7 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_pa
         assert stopped.wait(600), "".join(lines)
         # a committed download shard or two, then Ctrl-C
         while not list((tmp_path / "run" / "downloaded").glob("*_stats.json")) and process.poll() is None:
-            stopped.wait(0.2)
+            time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         reader.join(300)  # its output to the end
         process.wait(60)
