@@ -74,7 +74,9 @@ def run(
         run_pipeline(cfg, console, extend=extend, fresh=fresh)
     except KeyboardInterrupt as error:  # the runner said that the committed work is kept
         err.print(literal(f"to resume: curate {shlex.join(again)}"), soft_wrap=True)
-        raise typer.Exit(128 + getattr(error, "signum", 2)) from None
+        from curate.pipeline.interrupt import received_signal
+
+        raise typer.Exit(128 + (getattr(error, "signum", None) or received_signal())) from None
     except ConfigChanged as error:  # never a dead end: the exact command that starts afresh
         _fail(f"{error}\nto start it afresh: curate {shlex.join(sys.argv[1:])} --fresh")
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:

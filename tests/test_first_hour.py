@@ -222,7 +222,11 @@ def test_a_local_corpus_blocked_whole_says_what_to_do_and_reruns_with_fresh(tmp_
 # -- Ctrl-C stops cleanly and says how to resume; a resume says where it stands ----------------
 
 
-def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_path, cli_env):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_path, cli_env, signame):
+    """SIGINT (Ctrl-C, taken by img2dataset's handler during the download) and SIGTERM (which
+    Ray's core worker would turn into an abort) stop the run the same way; the resume is
+    checked once."""
     import signal
     import subprocess
     import threading
@@ -257,15 +261,17 @@ def test_ctrl_c_says_how_to_resume_and_the_resume_says_what_was_committed(tmp_pa
         # a committed download shard or two, then Ctrl-C
         while not list((tmp_path / "run" / "downloaded").glob("*_stats.json")) and process.poll() is None:
             time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, signame))
         reader.join(300)  # its output to the end
         process.wait(60)
         errors.close()
         stderr = (tmp_path / "stderr.txt").read_text()
         shown = "".join(lines)
-        assert process.returncode == 130, shown + stderr
-        assert "stopped (SIGINT): the work committed so far is kept; run the same command again to resume" in shown
+        assert process.returncode == 128 + getattr(signal, signame), shown + stderr
+        assert f"stopped ({signame}): the work committed so far is kept; run the same command again to resume" in shown
         assert f"to resume: curate {' '.join(args)}" in " ".join(stderr.split())
+        if signame != "SIGINT":
+            return
         resumed = curate_cli(args, cli_env)
     line = next(x for x in resumed.stdout.splitlines() if x.startswith("resume: already committed"))
     assert line.startswith(f"resume: already committed: prepared {n} rows, downloaded ")

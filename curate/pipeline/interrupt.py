@@ -28,8 +28,28 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []  # the signals that stopped runs in this process, the latest last
+
+
 def _raise(signum, frame):
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def received_signal() -> int:
+    """The signal that stopped the run: the latest one received here (Ray's ``get`` may
+    raise a plain KeyboardInterrupt in place of ours), SIGINT when none was (a Ctrl-C that
+    img2dataset's handler took)."""
+    return _received[-1] if _received else signal.SIGINT
+
+
+def take_signals() -> None:
+    """SIGINT and SIGTERM raise ``Interrupted`` again in this (main) thread: ``ray.init``
+    installs its core worker's own SIGTERM handler, which aborts the driver (status -6) with
+    a stack dump, so this runs again once Ray has started."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _raise)
 
 
 @contextlib.contextmanager
@@ -45,7 +65,7 @@ def stops_cleanly_on_signals(console: Console):
     try:
         yield
     except KeyboardInterrupt as error:
-        name = signal.Signals(getattr(error, "signum", signal.SIGINT)).name
+        name = signal.Signals(getattr(error, "signum", None) or received_signal()).name
         console.print(f"[bold yellow]stopped ({name}):[/bold yellow] the work committed so far is kept; "
                       "run the same command again to resume", soft_wrap=True)
         raise

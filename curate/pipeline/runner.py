@@ -33,7 +33,7 @@ from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
 from curate.pipeline.fresh import remove_run
-from curate.pipeline.interrupt import resume_status, stops_cleanly_on_signals
+from curate.pipeline.interrupt import resume_status, stops_cleanly_on_signals, take_signals
 from curate.pipeline.hints import run_hint
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import SCRATCH as PREPARE_SCRATCH
@@ -236,6 +236,7 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
+        take_signals()  # Ray's own SIGTERM handler would abort the driver
         quiet_ray_data()  # one progress display: curate's bars on a terminal, a line per step in a log
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
