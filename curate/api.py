@@ -51,13 +51,14 @@ def _config(config: str | Path | dict, out: str | Path | None, overrides: list[s
 
 
 def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: list[str] | None = None,
-        address: str | None = None, progress: str = "lines", extend: bool = False) -> "Run":
+        address: str | None = None, progress: str = "lines", extend: bool = False, fresh: bool = False) -> "Run":
     """Run (or resume) the pipeline, as ``curate run``; returns the finished :class:`Run`.
 
     ``config``: a YAML path or the same structure as a dict (docs/config.md); ``out``: the
     run directory (``output.path``); ``overrides``: ``["clip.min_score=0.3", ...]`` as
     ``--set``; ``address``: an existing Ray cluster; ``extend``: grow a finished run with the
-    input files it has not seen, as ``curate run --extend``."""
+    input files it has not seen, as ``curate run --extend``; ``fresh``: remove an earlier curate
+    run in ``out`` first, as ``curate run --fresh``."""
     from curate.core.ray_session import start_ray
     from curate.pipeline.runner import run_pipeline
 
@@ -65,11 +66,7 @@ def run(config: str | Path | dict, out: str | Path | None = None, *, overrides: 
     cfg = _config(config, out, overrides)
     console = _console(progress)
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    if progress != "rich":  # Ray Data's own bars would interleave with the lines (and fill a notebook cell)
-        from curate.core.terminal import quiet_ray_data
-
-        quiet_ray_data()
-    result = run_pipeline(cfg, console, extend=extend)
+    result = run_pipeline(cfg, console, extend=extend, fresh=fresh)
     return Run(result.run.root, summary=result.summary, index=result.index)
 
 
@@ -153,10 +150,14 @@ class Run:
 
     @property
     def views(self) -> list[str]:
+        """The views to query (curate.core.views.PUBLIC_VIEWS this run has), not the ones they are built from."""
+        from curate.core.views import PUBLIC_VIEWS
+
         con = self.connection()
         try:
             return [r[0] for r in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()]
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()
+                if r[0] in PUBLIC_VIEWS]
         finally:
             con.close()
 

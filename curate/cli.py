@@ -11,7 +11,8 @@ from rich.text import Text
 
 from curate.core.textsafe import literal
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate image-text data into training shards.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err = Console(stderr=True)
 
@@ -26,6 +27,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from curate import __version__
+
+        console.print(f"curate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Curate image-text data into training shards."""
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="the run config (YAML); see docs/config.md")],
@@ -35,19 +52,33 @@ def run(
     extend: Annotated[bool, typer.Option(
         "--extend", help="grow a finished RUN with the input files it has not seen: only their rows are "
         "downloaded and scored, the run is decided again over all of them")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="start RUN again from nothing: an earlier curate run there is removed first (its entries "
+        "only; refused for a folder that is not a curate run)")] = False,
 ) -> None:
     """Run the pipeline; re-running the same command on the same RUN resumes it."""
+    import shlex
+    import sys
+
     from curate.models.references import ModelReferenceError
     from curate.core.config import ConfigError, load_config
     from curate.core.inputs import InputError
-    from curate.pipeline.runner import RunStopped, run_pipeline
+    from curate.pipeline.runner import ConfigChanged, RunStopped, run_pipeline
 
     overrides = list(set_ or [])
+    again = [a for a in sys.argv[1:] if a != "--fresh"]  # the command that resumes this run
     if address:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(config, overrides, out)
-        run_pipeline(cfg, console, extend=extend)
+        run_pipeline(cfg, console, extend=extend, fresh=fresh)
+    except KeyboardInterrupt as error:  # the runner said that the committed work is kept
+        err.print(literal(f"to resume: curate {shlex.join(again)}"), soft_wrap=True)
+        from curate.pipeline.interrupt import received_signal
+
+        raise typer.Exit(128 + (getattr(error, "signum", None) or received_signal())) from None
+    except ConfigChanged as error:  # never a dead end: the exact command that starts afresh
+        _fail(f"{error}\nto start it afresh: curate {shlex.join(sys.argv[1:])} --fresh")
     except (ConfigError, InputError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 
@@ -73,6 +104,13 @@ def retry(
     names = [name for item in reasons or [] for name in item.split(",")]
     try:
         do_retry(run_dir, names or None, console, list(set_ or []))
+    except KeyboardInterrupt:  # Ctrl-C: what it committed stays, the same command resumes it
+        import shlex
+        import sys
+
+        err.print(literal(f"stopped: the work committed so far is kept; to resume: curate {shlex.join(sys.argv[1:])}"),
+                  soft_wrap=True)
+        raise typer.Exit(130) from None
     except (ConfigError, ModelReferenceError, RunStopped) as error:
         _fail(str(error))
 
@@ -96,7 +134,9 @@ def refilter(
 @app.command()
 def query(
     run_dir: Annotated[str, typer.Argument(metavar="RUN", help="a run directory, local or s3://")],
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the view `manifest`")],
+    sql: Annotated[str, typer.Argument(
+        help="DuckDB SQL over the views manifest (one row per input row), scored (scores and embeddings), output "
+        "(the shards), hosts (download figures per host) and, for documents runs, manifest_images; docs/queries.md")],
     format: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     allow_external_access: Annotated[bool, typer.Option(
         "--allow-external-access",
@@ -105,7 +145,7 @@ def query(
     timeout: Annotated[Optional[float], typer.Option(
         "--timeout", help="stop the query after this many seconds (exit status 2); Ctrl-C always stops it")] = None,
 ) -> None:
-    """Run a DuckDB query over a run's manifest and print the result."""
+    """Run a DuckDB query over a run's views (manifest, scored, output, hosts, manifest_images, eval_results) and print the result."""
     from curate.core.views import QueryError
     from curate.pipeline.query import print_result
     from curate.pipeline.query_process import QueryInterrupted, run_query_in_child

@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from curate.core.suggest import did_you_mean
+
 
 class ConfigError(ValueError):
     """A config mistake, phrased for the user: it names the key and what is allowed."""
@@ -70,6 +72,25 @@ class InputConfig(_Section):
         10, ge=1, description="captions of one URL's sample: its own and the first distinct others; further rows with "
         "that URL are recorded but their captions not scored"
     )
+    keep_columns: list[str] | Literal["all"] = Field(
+        [], description="pairs: other input columns (LICENSE, punsafe...) carried with their own types into the "
+        "manifest and each output sample's json and Parquet row; all: every column (those named like one of "
+        "curate's as input_<name>); documents: input.documents.keep_columns"
+    )
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _distinct_columns(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"a column is named twice in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _keep_columns_of_kind(self) -> "InputConfig":
+        if self.kind == "documents" and self.keep_columns:
+            raise ValueError("input.keep_columns: for documents, use input.documents.keep_columns (carried as the "
+                             "document's metadata JSON)")
+        return self
 
     @field_validator("encoding")
     @classmethod
@@ -571,10 +592,12 @@ def format_validation_error(error: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")  # pydantic's wording around our own ValueErrors
         named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)+): (.*)", message, re.S)
-        if key == "(top level)" and named:  # our cross-key checks name their key first
+        if named and (key == "(top level)" or named.group(1).startswith(f"{key}.")):  # our cross-key checks name their key first
             key, message = named.groups()
         if item["type"] == "extra_forbidden":
-            message = "unknown key (see docs/config.md for the allowed keys)"
+            known = _section_keys(item["loc"][:-1])
+            message = (f"unknown key{did_you_mean(str(item['loc'][-1]), known)} (see docs/config.md for the "
+                       "allowed keys)")
         elif item["type"] == "missing":
             message = "required key is missing"
         elif item["type"] == "literal_error" and isinstance(item.get("input"), bool):
@@ -582,6 +605,18 @@ def format_validation_error(error: ValidationError) -> str:
             message += f"; YAML read an unquoted word as the boolean {str(item['input']).lower()}: quote it"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def _section_keys(path: tuple) -> list[str]:
+    """The keys of the config section at ``path`` (("download",) -> download's keys)."""
+    model: type[BaseModel] = CurateConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def validate(data: dict) -> CurateConfig:

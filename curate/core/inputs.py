@@ -19,6 +19,7 @@ run with where and what it looks like (``input.encoding`` reads it).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 
 from curate.core import storage
 from curate.core.config import CurateConfig, InputConfig
+from curate.core.suggest import did_you_mean
 from curate.core.input_decoding import (
     Undecodable, first_invalid_utf8, is_utf8, not_utf8_message, open_input, split_compression,
 )
@@ -125,7 +127,8 @@ def _csv_options(cfg: InputConfig) -> tuple[pa_csv.ParseOptions, pa_csv.ConvertO
     parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False) if tsv else pa_csv.ParseOptions(newlines_in_values=True)
     convert = pa_csv.ConvertOptions(
         column_types={cfg.url_col: pa.binary(), cfg.caption_col: pa.binary()},
-        include_columns=[cfg.url_col, cfg.caption_col],  # the others are never decoded
+        # the others are never decoded, unless input.keep_columns carries them (all: [], every column)
+        include_columns=[] if cfg.keep_columns == "all" else [cfg.url_col, cfg.caption_col, *cfg.keep_columns],
         null_values=[""],  # not pyarrow's NA, N/A, NaN, null, ...: captions can say those
         strings_can_be_null=True,
     )
@@ -221,8 +224,11 @@ def _decode(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
         return pa.array(values, pa.string()), flags
     if pa.types.is_null(column.type):
         return pa.nulls(len(column), pa.string()), np.zeros(len(column), dtype=bool)
-    # Numbers or nested values in a caption column: keep their text form, don't crash.
-    values = [None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str)) for v in column.to_pylist()]
+    # Numbers or nested values in a caption column: keep their text form, don't crash. A float
+    # NaN is a missing cell (pandas writes an empty text column as float NaN): no text at all,
+    # so the caption rules find it empty (caption_empty), never the word "NaN".
+    values = [None if v is None or (isinstance(v, float) and math.isnan(v))
+              else (v if isinstance(v, str) else json.dumps(v, default=str)) for v in column.to_pylist()]
     return pa.array(values, pa.string()), np.zeros(len(column), dtype=bool)
 
 
@@ -248,10 +254,10 @@ def _read(item: InputFile, cfg: InputConfig, row_groups: tuple[int, ...] | None 
         raise InputError(not_utf8_message(item.uri, where.encoding, where.offset, where.bad, sample=sample)) from None
     except pa.ArrowKeyError:  # include_columns: a column is not in the file
         columns = _header(item.uri, cfg)
-        missing = [(k, c) for k, c in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col))
-                   if c not in columns]
+        missing = [(k, c) for k, c in _named_columns(cfg) if c not in columns]
         role, col = missing[0] if missing else ("input.url_col", cfg.url_col)
-        raise InputError(f"{role}: column {col!r} not found in {item.uri}; its columns are {columns}") from None
+        raise InputError(f"{role}: column {col!r} not found in {item.uri}{did_you_mean(col, columns)}; "
+                         f"its columns are {columns}") from None
     except (pa.ArrowInvalid, OSError, ValueError) as error:
         # JSON must be UTF-8 throughout: a byte that is not makes pyarrow's reader fail.
         problem = _not_utf8(item, cfg) if cfg.format == "jsonl" and is_utf8(cfg.encoding) else None
@@ -263,16 +269,19 @@ def read_input_file(item: InputFile, cfg: InputConfig) -> pa.Table:
     return read_input_part(InputPart(item), cfg)
 
 
-def read_input_part(part: InputPart, cfg: InputConfig) -> pa.Table:
-    """One input part -> ROWS_SCHEMA rows, sample_ids numbered from the part's first row.
+def read_input_part(part: InputPart, cfg: InputConfig, reserved: frozenset[str] = frozenset()) -> pa.Table:
+    """One input part -> ROWS_SCHEMA rows, sample_ids numbered from the part's first row,
+    then the columns ``input.keep_columns`` carries (kept_columns; ``reserved``: the names
+    they may not have).
     Raises InputError (what and where) for a file that can't be read as ``cfg.format`` in
     ``cfg.encoding``, or lacks a column."""
     item = part.item
     raw = _read(item, cfg, part.row_groups)
-    for role, col in (("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col)):
+    for role, col in _named_columns(cfg):
         if col not in raw.column_names:
             raise InputError(
-                f"{role}: column {col!r} not found in {item.uri}; its columns are {raw.column_names}"
+                f"{role}: column {col!r} not found in {item.uri}{did_you_mean(col, raw.column_names)}; "
+                f"its columns are {raw.column_names}"
             )
     urls, bad_urls = _decode(raw.column(cfg.url_col))
     captions, bad = _decode(raw.column(cfg.caption_col))
@@ -284,7 +293,7 @@ def read_input_part(part: InputPart, cfg: InputConfig) -> pa.Table:
         if problem is not None:
             raise problem
     n = raw.num_rows
-    return pa.table(
+    rows = pa.table(
         {
             "sample_id": pa.array([sample_id(item.index, part.first_row + r) for r in range(n)], pa.string()),
             "input_file": pa.array([item.uri] * n, pa.string()),
@@ -295,6 +304,35 @@ def read_input_part(part: InputPart, cfg: InputConfig) -> pa.Table:
         },
         schema=ROWS_SCHEMA,
     )
+    for name, column in kept_columns(raw, cfg, reserved).items():
+        rows = rows.append_column(name, column)
+    return rows
+
+
+def _named_columns(cfg: InputConfig) -> list[tuple[str, str]]:
+    """(config key, column) of every input column the config names."""
+    kept = [] if cfg.keep_columns == "all" else [("input.keep_columns", c) for c in cfg.keep_columns]
+    return [("input.url_col", cfg.url_col), ("input.caption_col", cfg.caption_col), *kept]
+
+
+# The prefix of an input column that `input.keep_columns: all` carries and whose name one of
+# curate's own columns has (LAION's WIDTH, DataComp's uid): ``input_WIDTH``.
+KEPT_PREFIX = "input_"
+
+
+def kept_columns(raw: pa.Table, cfg: InputConfig, reserved: frozenset[str] = frozenset()) -> dict[str, pa.ChunkedArray]:
+    """The input columns ``input.keep_columns`` carries, by the name they get in the run:
+    their own, or (``all``) ``input_<name>`` where ``reserved`` (lower-case names of curate's
+    columns; DuckDB compares names without case) has it. The URL and caption columns are
+    curate's ``url`` and ``caption`` already."""
+    if cfg.keep_columns != "all":
+        return {name: raw.column(name) for name in cfg.keep_columns}
+    out = {}
+    for name in raw.column_names:
+        if name in (cfg.url_col, cfg.caption_col):
+            continue
+        out[f"{KEPT_PREFIX}{name}" if name.lower() in reserved else name] = raw.column(name)
+    return out
 
 
 def fingerprint(files: list[InputFile], cfg: CurateConfig) -> dict:

@@ -35,8 +35,10 @@ def print_full(console: Console, renderable: RenderableType) -> None:
 
 
 def quiet_ray_data() -> None:
-    """Ray Data's progress for a log, not a terminal: no bars, and no multi-line block per
-    operator every 10 s (its non-interactive fallback); curate prints one line per step."""
+    """Ray Data's own progress off, in a terminal and in a log: its bars (in a terminal they
+    interleave with curate's and leave ``\x1b[A`` cursor-up lines behind) and its multi-line
+    block per operator every 10 s (its non-interactive fallback). curate's own display
+    (curate.core.progress) shows the steps: bars on a terminal, one line per step elsewhere."""
     import logging
 
     import ray.data
@@ -46,3 +48,6 @@ def quiet_ray_data() -> None:
     context.enable_operator_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its one warning about the bars being off ("Progress bars disabled. To enable...") is
+    # about what curate turned off on purpose: that module's logger only says errors.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -33,6 +33,9 @@ class QueryError(ValueError):
     pass
 
 
+# The views a user queries (docs/queries.md); the others a connection holds serve them.
+PUBLIC_VIEWS = ("manifest", "manifest_images", "scored", "output", "hosts")
+
 OUTPUT_SCHEMA = pa.schema([("name", pa.string()), ("count", pa.int64()), ("files", pa.list_(pa.string()))])
 
 

@@ -27,3 +27,15 @@ near-identical copies, or towards 0.90 for aggressive semantic dedupe, and check
 the removed pairs when changing it: similarity scales differ between CLIP models (the tiny
 test models in particular), so the value must match the embedding model.
 """
+
+# Embedding models whose similarity scale needs another default. The shipped tiny CLIP
+# (curate:tiny-clip) is trained to tell copies of one image from other renders of the same
+# scene only so far: at 0.95 it merges a yellow circle, square and triangle (issue #30);
+# 0.99, the demo's value (curate/assets/demo.yaml), keeps different renders apart.
+MODEL_THRESHOLDS: dict[str, float] = {"curate:tiny-clip": 0.99}
+
+
+def default_threshold(clip_model: str | None) -> float:
+    """The near-duplicate threshold when ``dedupe.threshold`` is unset: the embedding model's
+    own (MODEL_THRESHOLDS) or DEFAULT_THRESHOLD."""
+    return MODEL_THRESHOLDS.get(clip_model or "", DEFAULT_THRESHOLD)

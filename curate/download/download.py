@@ -19,7 +19,12 @@ recorded as failed downloads.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import multiprocessing
 import signal
+import sys
+import threading
 
 from curate.core import storage
 from curate.core.config import DownloadConfig
@@ -50,10 +55,25 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
         return
     previous_sigint = signal.getsignal(signal.SIGINT)
     gate = start_host_gate(cfg.max_per_host, cfg.per_host_rps)  # one schedule per host for every shard
+    interrupted = threading.Event()
     try:
         with downloader_with_policy(FetchPolicy.from_config(cfg), FetchSettings.from_config(cfg, gate)), \
-                reader_write_pauses(cfg.write_retry_pause):
-            _download(download, list_dir, out_dir, cfg, carried)
+                reader_write_pauses(cfg.write_retry_pause), _interrupts_seen(interrupted):
+            with _without_banner():
+                _download(download, list_dir, out_dir, cfg, carried)
+    except SystemExit:
+        if not interrupted.is_set():
+            raise
+        # img2dataset's SIGINT handler ends a Ctrl-C with sys.exit(0) (which ray.get turns into
+        # SystemExit(1)): it was an interrupt, and the run stops as one, resumable.
+        raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        # A SIGTERM (or a SIGINT outside img2dataset's handler) skipped img2dataset's own
+        # cleanup: its logger process, not a daemon, would keep this process from exiting.
+        for child in multiprocessing.active_children():
+            if type(child).__name__ == "LoggerProcess":
+                child.terminate()
+        raise
     finally:
         # img2dataset installs a SIGINT handler that exits with status 0; put ours back.
         signal.signal(signal.SIGINT, previous_sigint)
@@ -65,6 +85,71 @@ def run_download(list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list
             "(the downloader's error is in the log above: disk full, bucket write error, ...); "
             "nothing was recorded for their rows"  # the run stops: RunStopped says how to resume
         )
+
+
+# What img2dataset's download prints in this process about its own plan, with no option to
+# stop it: a banner per input file, every shard (curate's progress shows the download).
+# Every other line it prints (a write retried, an error) still shows.
+BANNER = ("Starting the downloading of this file", "Sharding file number ", "File sharded in ",
+          "Downloading starting now, check your bandwidth speed")
+BANNER_MODULES = ("img2dataset.main", "img2dataset.reader")
+
+
+def print_unless_banner(*args, **kwargs) -> None:
+    """``print``, except for img2dataset's BANNER lines."""
+    if args and isinstance(args[0], str) and args[0].startswith(BANNER):
+        return
+    builtins.print(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _without_banner():
+    """img2dataset's modules print through ``print_unless_banner`` while the block runs: a
+    module-level ``print`` shadows the builtin in those modules only (sys.stdout is left
+    alone: in a terminal rich's live display proxies it)."""
+    import img2dataset  # noqa: F401
+
+    modules = [sys.modules[name] for name in BANNER_MODULES if name in sys.modules]
+    for module in modules:
+        module.print = print_unless_banner
+    try:
+        yield
+    finally:
+        for module in modules:
+            vars(module).pop("print", None)
+
+
+@contextlib.contextmanager
+def _interrupts_seen(seen: threading.Event):
+    """Sets ``seen`` when img2dataset's SIGINT handler runs. img2dataset's ``download``
+    installs a handler that cleans up (its _tmp folder, its logger process) and then calls
+    ``sys.exit(0)``: a Ctrl-C would end the run as a success or as Ray's SystemExit(1). The
+    handler it installs is wrapped here (its module's ``signal`` seen through a shim, the
+    only hook it offers) so that its cleanup still runs and the run knows it was interrupted."""
+    import img2dataset  # noqa: F401
+    # the module, not the function img2dataset/__init__ re-exports under the same name
+    img2dataset_main = sys.modules["img2dataset.main"]
+
+    class _Signals:
+        def __getattr__(self, name):
+            return getattr(signal, name)
+
+        @staticmethod
+        def signal(signum, handler):
+            if signum != signal.SIGINT or not callable(handler):
+                return signal.signal(signum, handler)
+
+            def noted(number, frame):
+                seen.set()
+                handler(number, frame)
+
+            return signal.signal(signum, noted)
+
+    img2dataset_main.signal = _Signals()
+    try:
+        yield seen
+    finally:
+        img2dataset_main.signal = signal
 
 
 def _download(download, list_dir: str, out_dir: str, cfg: DownloadConfig, carried: list[str]) -> None:

@@ -73,7 +73,48 @@ class PairsKind(Kind):
         return self.cfg.input.merge_same_url
 
     def read(self, part: InputPart, run: RunDir) -> pa.Table:
-        return read_input_part(part, self.cfg.input)
+        """The part's rows, with the input columns ``input.keep_columns`` carries after them."""
+        return read_input_part(part, self.cfg.input, self.reserved_names())
+
+    def reserved_names(self, plan: Plan | None = None) -> frozenset[str]:
+        """Lower-case names of every column curate gives a pair (rows, scores, manifest, the
+        training record): an input column kept by ``input.keep_columns`` may have none of
+        them (DuckDB compares names without case). The plan's stage columns count once
+        ``check`` has seen the plan (the runner checks it before the input is read)."""
+        if plan is None:
+            return getattr(self, "_reserved", None) or self._names(columns.SCORED_BASE, columns.concat_schemas(
+                columns.PAIRS_MANIFEST_HEAD, columns.MANIFEST_TAIL))
+        return self._names(plan.scored_schema(), self.manifest_schema(plan))
+
+    @staticmethod
+    def _names(scored: pa.Schema, manifest: pa.Schema) -> frozenset[str]:
+        record = pair_record.record_schema(manifest).names
+        names = [*columns.PAIRS_ROWS.names, *scored.names, *manifest.names, *record, *columns.ALTERNATES.names,
+                 "_downloaded", "txt", "json", "jpg", "png", "webp", *(f"alt_text_{s}" for s in pair_record.CAPTION_SCORES)]
+        return frozenset(n.lower() for n in names)
+
+    def check(self, plan: Plan) -> None:
+        """An input column kept under a name curate uses is refused before anything is written."""
+        keep = self.cfg.input.keep_columns
+        self._reserved = reserved = self.reserved_names(plan)
+        if keep == "all":
+            return
+        clashes = [c for c in keep if c.lower() in reserved]
+        if clashes:
+            from curate.core.config import ConfigError
+
+            raise ConfigError(
+                f"input.keep_columns: {', '.join(map(repr, clashes))} would clash with curate's own column"
+                f"{'s' if len(clashes) > 1 else ''} of that name (names compare without case); leave "
+                f"{'them' if len(clashes) > 1 else 'it'} out, or set input.keep_columns: all, which carries such a "
+                f"column as input_<name> (docs/formats.md)")
+
+    @staticmethod
+    def kept_columns(con) -> pa.Schema:
+        """The input columns the partition's rows carry (``input.keep_columns``), with their types."""
+        reader = con.execute("SELECT * FROM rows LIMIT 0").arrow()
+        schema = reader.schema if hasattr(reader, "schema") else reader.read_all().schema
+        return pa.schema([f for f in schema if f.name not in columns.PAIRS_ROWS.names])
 
     def unfetched_rules(self) -> list[Rule]:
         """A row whose URL another row fetches: ``same_url_as:<sample_id>`` (its caption is one
@@ -224,15 +265,17 @@ class PairsKind(Kind):
 
     # -- the manifest --------------------------------------------------------------------------
 
-    def manifest_schema(self, plan: Plan) -> pa.Schema:
+    def manifest_schema(self, plan: Plan, kept: pa.Schema = pa.schema([])) -> pa.Schema:
+        """The manifest's columns: the head, each stage's, the input's kept columns, the tail."""
         return columns.concat_schemas(columns.PAIRS_MANIFEST_HEAD, *(s.manifest_schema() for s in plan.stages),
-                                      columns.MANIFEST_TAIL)
+                                      kept, columns.MANIFEST_TAIL)
 
-    def manifest_sql(self, plan: Plan) -> str:
+    def manifest_sql(self, plan: Plan, kept: pa.Schema = pa.schema([])) -> str:
         """The manifest's rows from ``joined``, ``decided`` and ``final``, output shards NULL
         (numbered once every partition's kept count is known: curate.pipeline.decide)."""
         head = [f"f.{c}" if c in ("status", "reason") else c for c in columns.PAIRS_MANIFEST_HEAD.names]
         stage_columns = [c for s in plan.stages for c in s.manifest]
+        stage_columns += ['"' + name.replace('"', '""') + '"' for name in kept.names]  # input.keep_columns
         attempts = f"CASE WHEN same_url_reason IS NOT NULL THEN 0 ELSE {ATTEMPTS_SQL} END"  # another row fetched it
         return f"""
             SELECT {', '.join(head + stage_columns)}, {attempts} AS attempts, download_shard, key AS download_key,
@@ -243,9 +286,10 @@ class PairsKind(Kind):
     def write_partition(self, con, plan: Plan, name: str, files, out) -> dict:
         """The partition's manifest part, ``part-<partition>.parquet``, one row per input row."""
         uri = storage.join(out.manifest, f"part-{name}.parquet")
-        schema = self.manifest_schema(plan)
+        kept = self.kept_columns(con)
+        schema = self.manifest_schema(plan, kept)
         stream = storage.ParquetStream(uri, schema, MANIFEST_ROW_GROUP)
-        for batch in con.execute(self.manifest_sql(plan)).to_arrow_reader(MANIFEST_ROW_GROUP):
+        for batch in con.execute(self.manifest_sql(plan, kept)).to_arrow_reader(MANIFEST_ROW_GROUP):
             for typed in pa.Table.from_batches([batch]).cast(schema).to_batches():
                 stream.write(typed)
         stream.commit()
@@ -272,7 +316,8 @@ class PairsKind(Kind):
                             "__key__": record["key"],
                             image_col: image,
                             "txt": record["caption"],
-                            "json": json.dumps(record, ensure_ascii=False).encode("utf-8"),
+                            # default=str: a kept input column of dates or decimals (input.keep_columns)
+                            "json": json.dumps(record, ensure_ascii=False, default=str).encode("utf-8"),
                         })
                 if files.parquet is not None:
                     table = pa.Table.from_pylist(

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curate.models.references import SHIPPED_PREFIX, ModelReferenceError, shipped_model_path
+from curate.core.suggest import did_you_mean
+from curate.models.references import (
+    SHIPPED_PREFIX, ModelReferenceError, cached_hub_models, hub_reachable, shipped_model_path, shipped_models_dir,
+)
 
 _LOCAL_HINT = (
     "If this machine is offline, download the model elsewhere (huggingface-cli download ORG/NAME "
     "--local-dir DIR) and set {key} to that directory's absolute path."
 )
+# The BLIP checkpoints Salesforce publishes: close matches for a mistyped hub id.
+KNOWN_HUB_IDS = tuple(f"Salesforce/blip-{task}-{size}{data}" for task, data in
+                      (("itm", "-coco"), ("itm", "-flickr"), ("image-captioning", "")) for size in ("base", "large"))
 # What each stage loads; a checkpoint saved for another task has the wrong heads.
 ARCHITECTURES = {"itm": "BlipForImageTextRetrieval", "caption": "BlipForConditionalGeneration"}
 
@@ -43,11 +49,17 @@ def check(reference: str, key: str, task: str) -> str:
     from transformers import AutoConfig
 
     resolved = resolve(reference, key)
+    # A hub id with no hub to ask: the local cache only, at once (huggingface_hub would retry
+    # for tens of seconds before the same answer).
+    offline = not Path(resolved).is_dir() and not hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(resolved)
+        config = AutoConfig.from_pretrained(resolved, local_files_only=offline)
     except (OSError, ValueError) as error:
+        known = [*KNOWN_HUB_IDS, *cached_hub_models(), *(f"{SHIPPED_PREFIX}{p.name}" for p in shipped_models_dir().iterdir())]
+        why = ("cannot read its config: the hub is unreachable (offline, or HF_HUB_OFFLINE) and it is not in the "
+               "local cache" if offline else f"cannot read its config: {_first_line(error)}")
         raise ModelReferenceError(
-            f"{key} {reference!r}: cannot read its config: {_first_line(error)}. {_LOCAL_HINT.format(key=key)}"
+            f"{key} {reference!r}: {why}{did_you_mean(reference, known)}. {_LOCAL_HINT.format(key=key)}"
         ) from None
     if config.model_type != "blip":
         raise ModelReferenceError(f"{key} {reference!r}: model_type is {config.model_type!r}, expected 'blip'")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.core.suggest import did_you_mean
 from curate.models.references import SHIPPED_PREFIX, ModelReferenceError, shipped_model_path
 
 _LOCAL_HINT = (
@@ -41,17 +42,35 @@ def resolve(model: str, pretrained: str | None) -> ClipRef:
         return ClipRef(f"local-dir:{path.resolve()}", None)
     if model.startswith("hf-hub:"):
         return ClipRef(model, pretrained)
+    names = model_names()
+    if model not in names:
+        raise ModelReferenceError(
+            f"clip.model {model!r}: not an open_clip model name{did_you_mean(model, names)} "
+            f"(see open_clip.list_models()), nor hf-hub:org/name, local-dir:/path or curate:NAME"
+        )
     import open_clip
 
-    if model not in open_clip.list_models():
-        raise ModelReferenceError(
-            f"clip.model {model!r}: not an open_clip model name (see open_clip.list_models()), "
-            f"nor hf-hub:org/name, local-dir:/path or curate:NAME"
-        )
     if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(model):
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise ModelReferenceError(f"clip.pretrained {pretrained!r}: not a tag of {model}; its tags: {tags}")
+        raise ModelReferenceError(f"clip.pretrained {pretrained!r}: not a tag of {model}{did_you_mean(pretrained, tags)}; "
+                                  f"its tags: {tags}")
     return ClipRef(model, pretrained)
+
+
+def model_names() -> list[str]:
+    """open_clip's model names, as ``open_clip.list_models()`` lists them: its
+    ``model_configs/*.json``, read from the installed package without importing it (that
+    imports torch: tens of seconds on a busy machine, to reject a typo)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    names = sorted(f.stem for folder in folders if folder.is_dir() for f in folder.glob("*.json"))
+    if names:
+        return names
+    import open_clip  # a layout without the folder: ask the library
+
+    return open_clip.list_models()
 
 
 def embedding_dim(ref: ClipRef) -> int | None:

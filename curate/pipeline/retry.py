@@ -63,7 +63,8 @@ def finished_run_config(run: RunDir, overrides: list[str] = ()):
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if not key.startswith(RETRY_KEYS):
-            raise ConfigError(f"--set {key}: a retry can set only {', '.join(RETRY_KEYS)} (how rows are fetched); "
+            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RETRY_KEYS)  # a section as ray.*
+            raise ConfigError(f"--set {key}: a retry can set only {allowed} (how rows are fetched); "
                               "other keys need `curate run` or `curate refilter`")
     return validate(apply_overrides(stored, list(overrides)))
 
@@ -156,8 +157,7 @@ def _retry(run: RunDir, cfg, reasons: list[str] | None, console: Console) -> Run
     plan.check()  # the models score the recovered images
     lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-    if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
-        quiet_ray_data()
+    quiet_ray_data()  # one progress display: curate's bars on a terminal, a line per step in a log
     check_run_directory(run.root, cfg.storage.shared_filesystem)
     pools = size_model_pools(plan, console)
     progress, timings = Progress(run, console), {}

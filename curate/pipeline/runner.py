@@ -32,6 +32,9 @@ from curate.core.textsafe import literal
 from curate.flow.decision import missing_scored_columns, open_run_views
 from curate.flow.plan import Plan, make_plan
 from curate.pipeline.decide import decide_run
+from curate.pipeline.fresh import remove_run
+from curate.pipeline.interrupt import resume_status, stops_cleanly_on_signals, take_signals
+from curate.pipeline.hints import run_hint
 from curate.pipeline.output import write_output
 from curate.pipeline.prepare import SCRATCH as PREPARE_SCRATCH
 from curate.pipeline.prepare import prepare
@@ -83,9 +86,10 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
     changes = config_changes(storage.read_text(run.config), cfg, ignore=ignore) if storage.exists(run.config) else []
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-        raise ConfigError(
+        raise ConfigChanged(
             f"{run.root} was started with another config ({shown}; see {run.config}); "
-            "use a new --out, or `curate refilter` to change thresholds of a finished run"
+            "use a new --out, `curate refilter` to change thresholds of a finished run, or start it afresh with --fresh "
+            "(removes the run)"
         )
     _check_layout(run)
     if not storage.exists(run.state):
@@ -98,8 +102,9 @@ def _check_resumable(cfg: CurateConfig, run: RunDir, state: dict, extend: bool =
     other = [c for c in changed if c not in added]
     if other:
         shown = "; ".join(other[:5]) + (f"; and {len(other) - 5} more" if len(other) > 5 else "")
-        raise ConfigError(f"{run.root} was started from other input files ({shown}); "
-                          "a run's input files can't change: use a new --out")
+        raise ConfigChanged(f"{run.root} was started from other input files ({shown}); "
+                            "a run's input files can't change: use a new --out, or start it afresh with --fresh "
+                            "(removes the run)")
     if added and not extend:
         raise ConfigError(f"{run.root}: {_input_files(len(added))} new since it started ({added[0]}): "
                           "add them with `curate run ... --extend`, or use a new --out")
@@ -113,6 +118,11 @@ def _step(run: RunDir, name: str, fn, timings: dict, console: Console):
     result = fn()
     storage.write_text(run.marker(name), json.dumps(result or {}))
     timings[name] = round(time.perf_counter() - started, 2)
+
+
+class ConfigChanged(ConfigError):
+    """The run directory holds a run started with another config or input: resuming it is
+    refused, and ``--fresh`` starts it again (the CLI prints the exact command)."""
 
 
 class RunStopped(RuntimeError):
@@ -216,15 +226,24 @@ def _check_no_open_retry(run: RunDir) -> None:
 
 
 @_stops_cleanly
-def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False) -> RunResult:
+def run_pipeline(cfg: CurateConfig, console: Console | None = None, extend: bool = False,
+                 fresh: bool = False) -> RunResult:
     """Run the pipeline of ``cfg``, or resume it, in its run directory, which it holds for
     the whole run: a second run on the same directory is refused (runlock.RunInUse).
     ``extend``: grow a run with input files it has not seen (curate run --extend): their rows
     get the next file numbers, only they are prepared, downloaded and scored, and the whole
     run is decided again (dedupe across old and new), so the result equals one run over all
-    the files. ConfigError for a config or input that does not match the run directory."""
+    the files. ``fresh``: an earlier run in the directory is removed first (curate.pipeline.fresh:
+    only a curate run, only its entries). ConfigError for a config or input that does not match
+    the run directory."""
     os.environ.update(cfg.storage.environment())  # before the first bucket access
-    with runlock.hold(cfg.output.path):
+    if fresh and extend:
+        raise ConfigError("--fresh and --extend: --extend grows an existing run, --fresh removes it; choose one")
+    console = console or Console()
+    with runlock.hold(cfg.output.path), stops_cleanly_on_signals(console):
+        if fresh and (removed := remove_run(cfg.output.path)):
+            console.print(literal(f"fresh: removed the earlier run in {cfg.output.path} ({', '.join(removed)})",
+                                  "yellow"), soft_wrap=True)
         return _run_pipeline(cfg, console, extend)
 
 
@@ -251,12 +270,14 @@ def _run_pipeline(cfg: CurateConfig, console: Console | None, extend: bool) -> R
     with _nothing_left_unless_started(run, fresh):
         lifeline.start_watchdog()  # Ray's and img2dataset's helpers end with this process
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
-        if not (console.is_terminal or console.is_jupyter):  # a pipe, a file, a CI log: a line per step
-            quiet_ray_data()
+        take_signals()  # Ray's own SIGTERM handler would abort the driver
+        quiet_ray_data()  # one progress display: curate's bars on a terminal, a line per step in a log
         check_run_directory(run.root, cfg.storage.shared_filesystem)  # before anything is written
         pools = size_model_pools(plan, console)
         for damaged in verify_run(run):  # committed work is checked, not trusted (as Ray tasks)
             console.print(literal(f"resume: {damaged}; done again", "yellow"), soft_wrap=True)  # one line per file, for grep
+        if not fresh and (status := resume_status(run)):
+            console.print(literal(status), soft_wrap=True)
         if extend and before != state:
             console.print(f"extend: {_input_files(len(state['files']) - len(before['files']))} new")
             _start_extending(run, [f.uri for f in added])  # before the new state: a run killed in between asks for --extend again
@@ -382,8 +403,13 @@ def finish(plan: Plan, run: RunDir, console: Console, started: float, timings: d
     if prepared["retries"]:
         summary["retries"] = retry_outcomes(decided.counts, prepared["retries"])
     summary.update(plan.kind.summary(decided.counts))
+    hint = run_hint(summary, cfg, run.root)  # most rows ended for one reason: its cause and key
+    if hint:
+        summary["hint"] = hint
     save_summary(run, summary)
     print_summary(summary, run.root, console)
+    if hint:
+        console.print(Text.assemble(("hint:", "bold yellow"), " ", literal(hint)), soft_wrap=True)
     if cfg.report.enabled:
         write_run_report(run, progress, console)
     return RunResult(run, summary, index, timings)
@@ -427,7 +453,7 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         _refuse_a_stage_that_did_not_run(stored_plan, run, key)
         if not key.startswith(allowed):
             raise ConfigError(
-                f"--set {key}: refilter can change only {', '.join(allowed)}; other keys need `curate run`"
+                f"--set {key}: refilter can change only {', '.join(key_patterns(allowed))}; other keys need `curate run`"
             )
     cfg = validate(apply_overrides(stored.model_dump(mode="json"), overrides))
     _check_no_open_retry(run)
@@ -438,8 +464,10 @@ def refilter(run_root: str, overrides: list[str], console: Console | None = None
         lifeline.start_watchdog()
         start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.storage.environment())
         check_run_directory(run.root, cfg.storage.shared_filesystem)
+        before = json.loads(storage.read_text(run.summary)) if storage.exists(run.summary) else {}
         result = finish(plan, run, console, time.perf_counter(), {})
         storage.write_text(run.config, cfg.to_yaml())
+    console.print(refilter_change(before, result.summary))
     return result
 
 
@@ -456,7 +484,22 @@ def _refuse_a_stage_that_did_not_run(plan: Plan, run: RunDir, key: str) -> None:
             why = f"{stage.switch} was not set" if stage.switch and not stage.configured() else "it was off for this run"
             raise ConfigError(f"--set {key}: the {stage.key} stage did not run in {run.root} ({why}): its columns "
                               f"({columns}) were never computed and refilter runs no model (refilter can change only "
-                              f"{', '.join(plan.refilter_keys())}); use `curate run` with a new --out")
+                              f"{', '.join(key_patterns(plan.refilter_keys()))}); use `curate run` with a new --out")
+
+
+def key_patterns(prefixes) -> list[str]:
+    """Config key prefixes as a user reads them: a whole section ``dedupe.`` as ``dedupe.*``."""
+    return [f"{p}*" if p.endswith(".") else p for p in prefixes]
+
+
+def refilter_change(before: dict, after: dict) -> str:
+    """``refilter: kept 120 -> 97 of 298 rows (filtered 100 -> 123, ...)``: the run's statuses
+    before and after a refilter, from its summaries."""
+    old, new = before.get("statuses", {}), after.get("statuses", {})
+    changed = [f"{s} {old.get(s, 0)} -> {new.get(s, 0)}" for s in dict.fromkeys([*old, *new])
+               if s != "kept" and old.get(s, 0) != new.get(s, 0)]
+    line = f"refilter: kept {before.get('kept', '?')} -> {after['kept']} of {after['rows_in']} rows"
+    return line + (f" ({', '.join(changed)})" if changed else "")
 
 
 def _check_scored(plan: Plan, run: RunDir) -> None:

@@ -16,7 +16,9 @@ model stages skip them (curate.stages.base.BatchStage.todo).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,6 +140,20 @@ def actor_pool_args(stage: BatchStage) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _bounded_retries_accepted():
+    """Ray 2.60 deprecates map_batches' extra ``**ray_remote_args`` for its named remote
+    parameters, but names none for ``max_restarts`` and ``max_task_retries``: the bounded
+    retries in actor_pool_args can only go that way (without them an actor that dies on a
+    batch every time would retry it forever). Its RayDeprecationWarning, printed on every
+    model run, is ignored here, for this call alone; any other warning still shows."""
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=RayDeprecationWarning)
+        yield
+
+
 def _receipt(rows: list[int], errors: list[str | None]) -> pa.Table:
     return pa.table({"rows": pa.array(rows, pa.int64()), "error": pa.array(errors, pa.string())})
 
@@ -206,8 +222,9 @@ def build_dataset(plan: Plan, run: RunDir, shards: list[str]):
                         num_cpus=TASK_CPUS)
     for stage in plan.batch:
         if stage.uses_model:
-            ds = ds.map_batches(actor_class(stage), fn_constructor_kwargs={
-                "stage": stage, "counts_dir": stage_counts_dir(run, stage.key)}, **actor_pool_args(stage))
+            with _bounded_retries_accepted():
+                ds = ds.map_batches(actor_class(stage), fn_constructor_kwargs={
+                    "stage": stage, "counts_dir": stage_counts_dir(run, stage.key)}, **actor_pool_args(stage))
         else:
             ds = ds.map_batches(run_light, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None,
                                 num_cpus=TASK_CPUS)

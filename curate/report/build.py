@@ -12,6 +12,7 @@ import json
 import yaml
 
 from curate.core import storage
+from curate.dedupe.threshold import default_threshold
 from curate.core.views import open_views
 from curate.core.rundir import RunDir
 from curate.report import html, judges, plots, samples, stats
@@ -189,7 +190,11 @@ def _facts(run: RunDir, config: dict, scores: list[str], con) -> list[str]:
             facts.append(f"{html.esc(column)} {sign} <b>{t:g}</b>")
     dedupe = config.get("dedupe") or {}
     if dedupe.get("enabled", True):
-        facts.append(f"dedupe threshold <b>{dedupe.get('threshold') or 'default'}</b>")
+        if dedupe.get("threshold"):
+            facts.append(f"dedupe threshold <b>{dedupe['threshold']:g}</b>")
+        else:  # the value the run used, not the word "default"
+            used = default_threshold((config.get("clip") or {}).get("model"))
+            facts.append(f"dedupe threshold <b>{used:g}</b> (the default for this CLIP model)")
     if index:
         facts.append(f"output <b>{index.get('total', 0):,}</b> samples in <b>{len(index.get('shards', []))}</b> shards "
                      f"({html.esc(', '.join(index.get('formats', [])))})")

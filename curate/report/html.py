@@ -50,7 +50,7 @@ svg { width:100%; height:auto; display:block; }
 .card img, .card .noimg { width:100%; aspect-ratio:1/1; object-fit:contain; background:#eef0f3; display:block; }
 .card .noimg { display:flex; align-items:center; justify-content:center; color:var(--muted); font-size:12px; }
 .card figcaption { padding:7px 9px 9px; font-size:12px; }
-.card .cap { margin:0 0 4px; overflow-wrap:anywhere; }
+.card .cap { margin:0 0 4px; overflow-wrap:anywhere; display:-webkit-box; -webkit-box-orient:vertical; -webkit-line-clamp:6; line-clamp:6; overflow:hidden; }
 .card .meta { margin:0; color:var(--muted); display:flex; flex-wrap:wrap; gap:4px 8px; }
 .card .meta span { min-width:0; max-width:100%; overflow-wrap:anywhere; }
 .badge { display:inline-block; padding:0 6px; border-radius:9px; font-size:11px; color:#fff; background:var(--c,#888); }
@@ -169,7 +169,9 @@ def card(row: dict, thumb: str | None, scores: list[str], extra_class: str = "",
         meta.append(f'<span class="mono reason">{esc(row["reason"])}</span>')
     meta.append(f'<span class="mono">{esc(row.get("sample_id"))}</span>')
     return (f'<figure class="card {extra_class}" title="{esc(row.get("url"))}">{image}<figcaption>'
-            f'<p class="cap">{esc(caption) or "<i>(empty caption)</i>"}</p><p class="meta">{"".join(meta)}</p>'
+            # a long caption is clamped to six lines (CSS); the whole of it is the tooltip
+            f'<p class="cap" title="{esc(caption)}">{esc(caption) or "<i>(empty caption)</i>"}</p>'
+            f'<p class="meta">{"".join(meta)}</p>'
             f"</figcaption></figure>")
 
 

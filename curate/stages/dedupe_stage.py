@@ -28,6 +28,7 @@ from curate.core import storage
 from curate.core.config import ConfigError
 from curate.core.rundir import RunDir
 from curate.dedupe.near import FLAT_MAX_N
+from curate.dedupe.threshold import default_threshold
 from curate.schemas import reasons as R
 from curate.schemas.status import Status
 from curate.stages.base import BatchStage, GlobalStage, Rule
@@ -148,7 +149,7 @@ class DedupeStage(GlobalStage):
         d = self.cfg.dedupe
         ids = candidates.column("sample_id").to_pylist()
         emb = _embeddings(candidates.column("emb")) if self.near else None
-        threshold = d.threshold or dedupe.DEFAULT_THRESHOLD
+        threshold = d.threshold or default_threshold(self.cfg.clip.model)
         duplicate_of = np.full(len(ids), None, dtype=object)
         kind = np.full(len(ids), None, dtype=object)
 
@@ -212,7 +213,7 @@ class DedupeStage(GlobalStage):
         from curate.dedupe import cells
 
         d = self.cfg.dedupe
-        threshold = d.threshold or dedupe.DEFAULT_THRESHOLD
+        threshold = d.threshold or default_threshold(self.cfg.clip.model)
         match = ray.remote(num_cpus=cells.TASK_CPUS)(_match_references)
         outs = [storage.join(work, "search_in", uri.rsplit("/", 1)[-1]) for uri in reps]
         referenced = pa.concat_tables(ray.get([match.remote(self, uri, o, threshold) for uri, o in zip(reps, outs)]))
