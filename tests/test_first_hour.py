@@ -415,7 +415,7 @@ def test_open_run_lists_only_the_public_views(laion_run):
 def test_img2dataset_banner_lines_are_dropped_and_other_lines_pass(capsys):
     import img2dataset.reader  # noqa: F401 - the module that prints the per-file banner
 
-    from curate.stages.download import _without_banner
+    from curate.download.download import _without_banner
 
     reader = sys.modules["img2dataset.reader"]
     with _without_banner():
