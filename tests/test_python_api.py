@@ -21,7 +21,7 @@ def test_import_curate_loads_no_heavy_library(repo_root):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, check=True)
     heavy, names = done.stdout.splitlines()
     assert heavy == "[]"
-    assert names == "['Run', 'export', 'open_run', 'query', 'run']"
+    assert names == "['Run', 'evaluate', 'export', 'open_run', 'query', 'run']"
 
 
 def test_run_query_and_open_run_from_python(tmp_path, ray_session, capsys):
