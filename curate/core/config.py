@@ -573,16 +573,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(raw) if raw.strip() else None
 
 
+def set_key(data: dict, parts: list[str], value) -> None:
+    """``data[parts[0]]...[parts[-1]] = value`` in a config as plain dicts, making missing
+    sections; ValueError naming the part when a section along the way is a value."""
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_key(data, parts, value)
+        except ValueError as error:
+            raise ConfigError(f"--set {text!r}: {error}") from None
     return data
 
 

@@ -82,7 +82,7 @@ def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
     """(the plan with every ``auto`` threshold replaced by its calibrated value or fallback,
     what was resolved: ``{threshold_key: {"calibrated", "resolved", ...}}``)."""
     every = judges(plan)
-    todo = [j for j in every if quantiles._get(plan.cfg, j.threshold_key) == AUTO]
+    todo = [j for j in every if quantiles.config_value(plan.cfg, j.threshold_key) == AUTO]
     if not todo:
         return plan, {}
     data = plan.cfg.model_dump(mode="json")
@@ -90,7 +90,7 @@ def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
     for judge in todo:
         others = [j for j in every if j is not judge]
         record = calibrate(plan, run, partitions, judge, others)
-        quantiles._set(data, judge.threshold_key, record["resolved"])
+        quantiles.set_config_value(data, judge.threshold_key, record["resolved"])
         resolved[judge.threshold_key] = record
     return make_plan(validate(data)), resolved
 
@@ -115,7 +115,7 @@ def calibrate(plan: Plan, run: RunDir, partitions: list, judge: Judge, others: l
         reject.append(f"{other.column} <= {lo!r}")
     col = judge.column
     groups = f"CASE WHEN {' AND '.join(accept)} THEN 1 WHEN {' AND '.join(reject)} THEN 0 END"
-    stats = _run_all(plan, run, partitions, f"""
+    stats = quantiles.run_on_partitions(plan, run, partitions, f"""
         SELECT count(*) FILTER (WHERE g = 1), count(*) FILTER (WHERE g = 0), min({col})::DOUBLE, max({col})::DOUBLE
         FROM (SELECT {col}, {groups} AS g FROM scored WHERE {col} IS NOT NULL) WHERE g IS NOT NULL""")
     n_accept, n_reject = sum(r[0][0] for r in stats), sum(r[0][1] for r in stats)
@@ -128,8 +128,8 @@ def calibrate(plan: Plan, run: RunDir, partitions: list, judge: Judge, others: l
     if hi <= lo:
         return _fallback(judge, f"every confident row has {col} {lo:g}", **counts)
     positive, negative = [0] * BINS, [0] * BINS
-    for rows in _run_all(plan, run, partitions, f"""
-            SELECT {quantiles._bin(col, lo, hi, BINS)} AS b, g, count(*)
+    for rows in quantiles.run_on_partitions(plan, run, partitions, f"""
+            SELECT {quantiles.bin_sql(col, lo, hi, BINS)} AS b, g, count(*)
             FROM (SELECT {col}, {groups} AS g FROM scored WHERE {col} IS NOT NULL) WHERE g IS NOT NULL GROUP BY ALL"""):
         for b, g, n in rows:
             (positive if g == 1 else negative)[b] += n
@@ -177,9 +177,3 @@ def youden_cut(positive: list[int], negative: list[int]) -> tuple[float, float, 
 def _fallback(judge: Judge, why: str, **extra) -> dict:
     return {"calibrated": False, "resolved": judge.fallback, "fallback": why, **extra}
 
-
-def _run_all(plan: Plan, run: RunDir, partitions: list, sql: str) -> list:
-    import ray
-
-    task = ray.remote(num_cpus=quantiles.TASK_CPUS)(quantiles._partition_query)
-    return ray.get([task.remote(plan, run, p, sql) for p in partitions])

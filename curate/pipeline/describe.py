@@ -44,7 +44,7 @@ def resolved_at_decision(plan: Plan) -> list[str]:
     judges = calibration.judges(plan)
     out = []
     for judge in judges:
-        if quantiles._get(plan.cfg, judge.threshold_key) == calibration.AUTO:
+        if quantiles.config_value(plan.cfg, judge.threshold_key) == calibration.AUTO:
             others = [j.column for j in judges if j is not judge]
             against = f"calibrated against {', '.join(others)}" if others else "no other judge: falls back"
             fallback = "none, score only" if judge.fallback is None else f"{judge.fallback:g}"

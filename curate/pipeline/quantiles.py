@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from curate.core.config import validate
+from curate.core.config import set_key, validate
 from curate.core.rundir import RunDir
 from curate.flow.plan import Plan, make_plan
 
@@ -54,7 +54,7 @@ def wanted(plan: Plan) -> list[KeepFraction]:
     out = []
     for stage in plan.batch:
         for fraction_key, threshold_key in stage.keep_fractions.items():
-            fraction = _get(plan.cfg, fraction_key)
+            fraction = config_value(plan.cfg, fraction_key)
             if fraction is not None:
                 column, score = next((c, s) for c, s in stage.scores.items() if s.threshold == threshold_key)
                 out.append(KeepFraction(fraction_key, threshold_key, column, fraction, score.higher_is_better))
@@ -77,8 +77,8 @@ def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
         else:  # the k-th smallest: the k-th largest of the negated scores
             value, scored, at_or_above = kth_largest(plan, run, partitions, f'(-"{item.column}")', item.fraction)
             value = None if value is None else -value
-        _set(data, item.fraction_key, None)
-        _set(data, item.threshold_key, value)
+        set_config_value(data, item.fraction_key, None)
+        set_config_value(data, item.threshold_key, value)
         resolved[item.threshold_key] = {"keep_fraction": item.fraction, "resolved": value,
                                         "scored": scored, "at_or_above": at_or_above}
     return make_plan(validate(data)), resolved
@@ -87,12 +87,8 @@ def resolve(plan: Plan, run: RunDir, partitions: list) -> tuple[Plan, dict]:
 def kth_largest(plan: Plan, run: RunDir, partitions: list, column: str, fraction: float) -> tuple[float | None, int, int]:
     """(the k-th largest ``column`` value of the run's scored rows, k = ceil(fraction x n);
     n; how many are >= it). (None, 0, 0) when nothing was scored."""
-    import ray
-
-    task = ray.remote(num_cpus=TASK_CPUS)(_partition_query)
-
     def run_all(sql_of) -> list:
-        return ray.get([task.remote(plan, run, p, sql_of(column)) for p in partitions])
+        return run_on_partitions(plan, run, partitions, sql_of(column))
 
     stats = run_all(lambda c: f"SELECT count({c}), min({c})::DOUBLE, max({c})::DOUBLE FROM scored")
     n = sum(rows[0][0] for rows in stats)
@@ -105,7 +101,7 @@ def kth_largest(plan: Plan, run: RunDir, partitions: list, column: str, fraction
     remaining, in_range = k, n
     while in_range > COLLECT and hi > lo and len(levels) < MAX_LEVELS:
         counts = [0] * BINS
-        for rows in run_all(lambda c: f"SELECT {_bin(c, lo, hi)} AS b, count(*) FROM scored "
+        for rows in run_all(lambda c: f"SELECT {bin_sql(c, lo, hi)} AS b, count(*) FROM scored "
                                       f"WHERE {_within(c, levels)} GROUP BY b"):
             for b, count in rows:
                 counts[b] += count
@@ -124,7 +120,7 @@ def kth_largest(plan: Plan, run: RunDir, partitions: list, column: str, fraction
     raise AssertionError("the k-th largest score lies in the range it was narrowed to")
 
 
-def _bin(column: str, lo: float, hi: float, bins: int | None = None) -> str:
+def bin_sql(column: str, lo: float, hi: float, bins: int | None = None) -> str:
     """SQL: the bin (0..bins-1, default BINS) of ``column`` in [lo, hi] (the top edge in the last bin)."""
     bins = BINS if bins is None else bins  # read at call time: tests narrow BINS
     return f"least({bins - 1}, greatest(0, floor(({column}::DOUBLE - {lo!r}) / ({hi!r} - {lo!r}) * {bins})))::BIGINT"
@@ -133,7 +129,7 @@ def _bin(column: str, lo: float, hi: float, bins: int | None = None) -> str:
 def _within(column: str, levels: list[tuple[float, float, int]]) -> str:
     """SQL: the value is scored and in the bin chosen at every narrowing so far (membership
     by the same expression each time, so no value falls between two levels' edges)."""
-    return " AND ".join([f"{column} IS NOT NULL"] + [f"{_bin(column, lo, hi)} = {b}" for lo, hi, b in levels])
+    return " AND ".join([f"{column} IS NOT NULL"] + [f"{bin_sql(column, lo, hi)} = {b}" for lo, hi, b in levels])
 
 
 def _bin_of_kth(counts: list[int], k: int) -> tuple[int, int, int]:
@@ -143,6 +139,15 @@ def _bin_of_kth(counts: list[int], k: int) -> tuple[int, int, int]:
             return b, k, counts[b]
         k -= counts[b]
     raise AssertionError("fewer values than k")
+
+
+def run_on_partitions(plan: Plan, run: RunDir, partitions: list, sql: str) -> list[list[tuple]]:
+    """``sql`` over each partition's ``scored`` view (one row per sample_id), one Ray task each;
+    each partition's rows, in partition order."""
+    import ray
+
+    task = ray.remote(num_cpus=TASK_CPUS)(_partition_query)
+    return ray.get([task.remote(plan, run, p, sql) for p in partitions])
 
 
 def _partition_query(plan: Plan, run: RunDir, partition, sql: str) -> list[tuple]:
@@ -156,16 +161,15 @@ def _partition_query(plan: Plan, run: RunDir, partition, sql: str) -> list[tuple
         con.close()
 
 
-def _get(cfg, dotted: str):
+def config_value(cfg, dotted: str):
+    """``cfg.a.b`` for the dotted key ``a.b`` of a validated config."""
     node = cfg
     for part in dotted.split("."):
         node = getattr(node, part)
     return node
 
 
-def _set(data: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[last] = value
+def set_config_value(data: dict, dotted: str, value) -> None:
+    """``data["a"]["b"] = value`` for the dotted key ``a.b`` of a config as plain dicts."""
+    set_key(data, dotted.split("."), value)
 

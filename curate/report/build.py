@@ -57,15 +57,11 @@ def with_resolved_thresholds(config: dict, summary: dict) -> dict:
     summary's ``thresholds``) set to its value, so the report draws the line the run applied."""
     import copy
 
+    from curate.core.config import set_key
+
     out = copy.deepcopy(config)
     for key, t in (summary.get("thresholds") or {}).items():
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = t.get("resolved")
+        set_key(out, key.split("."), t.get("resolved"))
     return out
 
 
@@ -239,8 +235,9 @@ def judges_section(con, resolved: dict) -> tuple[str, str]:
     agreement table, a plain warning for a blind judge, and what turned down the samples
     CapFilt filtered (curate.report.judges)."""
     found = judges.judges(con)
+    agreement = judges.agreement(con)  # computed once, for the warnings and the table
     body = []
-    for warning in judges.blind_warnings(con):
+    for warning in judges.blind_warnings(con, agreement):
         body.append(html.note("<b>Blind judge?</b> " + html.esc(warning)))
     for i, a in enumerate(found):
         for b in found[i + 1:]:
@@ -251,7 +248,7 @@ def judges_section(con, resolved: dict) -> tuple[str, str]:
                 svg, "Every candidate caption both judges scored; darker: more captions. Dashed: each judge's threshold "
                 "(read from its reasons; none drawn where it rejected nothing). Top right: both accept; a caption must "
                 "pass both."))
-    body.append("<h3>Agreement</h3>" + html.table(judges.agreement(con)))
+    body.append("<h3>Agreement</h3>" + html.table(agreement))
     calibrated = [f"<code>{html.esc(k)}</code>: {html.esc(judges.describe_threshold(k, t).split(': ', 1)[1])}"
                   for k, t in resolved.items() if "calibrated" in t]
     if calibrated:
